@@ -99,13 +99,16 @@ def read_dictionary(query: torch.Tensor, keys: torch.Tensor, values: torch.Tenso
     """Attention read: every item is a filter the size of the crop (the authors' conv2d).
 
     The softmax temperature is sqrt(number of items), computed from the tensor shape so
-    that an exported graph follows the number of references.
+    that an exported graph follows the number of references. The products are batched
+    (one 1-row product per face) rather than one matrix product for the whole batch, so a
+    face's result does not depend on the batch it came in.
     """
-    items = keys.shape[0]
-    similarity = query.flatten(1) @ keys.flatten(1).T
-    temperature = torch.full_like(similarity[:1, :1], 1.0) * items
-    score = torch.softmax(similarity / temperature.sqrt(), dim=1)
-    return (score @ values.flatten(1)).view(query.shape[0], *values.shape[1:])
+    batch, items = query.shape[0], keys.shape[0]
+    similarity = torch.bmm(query.flatten(1)[:, None], keys.flatten(1).T.expand(batch, -1, -1))
+    temperature = torch.full_like(similarity[:1, :1, :1], 1.0) * items
+    score = torch.softmax(similarity / temperature.sqrt(), dim=2)
+    read = torch.bmm(score, values.flatten(1).expand(batch, -1, -1))
+    return read.view(batch, *values.shape[1:])
 
 
 def adain(content: torch.Tensor, style: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
