@@ -1,0 +1,156 @@
+"""Alignment of faces to the FFHQ template that DMDNet works on, and back.
+
+A face is aligned by the similarity transform (rotation, uniform scale, translation)
+that maps its 5 detector keypoints closest, in least squares, onto the FFHQ 5-point
+template. The template is given for 512 x 512 and scaled for other crop sizes.
+"""
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from film_restore.validation import check_points, check_rgb_image
+
+TEMPLATE_SIZE = 512
+
+# Image-left eye, image-right eye, nose tip, image-left and image-right mouth corner
+# (image-left is the subject's right), the order of insightface's SCRFD keypoints.
+FFHQ_TEMPLATE_512 = np.array(
+    [
+        [192.98138, 239.94708],
+        [318.90277, 240.19360],
+        [256.63416, 314.01935],
+        [201.26117, 371.41043],
+        [313.08905, 371.15118],
+    ],
+    dtype=np.float64,
+)
+
+# Cubic keeps the warp there and back within a level of the original where the crop
+# enlarges the face 2x or more, the usual case for film faces; Lanczos is no better
+# there and six times slower.
+WARP_INTERPOLATION = cv2.INTER_CUBIC
+
+# Where the crop has fewer pixels per frame pixel than this (a face larger than the crop),
+# the frame is first shrunk by area averaging: the warp alone would sample it sparsely
+# and alias.
+SHRINK_BEFORE_WARP_BELOW = 0.75
+
+
+def ffhq_template(size: int = TEMPLATE_SIZE) -> np.ndarray:
+    """The FFHQ 5-point template (5 x 2, float64) for a square crop of side size."""
+    if not isinstance(size, (int, np.integer)) or size < 16:
+        raise ValueError(f"crop size must be an integer >= 16, got {size!r}")
+    return FFHQ_TEMPLATE_512 * (size / TEMPLATE_SIZE)
+
+
+def estimate_similarity(source, target) -> np.ndarray:
+    """Least-squares similarity transform (Umeyama, no reflection) mapping source onto target.
+
+    source, target: N x 2 points (N >= 2). Returns the 2 x 3 float64 matrix M with
+    target ~= M @ [x, y, 1].
+    """
+    source = np.asarray(source, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    if source.shape != target.shape or source.ndim != 2 or source.shape[1] != 2 or len(source) < 2:
+        raise ValueError(f"similarity needs two N x 2 point sets of equal shape, got {source.shape} and {target.shape}")
+    source_mean, target_mean = source.mean(axis=0), target.mean(axis=0)
+    source_centred, target_centred = source - source_mean, target - target_mean
+    source_variance = (source_centred**2).sum() / len(source)
+    if source_variance <= 1e-12:
+        raise ValueError("similarity needs source points that are not all the same point")
+    covariance = target_centred.T @ source_centred / len(source)
+    u, singular_values, vt = np.linalg.svd(covariance)
+    reflection_fix = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        reflection_fix[1, 1] = -1
+    rotation = u @ reflection_fix @ vt
+    scale = (singular_values * np.diag(reflection_fix)).sum() / source_variance
+    translation = target_mean - scale * rotation @ source_mean
+    return np.hstack([scale * rotation, translation[:, None]])
+
+
+@dataclass(frozen=True, eq=False)
+class AlignmentTransform:
+    """The similarity between a frame and one aligned square crop of it.
+
+    matrix maps frame pixels to crop pixels (2 x 3); inverse maps crop pixels back to
+    the frame, for paste-back. size is the crop's side in pixels.
+    """
+
+    matrix: np.ndarray
+    size: int
+
+    def __post_init__(self):
+        matrix = np.array(self.matrix, dtype=np.float64)
+        if matrix.shape != (2, 3) or not np.isfinite(matrix).all():
+            raise ValueError(f"alignment matrix must be 2 x 3 finite numbers, got shape {matrix.shape}")
+        matrix.flags.writeable = False
+        object.__setattr__(self, "matrix", matrix)
+
+    @property
+    def inverse(self) -> np.ndarray:
+        """2 x 3 matrix from crop pixels to frame pixels."""
+        return cv2.invertAffineTransform(self.matrix)
+
+    @property
+    def scale(self) -> float:
+        """Crop pixels per frame pixel."""
+        return float(np.sqrt(abs(np.linalg.det(self.matrix[:, :2]))))
+
+    def to_crop(self, points) -> np.ndarray:
+        """Frame points (N x 2) in crop pixels, float64."""
+        points = np.asarray(points, dtype=np.float64)
+        return points @ self.matrix[:, :2].T + self.matrix[:, 2]
+
+    def to_frame(self, points) -> np.ndarray:
+        """Crop points (N x 2) in frame pixels, float64."""
+        inverse = self.inverse
+        points = np.asarray(points, dtype=np.float64)
+        return points @ inverse[:, :2].T + inverse[:, 2]
+
+
+def alignment_transform(keypoints, size: int = TEMPLATE_SIZE) -> AlignmentTransform:
+    """The transform that aligns a face with these 5 keypoints (frame pixels) to a size x size crop."""
+    keypoints = check_points(keypoints, 5, "keypoints")
+    return AlignmentTransform(estimate_similarity(keypoints, ffhq_template(size)), size)
+
+
+def warp_to_crop(frame: np.ndarray, transform: AlignmentTransform, interpolation: int = WARP_INTERPOLATION) -> np.ndarray:
+    """The aligned crop (uint8 RGB, size x size x 3); parts outside the frame are black.
+
+    interpolation is a cv2.INTER_* flag: cubic by default, linear where speed matters more.
+    """
+    check_rgb_image(frame, "frame")
+    source, matrix = frame, transform.matrix
+    if transform.scale < SHRINK_BEFORE_WARP_BELOW:
+        source, matrix = _shrunk_source(frame, transform)
+    return cv2.warpAffine(
+        source,
+        matrix,
+        (transform.size, transform.size),
+        flags=interpolation,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(0, 0, 0),
+    )
+
+
+def _shrunk_source(frame: np.ndarray, transform: AlignmentTransform) -> tuple[np.ndarray, np.ndarray]:
+    """The frame rectangle the crop covers, shrunk to about crop scale, and the matrix from it to the crop."""
+    height, width = frame.shape[:2]
+    size = transform.size
+    reach = transform.to_frame(np.array([[0, 0], [size, 0], [0, size], [size, size]], dtype=np.float64))
+    x0, y0 = np.clip(np.floor(reach.min(axis=0)).astype(int) - 2, 0, (width - 1, height - 1))
+    x1, y1 = np.clip(np.ceil(reach.max(axis=0)).astype(int) + 2, (x0 + 1, y0 + 1), (width, height))
+    region = frame[y0:y1, x0:x1]
+    new_width = max(round(region.shape[1] * transform.scale), 1)
+    new_height = max(round(region.shape[0] * transform.scale), 1)
+    shrunk = cv2.resize(region, (new_width, new_height), interpolation=cv2.INTER_AREA)
+    # cv2.resize puts shrunk pixel x at region pixel (x + 0.5) / factor - 0.5.
+    factor_x, factor_y = new_width / region.shape[1], new_height / region.shape[0]
+    shrunk_to_frame = np.array([
+        [1 / factor_x, 0, 0.5 / factor_x - 0.5 + x0],
+        [0, 1 / factor_y, 0.5 / factor_y - 0.5 + y0],
+        [0, 0, 1],
+    ])
+    return shrunk, transform.matrix @ shrunk_to_frame

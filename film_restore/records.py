@@ -1,0 +1,72 @@
+"""Small typed records passed between film_restore's stages (faces now; frames, tracks, shots later).
+
+Records are frozen dataclasses; their numpy arrays are private read-only copies, so a
+record cannot change after it is made. Coordinates are frame pixels unless a field
+says otherwise.
+"""
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from film_restore.align import AlignmentTransform
+
+
+def _frozen_array(value, shape: tuple, name: str) -> np.ndarray:
+    array = np.array(value, dtype=np.float32)
+    if array.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} must be finite numbers, got NaN or infinity")
+    array.flags.writeable = False
+    return array
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Face:
+    """One face found in one frame.
+
+    box: (x1, y1, x2, y2) detector box; score: detector confidence in [0, 1];
+    keypoints: 5 x 2 float32 (image-left eye, image-right eye, nose tip, image-left and
+    image-right mouth corner); landmarks: 68 x 2 float32 in iBUG 300-W order;
+    embedding: unit-length float32 identity vector (compare faces by dot product).
+    """
+
+    box: tuple[float, float, float, float]
+    score: float
+    keypoints: np.ndarray
+    landmarks: np.ndarray
+    embedding: np.ndarray
+
+    def __post_init__(self):
+        box = tuple(float(value) for value in np.asarray(self.box, dtype=np.float64).reshape(-1))
+        if len(box) != 4 or not np.isfinite(box).all() or box[2] <= box[0] or box[3] <= box[1]:
+            raise ValueError(f"Face box must be finite (x1, y1, x2, y2) with x2 > x1 and y2 > y1, got {self.box!r}")
+        object.__setattr__(self, "box", box)
+        object.__setattr__(self, "score", float(self.score))
+        object.__setattr__(self, "keypoints", _frozen_array(self.keypoints, (5, 2), "Face keypoints"))
+        object.__setattr__(self, "landmarks", _frozen_array(self.landmarks, (68, 2), "Face landmarks"))
+        embedding = np.array(self.embedding, dtype=np.float32)
+        if embedding.ndim != 1 or embedding.size == 0 or abs(float(np.linalg.norm(embedding)) - 1.0) > 1e-3:
+            raise ValueError(f"Face embedding must be a non-empty unit-length vector, got shape {embedding.shape}")
+        embedding.flags.writeable = False
+        object.__setattr__(self, "embedding", embedding)
+
+    def __repr__(self) -> str:
+        box = ", ".join(f"{value:.1f}" for value in self.box)
+        return f"Face(box=({box}), score={self.score:.3f}, embedding={self.embedding.size}-d)"
+
+
+class AlignedFace(NamedTuple):
+    """One face warped to the FFHQ template, ready for DMDNet.
+
+    crop: uint8 RGB size x size x 3; landmarks: 68 x 2 float32 in crop pixels;
+    boxes: int64 4 x 4 component boxes (rows left eye, right eye, nose, mouth; columns
+    x1, y1, x2, y2) as dmdnet.boxes.component_boxes gives them; transform: frame <-> crop.
+    """
+
+    crop: np.ndarray
+    landmarks: np.ndarray
+    boxes: np.ndarray
+    transform: "AlignmentTransform"
