@@ -8,13 +8,14 @@ fingerprint it belongs to and the content hashes of the references it was built 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from dmdnet.files import atomic_path
 
 FORMAT = "dmdnet-specific-dictionary/1"
 
@@ -55,12 +56,8 @@ class SpecificDictionary:
             "num_references": str(self.num_references),
             "reference_hashes": json.dumps(self.reference_hashes),
         }
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        with atomic_path(path) as temporary:
             save_file(tensors, str(temporary), metadata=metadata)
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path) -> "SpecificDictionary":

@@ -14,3 +14,37 @@ def asset(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is missing: set FILM_RESTORE_ASSETS to the shared assets folder")
     return path
+
+
+def reference_module():
+    """The contract's `random_state` module (seeded stand-in weights), imported from the assets."""
+    import importlib.util
+
+    path = asset("dmdnet_reference/random_state.py")
+    spec = importlib.util.spec_from_file_location("dmdnet_random_state", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def small_state(width: int = 8, dictionary_size: int = 16, seed: int = 7) -> dict:
+    """A seeded state dict under the authors' key names for a narrow network (fast tests)."""
+    from dmdnet import DMDNet
+    from dmdnet.checkpoint import authors_manifest
+
+    manifest = {name: list(entry[1]) for name, entry in authors_manifest(DMDNet(width, dictionary_size)).items()}
+    return reference_module().make_state(manifest, seed, 1.5)
+
+
+@pytest.fixture(scope="session")
+def vectors():
+    import numpy as np
+
+    return dict(np.load(asset("dmdnet_reference/vectors_seed1234.npz")))
+
+
+@pytest.fixture(scope="session")
+def small_model():
+    from dmdnet import DMDNet
+
+    return DMDNet.from_checkpoint(small_state())

@@ -1,0 +1,5 @@
+import sys
+
+from dmdnet.cli import main
+
+sys.exit(main())
