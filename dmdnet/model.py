@@ -380,8 +380,17 @@ class DMDNet(nn.Module):
         specific_values: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """The forward pass on plain tensors (what graph export traces)."""
-        windows = self.windows(boxes)
         features = self.encoder_lq(lq)
+        return self.decode(features, self.read_parts(features, self.windows(boxes), specific_keys, specific_values))
+
+    def read_parts(
+        self,
+        features: list[torch.Tensor],
+        windows: dict[str, Window],
+        specific_keys: dict[str, torch.Tensor] | None = None,
+        specific_values: dict[str, torch.Tensor] | None = None,
+    ) -> list[torch.Tensor]:
+        """Each scale's features with the eyes and mouth replaced by their dictionary reads."""
         styles = []
         for (side, _, _), feature in zip(SCALES, features):
             style = feature
@@ -391,6 +400,10 @@ class DMDNet(nn.Module):
                 specific = (specific_keys[name], specific_values[name]) if specific_keys is not None else ()
                 style = window.paste(style, self.parts[name](window.crop(feature), *specific))
             styles.append(style)
+        return styles
+
+    def decode(self, features: list[torch.Tensor], styles: list[torch.Tensor]) -> torch.Tensor:
+        """The image from the deepest features, styled at each scale by the pasted maps."""
         x = self.ms_dilate(features[-1])
         for block, style in zip(self.up, reversed(styles)):
             x = block(x, style)
