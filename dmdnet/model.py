@@ -27,6 +27,8 @@ CROP_EXTENT = {"le": 80, "re": 80, "mo": 110}
 SCALES = ((256, 1, 2), (128, 2, 4), (64, 4, 8))
 IMAGE_SIZE = 512
 NEGATIVE_SLOPE = 0.2
+# References encoded at once when building a dictionary: bounds memory for large casts.
+DICTIONARY_CHUNK = 8
 
 
 def part_names() -> list[str]:
@@ -342,7 +344,12 @@ class DMDNet(nn.Module):
                 hashlib.sha256(image.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
                 for image in ref_images
             ]
-        keys, values = self.dictionary_tensors(ref_images, ref_boxes)
+        chunks = [
+            self.dictionary_tensors(ref_images[start : start + DICTIONARY_CHUNK], ref_boxes[start : start + DICTIONARY_CHUNK])
+            for start in range(0, ref_images.shape[0], DICTIONARY_CHUNK)
+        ]
+        keys = {name: torch.cat([chunk[0][name] for chunk in chunks]) for name in self.parts}
+        values = {name: torch.cat([chunk[1][name] for chunk in chunks]) for name in self.parts}
         return SpecificDictionary(keys, values, self.fingerprint, list(reference_hashes))
 
     def dictionary_tensors(
