@@ -314,6 +314,19 @@ class DMDNet(nn.Module):
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
+    def _batch(self, images, boxes, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and boxes (tensors or arrays) checked and placed on the model's device."""
+        images, boxes = torch.as_tensor(images), torch.as_tensor(boxes)
+        if images.dim() != 4 or images.shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE) or not images.is_floating_point():
+            raise ValueError(
+                f"{name} must be float B x 3 x {IMAGE_SIZE} x {IMAGE_SIZE} RGB in [-1, 1] (dmdnet.images.to_tensor "
+                f"converts uint8 images), got {images.dtype} {tuple(images.shape)}"
+            )
+        if boxes.shape[:1] != images.shape[:1]:
+            raise ValueError(f"{images.shape[0]} faces in {name} but {tuple(boxes.shape)} boxes: one 4 x 4 box set per face")
+        weight = next(self.parameters())
+        return images.to(weight.device, weight.dtype), boxes.to(weight.device)
+
     def windows(self, boxes: torch.Tensor) -> dict[str, Window]:
         """Crop/paste windows of every part, for boxes B x 4 x 4."""
         if boxes.dim() != 3 or boxes.shape[1:] != (4, 4):
@@ -336,9 +349,7 @@ class DMDNet(nn.Module):
         reference_hashes: content hashes of the reference files, stored with the dictionary;
         by default the sha256 of each image tensor.
         """
-        _check_images(ref_images, "ref_images")
-        if ref_boxes.shape[0] != ref_images.shape[0]:
-            raise ValueError(f"{ref_images.shape[0]} reference images but {ref_boxes.shape[0]} box sets")
+        ref_images, ref_boxes = self._batch(ref_images, ref_boxes, "ref_images")
         if reference_hashes is None:
             reference_hashes = [
                 hashlib.sha256(image.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
@@ -367,9 +378,7 @@ class DMDNet(nn.Module):
     def forward(
         self, lq: torch.Tensor, boxes: torch.Tensor, dictionary: SpecificDictionary | None = None
     ) -> torch.Tensor:
-        _check_images(lq, "lq")
-        if boxes.shape[0] != lq.shape[0]:
-            raise ValueError(f"{lq.shape[0]} faces but {boxes.shape[0]} box sets")
+        lq, boxes = self._batch(lq, boxes, "lq")
         if dictionary is None:
             return self.restore(lq, boxes)
         if dictionary.fingerprint != self.fingerprint:
@@ -415,9 +424,3 @@ class DMDNet(nn.Module):
         for block, style in zip(self.up, reversed(styles)):
             x = block(x, style)
         return self.head(x)
-
-
-def _check_images(images: torch.Tensor, name: str) -> None:
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE):
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"{name} must be a B x 3 x {IMAGE_SIZE} x {IMAGE_SIZE} RGB tensor in [-1, 1], got {shape}")

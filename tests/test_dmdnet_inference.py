@@ -85,16 +85,28 @@ def test_files_that_are_not_dictionaries_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "shape, message",
-    [((1, 3, 256, 256), "lq must be a B x 3 x 512 x 512"), ((1, 512, 512, 3), "lq must be a B x 3 x 512 x 512")],
+    "shape, dtype, message",
+    [
+        ((1, 3, 256, 256), torch.float32, "lq must be float B x 3 x 512 x 512"),
+        ((1, 512, 512, 3), torch.float32, "lq must be float B x 3 x 512 x 512"),
+        ((1, 3, 512, 512), torch.uint8, "dmdnet.images.to_tensor converts uint8 images"),
+    ],
 )
-def test_wrong_image_shapes_are_named(small_model, shape, message):
+def test_wrong_image_shapes_are_named(small_model, shape, dtype, message):
     with pytest.raises(ValueError, match=message):
-        small_model(torch.zeros(shape), torch.zeros(1, 4, 4))
+        small_model(torch.zeros(shape, dtype=dtype), torch.zeros(1, 4, 4))
+
+
+@torch.no_grad()
+def test_numpy_inputs_are_accepted(small_model, faces):
+    images, boxes = faces
+    assert torch.equal(small_model(images.numpy(), boxes.numpy().astype(np.int32)), small_model(images, boxes))
 
 
 def test_wrong_box_shapes_are_named(small_model):
     with pytest.raises(ValueError, match="boxes must be B x 4 x 4"):
         small_model(torch.zeros(1, 3, 512, 512), torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="2 faces in lq but"):
+        small_model(torch.zeros(2, 3, 512, 512), torch.zeros(1, 4, 4))
     with pytest.raises(ValueError, match="component_boxes needs 68 x 2"):
         component_boxes(np.zeros((5, 2)))
