@@ -70,3 +70,63 @@ class AlignedFace(NamedTuple):
     landmarks: np.ndarray
     boxes: np.ndarray
     transform: "AlignmentTransform"
+
+
+@dataclass(frozen=True)
+class Shot:
+    """Frames first_frame..last_frame (inclusive, decoded frame numbers from 0) between two hard cuts."""
+
+    index: int
+    first_frame: int
+    last_frame: int
+
+    @property
+    def frames(self) -> range:
+        return range(self.first_frame, self.last_frame + 1)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Whole consecutive shots processed and encoded as one unit of work (and of resume)."""
+
+    index: int
+    shots: tuple[Shot, ...]
+
+    @property
+    def first_frame(self) -> int:
+        return self.shots[0].first_frame
+
+    @property
+    def last_frame(self) -> int:
+        return self.shots[-1].last_frame
+
+    @property
+    def frames(self) -> range:
+        return range(self.first_frame, self.last_frame + 1)
+
+
+@dataclass(frozen=True, eq=False)
+class TrackedFace:
+    """A track's face in one frame; interpolated when the detector missed it and the track bridged the gap."""
+
+    frame: int
+    face: Face
+    interpolated: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class Track:
+    """One person's face followed through consecutive frames of one shot; one actor or none."""
+
+    shot: int
+    faces: tuple[TrackedFace, ...]
+    actor: str | None = None
+    similarity: float = 0.0
+
+    @property
+    def first_frame(self) -> int:
+        return self.faces[0].frame
+
+    @property
+    def last_frame(self) -> int:
+        return self.faces[-1].frame
