@@ -94,22 +94,49 @@ def frame_matte(frame_shape: tuple, aligned: AlignedFace) -> np.ndarray:
     return full
 
 
-def paste_back(frame: np.ndarray, restored_faces: Sequence[tuple[AlignedFace, np.ndarray]]) -> np.ndarray:
-    """A copy of the frame with each (aligned face, restored crop) pair blended in.
+def face_layer(frame_shape: tuple, restored_faces: Sequence[tuple[AlignedFace, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """The restored faces as a frame-sized layer: (RGB float32 H x W x 3 on the 0..255 scale, alpha H x W).
 
-    restored crops are uint8 RGB of the aligned crop's size. Smaller faces are pasted
-    first, so where mattes overlap the larger (usually nearer) face ends on top.
+    restored crops are RGB of the aligned crop's size, uint8 or float32 on the 0..255
+    scale (float keeps precision for 10-bit output). A frame becomes
+    frame + alpha * (layer - frame); where alpha is 0 it is untouched. Smaller faces are
+    laid first, so where mattes overlap the larger (usually nearer) face ends on top.
     """
-    check_rgb_image(frame, "frame")
     for aligned, restored in restored_faces:
         if not isinstance(aligned, AlignedFace):
             raise ValueError(f"paste_back needs (AlignedFace, restored crop) pairs, got {type(aligned).__name__}")
-        check_rgb_image(restored, "restored crop")
         if restored.shape != aligned.crop.shape:
             raise ValueError(f"restored crop has shape {restored.shape}, the aligned crop {aligned.crop.shape}: restore at the aligned size")
-    result = frame.copy()
+    height, width = frame_shape[:2]
+    premultiplied = np.zeros((height, width, 3), dtype=np.float32)
+    alpha_total = np.zeros((height, width), dtype=np.float32)
     for aligned, restored in sorted(restored_faces, key=lambda pair: -pair[0].transform.scale):
-        _blend_one(result, aligned, restored)
+        matte = face_matte(aligned.landmarks, aligned.transform.size)
+        placed = _matte_in_frame(matte, aligned, frame_shape)
+        if placed is None:
+            continue
+        x0, y0, to_region, alpha = placed
+        corrected = match_colour(restored, aligned.crop, matte)
+        face = cv2.warpAffine(corrected, to_region, alpha.shape[::-1], flags=WARP_INTERPOLATION, borderMode=cv2.BORDER_REPLICATE)
+        region = np.s_[y0:y0 + alpha.shape[0], x0:x0 + alpha.shape[1]]
+        # "Over" compositing in premultiplied form: a later face covers earlier ones by its alpha.
+        premultiplied[region] = premultiplied[region] * (1 - alpha[..., None]) + alpha[..., None] * face
+        alpha_total[region] = alpha_total[region] * (1 - alpha) + alpha
+    layer = np.divide(premultiplied, alpha_total[..., None], out=np.zeros_like(premultiplied), where=alpha_total[..., None] > 0)
+    return layer, alpha_total
+
+
+def paste_back(frame: np.ndarray, restored_faces: Sequence[tuple[AlignedFace, np.ndarray]]) -> np.ndarray:
+    """A copy of the uint8 RGB frame with each (aligned face, restored uint8 crop) pair blended in."""
+    check_rgb_image(frame, "frame")
+    for _, restored in restored_faces:
+        check_rgb_image(restored, "restored crop")
+    layer, alpha = face_layer(frame.shape, restored_faces)
+    result = frame.copy()
+    touched = alpha > 0
+    current = frame[touched].astype(np.float32)
+    blended = current + alpha[touched][:, None] * (layer[touched] - current)
+    result[touched] = np.clip(np.round(blended), 0, 255).astype(np.uint8)
     return result
 
 
@@ -132,18 +159,3 @@ def _matte_in_frame(matte: np.ndarray, aligned: AlignedFace, frame_shape: tuple)
     alpha = cv2.warpAffine(matte, to_region, (int(x1 - x0), int(y1 - y0)), flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return int(x0), int(y0), to_region, alpha
-
-
-def _blend_one(result: np.ndarray, aligned: AlignedFace, restored: np.ndarray) -> None:
-    matte = face_matte(aligned.landmarks, aligned.transform.size)
-    placed = _matte_in_frame(matte, aligned, result.shape)
-    if placed is None:
-        return
-    x0, y0, to_region, alpha = placed
-    corrected = match_colour(restored, aligned.crop, matte)
-    face = cv2.warpAffine(corrected, to_region, alpha.shape[::-1], flags=WARP_INTERPOLATION, borderMode=cv2.BORDER_REPLICATE)
-    region = result[y0:y0 + alpha.shape[0], x0:x0 + alpha.shape[1]]
-    touched = alpha > 0
-    current = region[touched].astype(np.float32)
-    blended = current + alpha[touched][:, None] * (face[touched] - current)
-    region[touched] = np.clip(np.round(blended), 0, 255).astype(np.uint8)

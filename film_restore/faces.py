@@ -62,19 +62,24 @@ class FaceAnalyzer:
         return transform.to_frame(crop_landmarks).astype(np.float32)
 
     def align(self, frame: np.ndarray, face: Face, size: int = TEMPLATE_SIZE) -> AlignedFace:
-        """The face warped to the FFHQ template at size x size, with its landmarks, DMDNet boxes and transform.
+        """See align_face (alignment needs no model; the method is here for convenience)."""
+        return align_face(frame, face, size)
 
-        DMDNet's boxes are defined on the 512 template; for other sizes they are computed
-        there and scaled to the crop.
-        """
-        check_rgb_image(frame, "frame")
-        if not isinstance(face, Face):
-            raise ValueError(f"align needs a Face from FaceAnalyzer.analyze, got {type(face).__name__}")
-        transform = alignment_transform(face.keypoints, size)
-        crop_landmarks = transform.to_crop(face.landmarks)
-        to_dmdnet = TEMPLATE_SIZE / size
-        boxes = np.trunc(component_boxes(crop_landmarks * to_dmdnet) / to_dmdnet).astype(np.int64)
-        return AlignedFace(warp_to_crop(frame, transform), crop_landmarks.astype(np.float32), boxes, transform)
+
+def align_face(frame: np.ndarray, face: Face, size: int = TEMPLATE_SIZE) -> AlignedFace:
+    """The face warped to the FFHQ template at size x size, with its landmarks, DMDNet boxes and transform.
+
+    DMDNet's boxes are defined on the 512 template; for other sizes they are computed
+    there and scaled to the crop.
+    """
+    check_rgb_image(frame, "frame")
+    if not isinstance(face, Face):
+        raise ValueError(f"align needs a Face from FaceAnalyzer.analyze, got {type(face).__name__}")
+    transform = alignment_transform(face.keypoints, size)
+    crop_landmarks = transform.to_crop(face.landmarks)
+    to_dmdnet = TEMPLATE_SIZE / size
+    boxes = np.trunc(component_boxes(crop_landmarks * to_dmdnet) / to_dmdnet).astype(np.int64)
+    return AlignedFace(warp_to_crop(frame, transform), crop_landmarks.astype(np.float32), boxes, transform)
 
 
 def _box_in_crop(box: np.ndarray, transform: AlignmentTransform) -> np.ndarray:

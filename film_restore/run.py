@@ -1,0 +1,61 @@
+"""Restore the actors' faces of a film.
+
+    python -m film_restore.run INPUT --cast CAST.yaml [-o OUTPUT] [--checkpoint DMDNet.pth]
+        [--models DIR] [--workdir DIR] [--resume] [--codec auto|x264|x265|prores|ffv1]
+        [--report report.json] [--dry-run]
+
+Runs on an embedded local Ray, or on the cluster of `ray job submit` / RAY_ADDRESS.
+The output appears only when complete; the input is never written.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dmdnet import CheckpointError
+from film_restore.cast import CastError
+from film_restore.models import ModelsError
+from film_restore.pipeline import Job, PipelineError, run
+from film_restore.video import VideoError
+
+CODECS = ("auto", "x264", "x265", "prores", "ffv1")
+
+
+def parser() -> argparse.ArgumentParser:
+    arguments = argparse.ArgumentParser(prog="python -m film_restore.run", description=__doc__.split("\n\n")[0])
+    arguments.add_argument("input", type=Path, help="the film")
+    arguments.add_argument("--cast", type=Path, required=True, help="cast.yaml: actors and reference photos")
+    arguments.add_argument("-o", "--output", type=Path, help="default: INPUT_STEM.restored.EXT beside the input")
+    arguments.add_argument("--checkpoint", type=Path, help="DMDNet.pth (default $FILM_RESTORE_CHECKPOINT)")
+    arguments.add_argument("--models", type=Path, help="face models folder (default $FILM_RESTORE_MODELS)")
+    arguments.add_argument("--workdir", type=Path, help="where chunk results are kept (default beside the output)")
+    arguments.add_argument("--resume", action="store_true", help="reuse the finished work of an interrupted run")
+    arguments.add_argument("--codec", choices=CODECS, default="auto", help="auto keeps the input's codec family")
+    arguments.add_argument("--report", type=Path, help="report.json path (default OUTPUT_STEM.report.json)")
+    arguments.add_argument("--dry-run", action="store_true", help="shots, tracks and identities only; no restore")
+    arguments.add_argument("--chunk-frames", type=int, default=250, help="frames per unit of work (whole shots)")
+    return arguments
+
+
+def job_from_args(args) -> Job:
+    output = args.output or args.input.with_name(f"{args.input.stem}.restored{args.input.suffix}")
+    return Job(
+        input=args.input, cast=args.cast, output=output, checkpoint=args.checkpoint, models=args.models,
+        workdir=args.workdir, resume=args.resume, codec=args.codec, report=args.report, dry_run=args.dry_run,
+        chunk_frames=args.chunk_frames,
+    )
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        run(job_from_args(args))
+    except (PipelineError, VideoError, CastError, CheckpointError, ModelsError, ValueError, FileNotFoundError) as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
