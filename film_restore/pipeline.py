@@ -184,9 +184,7 @@ def run(job: Job) -> dict:
         model = DMDNet.from_checkpoint(checkpoint)
         fingerprint = model.fingerprint
         for actor in cast.actors:
-            analysed = store.references(actor)
-            if analysed.used:
-                dictionaries[actor.name] = store.dictionary(analysed, model)[1]
+            dictionaries[actor.name], _ = store.dictionary(store.references(actor), model)
         del model
     timings["cast"] = time.perf_counter() - started
 

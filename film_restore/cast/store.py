@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-from dmdnet import DMDNet, SpecificDictionary
+from dmdnet import DMDNet
 from dmdnet.files import atomic_path
 from dmdnet.images import to_tensor
 from film_restore.cast.castfile import Actor, Cast
@@ -148,15 +148,15 @@ class CastStore:
         self._write_record(analysed, record)
         return analysed
 
-    def dictionary(self, analysed: ActorReferences, model: DMDNet) -> tuple[SpecificDictionary, bool]:
-        """(the actor's DMDNet dictionary, whether it was built now rather than found)."""
+    def dictionary(self, analysed: ActorReferences, model: DMDNet) -> tuple[Path, bool]:
+        """(the stored file of the actor's DMDNet dictionary, whether it was built now rather than found)."""
         used = analysed.used
         if not used:
             raise ValueError(f"{analysed.actor.name} has no usable reference photo: {_skip_summary(analysed)}")
         hashes = [r.sha256 for r in used]
         path = self.folder / f"{self._key(analysed.actor, hashes, model.fingerprint)}.dict"
         if path.is_file():
-            return SpecificDictionary.load(path), False
+            return path, False
         aligned = [self._aligned.get(r.sha256) or self._align(r.path) for r in used]
         device = next(model.parameters()).device
         with torch.inference_mode():
@@ -167,21 +167,20 @@ class CastStore:
             )
         self.folder.mkdir(parents=True, exist_ok=True)
         dictionary.save(path)
-        return dictionary, True
+        return path, True
 
     def _align(self, path: Path) -> AlignedFace:
         image, face = reference_face(self.analyzer, read_photo(path))
         return self.analyzer.align(image, face)
 
     def identifier(self, cast: Cast) -> Identifier:
-        """Identifier over every actor with at least one usable reference."""
+        """Identifier over the cast's actors; an actor without a usable reference is an error."""
         actors = {}
         for actor in cast.actors:
             analysed = self.references(actor)
-            if analysed.used:
-                actors[actor.name] = analysed.embeddings
-        if not actors:
-            raise ValueError(f"no actor of {cast.path} has a usable reference photo")
+            if not analysed.used:
+                raise ValueError(f"{actor.name} has no usable reference photo: {_skip_summary(analysed)}")
+            actors[actor.name] = analysed.embeddings
         return Identifier(actors, cast.match_threshold)
 
     def _write_record(self, analysed: ActorReferences, path: Path) -> None:
