@@ -172,7 +172,8 @@ def run(job: Job) -> dict:
         raise PipelineError(f"the output {job.output} would overwrite the input: choose another -o")
     info = probe(job.input)
     if not job.dry_run:
-        check_output(job.output, info, job.codec)
+        for warning in check_output(job.output, info, job.codec).warnings:
+            progress.say(f"note: {warning}")
         checkpoint = resolve_checkpoint(job)
     cast = Cast.load(job.cast)
     pack = find_pack(job.models)
@@ -211,7 +212,7 @@ def run(job: Job) -> dict:
         results, videos = _compose(job, work, info, scan, tracks, compose_key, checkpoint, dictionaries, progress)
         timings["restore_and_encode"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        join(videos, job.input, job.output, info)
+        join(videos, job.input, job.output, info, frame_pts=scan.frame_pts)
         timings["join"] = time.perf_counter() - mark
         work.remove_videos()
     timings["total"] = time.perf_counter() - started

@@ -3,7 +3,7 @@
     WORKDIR/<film stem>-<input hash>/
         scan-<key>.json                      frame timestamps, shots, chunks
         analysis/<chunk>-<key>.json          the chunk's tracks and identities
-        chunks/<chunk>-<key>.mkv (+ .json)   the chunk's restored video and its totals
+        chunks/<chunk>-<key>.video (+ .json) the chunk's restored video (NUT or QuickTime) and totals
 
 A key hashes the input's content, the settings, the face models, the cast and (for
 restored chunks) the DMDNet fingerprint and dictionaries, so `--resume` reuses exactly
@@ -74,11 +74,11 @@ class WorkFolder:
         return self.folder / "analysis" / f"{chunk.index:05d}-{key}.json"
 
     def chunk_video(self, chunk: Chunk, key: str) -> Path:
-        return self.folder / "chunks" / f"{chunk.index:05d}-{key}.mkv"
+        return self.folder / "chunks" / f"{chunk.index:05d}-{key}.video"
 
     def remove_videos(self) -> None:
         """Drops the restored chunk videos once the output holds them (they are as large as the film)."""
-        for video in (self.folder / "chunks").glob("*.mkv"):
+        for video in (self.folder / "chunks").glob("*.video"):
             video.unlink()
 
 

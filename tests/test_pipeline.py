@@ -1,0 +1,181 @@
+"""The whole film pipeline through its command line, on a film made of three real clips.
+
+Three clips of different people joined with hard cuts, with an audio track; a cast of the
+first two built from frames of the other half of their clips; a narrow seeded DMDNet.
+"""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, asset, small_state
+from film_restore.blend import frame_matte
+from film_restore.faces import align_face
+from film_restore.workdir import tracks_from_json
+from media import make_film
+
+CLIPS = ("media/clips/retalk_2.mp4", "media/clips/liveportrait_d10.mp4", "media/clips/retalk_3.mp4")
+FRAMES_PER_CLIP = 24
+CHUNK_FRAMES = 20  # below a shot's length: each shot is a chunk of its own
+CHUNKS = len(CLIPS)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def decoded(path: Path) -> tuple[list[int], list[np.ndarray]]:
+    with av.open(str(path)) as container:
+        frames = list(container.decode(video=0))
+    return [f.pts for f in frames], [f.to_ndarray(format="rgb24") for f in frames]
+
+
+def audio_packets(path: Path) -> list[tuple[int, bytes]]:
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        return [(p.pts, bytes(p)) for p in container.demux(stream) if p.size]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pipeline")
+    film = folder / "film.mkv"
+    cuts = make_film(film, [asset(c) for c in CLIPS], FRAMES_PER_CLIP, size=(512, 512), with_audio=True)
+    refs = folder / "refs"
+    for number, clip in enumerate(CLIPS[:2]):
+        (refs / f"actor{number}").mkdir(parents=True)
+        with av.open(str(asset(clip))) as container:
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        for taken in np.linspace(len(frames) // 2, len(frames) - 1, 4).astype(int):
+            cv2.imwrite(str(refs / f"actor{number}" / f"{taken}.png"), frames[taken][:, :, ::-1])
+    cast = folder / "cast.yaml"
+    cast.write_text("actors:\n" + "".join(f"  - name: Actor {n}\n    references: refs/actor{n}/*.png\n" for n in range(2)))
+    checkpoint = folder / "DMDNet.pth"
+    torch.save({name: torch.from_numpy(value) for name, value in small_state().items()}, checkpoint)
+    return {"folder": folder, "film": film, "cuts": cuts, "cast": cast, "checkpoint": checkpoint}
+
+
+def restore(setup, *extra, output=None, expect_ok=True, wait=True):
+    output = output or setup["folder"] / "out.mkv"
+    command = [sys.executable, "-m", "film_restore.run", str(setup["film"]), "--cast", str(setup["cast"]),
+               "--checkpoint", str(setup["checkpoint"]), "--models", str(asset("models")), "-o", str(output),
+               "--chunk-frames", str(CHUNK_FRAMES), *map(str, extra)]
+    environment = {**os.environ, "FILM_RESTORE_DASHBOARD": "0"}
+    if not wait:
+        return subprocess.Popen(command, cwd=REPO, env=environment, start_new_session=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True)
+    assert (result.returncode == 0) == expect_ok, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def full_run(setup):
+    output = setup["folder"] / "restored.mkv"
+    restore(setup, "--codec", "ffv1", "--workdir", setup["folder"] / "work", output=output)
+    return output
+
+
+def test_dry_run_finds_the_cuts_and_the_actors(setup):
+    report_path = setup["folder"] / "dry.json"
+    restore(setup, "--dry-run", "--report", report_path, "--workdir", setup["folder"] / "dry-work",
+            output=setup["folder"] / "never.mkv")
+    assert not (setup["folder"] / "never.mkv").exists()
+    report = json.loads(report_path.read_text())
+    starts = [shot["first_frame"] for shot in report["shots"]]
+    assert starts == [0, *setup["cuts"]]
+    assert report["shots"][-1]["last_frame"] == 3 * FRAMES_PER_CLIP - 1
+    expected = {0: "Actor 0", 1: "Actor 1", 2: None}
+    assert report["tracks"], "no face tracks found"
+    for track in report["tracks"]:
+        assert track["actor"] == expected[track["shot"]], track
+    covered = {shot: sum(t["faces"] for t in report["tracks"] if t["shot"] == shot) for shot in expected}
+    assert all(count >= FRAMES_PER_CLIP - 2 for count in covered.values()), covered
+
+
+def test_output_keeps_frames_timestamps_audio_and_every_pixel_outside_faces(setup, full_run):
+    input_pts, input_frames = decoded(setup["film"])
+    output_pts, output_frames = decoded(full_run)
+    assert output_pts == input_pts
+    assert audio_packets(full_run) == audio_packets(setup["film"])
+
+    analysis = sorted((setup["folder"] / "work").rglob("analysis/*.json"))
+    tracks = [track for path in analysis for track in tracks_from_json(json.loads(path.read_text()))]
+    faces_in_frame = {}
+    for track in tracks:
+        for tracked in track.faces:
+            faces_in_frame.setdefault(tracked.frame, []).append(tracked.face)
+    changed_frames = 0
+    for index, (before, after) in enumerate(zip(input_frames, output_frames)):
+        matte = np.zeros(before.shape[:2], np.float32)
+        for face in faces_in_frame.get(index, []):
+            matte = np.maximum(matte, frame_matte(before.shape, align_face(before, face)))
+        # A chroma sample covers 2 x 2 pixels: a pixel beside the matte may share one.
+        footprint = cv2.dilate((matte > 0).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        assert np.array_equal(before[~footprint], after[~footprint]), f"frame {index} changed outside the faces"
+        changed_frames += bool(np.any(before[footprint] != after[footprint]))
+    assert changed_frames >= 0.9 * len(input_frames)
+    report = json.loads(full_run.with_name("restored.report.json").read_text())
+    assert report["totals"]["faces_restored"] >= 3 * (FRAMES_PER_CLIP - 2)
+    assert full_run.with_name("restored.report.html").read_text().count("<img") >= 2 * len(report["tracks"])
+
+
+def test_killed_run_resumes_without_redoing_finished_chunks(setup, full_run):
+    output = setup["folder"] / "resumed.mkv"
+    workdir = setup["folder"] / "resume-work"
+    process = restore(setup, "--codec", "ffv1", "--workdir", workdir, output=output, wait=False)
+    deadline = time.monotonic() + 300
+    while not list(workdir.rglob("chunks/*.json")):
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no chunk finished in time"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not output.exists()
+    finished = {path: path.stat().st_mtime_ns for path in workdir.rglob("chunks/*.json")}
+    assert 0 < len(finished) < CHUNKS
+
+    restore(setup, "--codec", "ffv1", "--workdir", workdir, "--resume", output=output)
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in finished.items())
+    assert len(list(workdir.rglob("chunks/*.json"))) == CHUNKS
+    resumed_pts, resumed_frames = decoded(output)
+    complete_pts, complete_frames = decoded(full_run)
+    assert resumed_pts == complete_pts
+    assert all(np.array_equal(a, b) for a, b in zip(resumed_frames, complete_frames))
+
+
+@pytest.mark.parametrize("problem", ["truncated input", "missing cast image", "cast image without a face",
+                                     "missing checkpoint"])
+def test_bad_input_is_one_line_error_with_no_output(setup, problem, tmp_path):
+    broken = dict(setup)
+    if problem == "truncated input":
+        data = setup["film"].read_bytes()
+        broken["film"] = tmp_path / "truncated.mkv"
+        broken["film"].write_bytes(data[: len(data) // 2])
+    elif problem == "missing cast image":
+        broken["cast"] = tmp_path / "cast.yaml"
+        broken["cast"].write_text("actors:\n  - name: Ghost\n    references: [refs/ghost.png]\n")
+    elif problem == "cast image without a face":
+        (tmp_path / "refs").mkdir()
+        cv2.imwrite(str(tmp_path / "refs" / "wall.png"), np.full((400, 400, 3), 120, np.uint8))
+        broken["cast"] = tmp_path / "cast.yaml"
+        broken["cast"].write_text("actors:\n  - name: Wall\n    references: [refs/wall.png]\n")
+    else:
+        broken["checkpoint"] = tmp_path / "absent.pth"
+    before = sha256(broken["film"])
+    output = tmp_path / "out.mkv"
+    result = restore(broken, "--workdir", tmp_path / "work", output=output, expect_ok=False)
+    lines = result.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("error: "), result.stderr[-2000:]
+    assert not output.exists()
+    assert sha256(broken["film"]) == before
