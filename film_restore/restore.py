@@ -42,7 +42,8 @@ class FaceRestorer:
         with torch.inference_mode():
             for start in range(0, len(crops), self.batch):
                 lq = to_tensor(crops[start : start + self.batch]).to(self.device)
-                batch_boxes = torch.as_tensor(boxes[start : start + self.batch], device=self.device)
+                # A copy: arrays that come through Ray's object store are read-only.
+                batch_boxes = torch.tensor(boxes[start : start + self.batch], device=self.device)
                 out = self.model(lq, batch_boxes, dictionary)
                 restored.append(((out.clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).float().cpu().numpy())
         return np.concatenate(restored) if restored else np.zeros((0, 512, 512, 3), np.float32)
