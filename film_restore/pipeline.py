@@ -85,7 +85,7 @@ class Progress:
     def say(self, message: str, final: bool = True) -> None:
         if self.terminal:
             print(f"\r\033[K{self.film}: {message}", end="\n" if final else "", file=sys.stderr, flush=True)
-        elif final:
+        else:  # a log (ray job logs, the dashboard): every step on a line of its own
             print(f"{self.film}: {message}", file=sys.stderr, flush=True)
 
 
@@ -122,6 +122,10 @@ class RestoreActor:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            # Ray pins workers to one thread (OMP_NUM_THREADS=1); on a CPU node the restorer
+            # is the bottleneck and the compose tasks mostly wait for it.
+            torch.set_num_threads(os.cpu_count() or 1)
         self.restorer = FaceRestorer(checkpoint, dictionaries, device=device, batch=batch)
         self.faces = _counter("film_restore_faces_restored", "faces restored by DMDNet")
         self.film = film
@@ -150,6 +154,35 @@ def _get(reference):
         raise
 
 
+# --- cluster: where the work runs (issue 5) ---------------------------------------------------
+
+def _absolute_paths(job: Job) -> Job:
+    """Every path absolute: tasks on other nodes (and other working directories) get the same file.
+
+    On a cluster the input, cast (and its .store), checkpoint, models, work folder and output
+    must be on storage mounted at the same path on every node (see RUNBOOK.md).
+    """
+    fields = ("input", "cast", "output", "checkpoint", "models", "workdir", "report")
+    return dataclasses.replace(job, **{f: Path(getattr(job, f)).expanduser().absolute()
+                                       for f in fields if getattr(job, f) is not None})
+
+
+def _restore_gpus() -> int:
+    """How many restore actors ask for a GPU each: FILM_RESTORE_GPUS, else the cluster's GPUs now.
+
+    FILM_RESTORE_GPUS is for autoscaling clusters whose GPU workers are not up yet: the actors'
+    requests (num_gpus=1 each) make the autoscaler start them. 0 restores on CPU.
+    """
+    wanted = os.environ.get("FILM_RESTORE_GPUS", "").strip()
+    if wanted:
+        if not wanted.isdigit():
+            raise PipelineError(f"FILM_RESTORE_GPUS={wanted!r}: expected a number of GPUs (0 or more)")
+        return int(wanted)
+    return int(ray.cluster_resources().get("GPU", 0))
+
+# --- end cluster --------------------------------------------------------------------------------
+
+
 def resolve_checkpoint(job: Job) -> Path:
     checkpoint = job.checkpoint or os.environ.get("FILM_RESTORE_CHECKPOINT")
     if not checkpoint:
@@ -164,6 +197,7 @@ def resolve_checkpoint(job: Job) -> Path:
 
 def run(job: Job) -> dict:
     """Restores one film (or analyses it, dry run); returns the report."""
+    job = _absolute_paths(job)
     started = time.perf_counter()
     timings = {}
     film = job.input.name
@@ -274,7 +308,7 @@ def _compose(job, work, info, scan: Scan, tracks, key, checkpoint, dictionaries,
         if chunk not in missing:
             results[chunk.index] = ChunkResult(**json.loads(video.with_suffix(".json").read_text()))
     if missing:
-        gpus = int(ray.cluster_resources().get("GPU", 0))
+        gpus = _restore_gpus()
         restorer_options = {"num_gpus": 1} if gpus else {}
         restorers = [
             RestoreActor.options(name=f"film_restore.restore-{i}-{os.getpid()}", **restorer_options).remote(

@@ -40,23 +40,28 @@ class Cast:
         path = Path(path)
         if not path.is_file():
             raise CastError(f"no cast file at {path}: write one listing actors and their reference photos")
-        try:
-            root = yaml.compose(path.read_text(), Loader=yaml.SafeLoader)
-        except (yaml.YAMLError, UnicodeDecodeError) as error:
-            raise CastError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from error
-        return _CastReader(path).cast(root)
+        return _CastReader(path).cast(compose_yaml(path, CastError))
 
 
-class _CastReader:
-    """Walks the composed YAML nodes, so each error can name its line."""
+def compose_yaml(path: Path, error: type[Exception]) -> yaml.Node | None:
+    """The file's composed YAML nodes (which know their lines); `error` with the reason if unreadable."""
+    try:
+        return yaml.compose(path.read_text(), Loader=yaml.SafeLoader)
+    except (yaml.YAMLError, UnicodeDecodeError) as problem:
+        raise error(f"{path}: not valid YAML ({' '.join(str(problem).split())})") from problem
+
+
+class NodeReader:
+    """Walks composed YAML nodes, so each error names its file, line and field: `FILE:LINE: FIELD: PROBLEM`."""
+
+    error: type[Exception] = ValueError
 
     def __init__(self, path: Path):
         self.path = path
-        self.folder = path.resolve().parent
 
     def fail(self, node, field: str, problem: str):
         line = f":{node.start_mark.line + 1}" if node is not None else ""
-        raise CastError(f"{self.path}{line}: {field}: {problem}")
+        raise self.error(f"{self.path}{line}: {field}: {problem}")
 
     def mapping(self, node, field: str, allowed: set[str]) -> dict[str, tuple[yaml.Node, yaml.Node]]:
         if not isinstance(node, yaml.MappingNode):
@@ -70,6 +75,14 @@ class _CastReader:
                 self.fail(key, f"{field}.{name}" if field else name, "given twice")
             entries[name] = (key, value)
         return entries
+
+
+class _CastReader(NodeReader):
+    error = CastError
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self.folder = path.resolve().parent
 
     def cast(self, root) -> Cast:
         if root is None:

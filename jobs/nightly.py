@@ -1,0 +1,373 @@
+"""Nightly archive runner: restores every film of archive.yaml that is not already done.
+
+    python -m jobs.nightly archive.yaml [--address http://HEAD:8265] [-j N] [--summary PATH]
+        [--force] [--env KEY=VALUE ...] [--poll-seconds S]
+
+Each film runs as `python -m film_restore.run ...`:
+- with --address (or RAY_API_SERVER_ADDRESS, or an http(s):// RAY_ADDRESS): submitted as a Ray
+  job with Ray's JobSubmissionClient, watched until it ends; its log is kept;
+- otherwise as a process on this machine joined to one Ray that the runner starts or joins
+  (RAY_ADDRESS as host:port, e.g. when the runner is itself a `ray job submit` entrypoint),
+  so concurrent films share one resource pool and a crash of one film cannot stop the others.
+
+A film is skipped when its output is complete for the same settings and model: after a
+success the runner writes OUTPUT_STEM.nightly.json beside the output with a key of the
+input's sha256, the cast (file, reference photos, threshold), the checkpoint's sha256, the
+face models, codec, chunk size and stage versions; the film is skipped when that key is the
+same now, the output has the recorded size and the pipeline's report (OUTPUT_STEM.report.json)
+names the same input sha256. Otherwise it runs with --resume (unless `resume: false`), which
+reuses the finished chunks of an interrupted run whose settings match.
+
+At most N films run at once (-j). One film's failure never stops the others. The summary is
+written as JSON and as a short text (done, skipped, failed with the reason); the exit status
+is 0 when no film failed, 1 when one or more failed, 2 when the archive file is invalid.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from jobs.archive import Archive, ArchiveError, Film, load
+
+SIDECAR_VERSION = 1
+
+
+@dataclass
+class Outcome:
+    """What became of one film."""
+
+    input: str
+    output: str
+    status: str  # done | skipped | failed
+    reason: str = ""
+    resumed: bool = False
+    seconds: float = 0.0
+    key: str | None = None
+    log: str | None = None
+    job_id: str | None = None
+
+
+# --- is the output complete for the same settings and model? ----------------------------------
+
+def sidecar_path(film: Film) -> Path:
+    return film.output.with_name(f"{film.output.stem}.nightly.json")
+
+
+def completion_parts(film: Film) -> dict:
+    """Everything the restored output depends on, as hashes and settings (raises with the reason)."""
+    from film_restore.cast import Cast
+    from film_restore.cast.store import pack_id
+    from film_restore.models import file_sha256, find_pack
+    from film_restore.pipeline import ANALYSIS_VERSION, COMPOSE_VERSION, SCAN_VERSION
+    from film_restore.workdir import input_hash
+
+    if not film.input.is_file():
+        raise FileNotFoundError(f"no input file at {film.input}")
+    if not film.checkpoint.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {film.checkpoint}")
+    cast = Cast.load(film.cast)
+    return {
+        # cached by (path, size, mtime) in the work folder, where the pipeline finds it too
+        "input_sha256": input_hash(film.input, film.workroot),
+        "checkpoint_sha256": input_hash(film.checkpoint, film.workroot),
+        "cast": {
+            "file_sha256": file_sha256(cast.path),
+            "match_threshold": cast.match_threshold,
+            "actors": [[actor.name, [file_sha256(path) for path in actor.references]] for actor in cast.actors],
+        },
+        "face_models": pack_id(find_pack(film.models)),
+        "settings": {"codec": film.codec, "chunk_frames": film.chunk_frames},
+        "stage_versions": [SCAN_VERSION, ANALYSIS_VERSION, COMPOSE_VERSION],
+    }
+
+
+def completion_key(parts: dict) -> str:
+    from film_restore.workdir import digest
+
+    return digest(parts)
+
+
+def why_not_complete(film: Film, key: str, parts: dict) -> str | None:
+    """None when the output is complete for this key, else why it is not (for the log)."""
+    sidecar = sidecar_path(film)
+    if not film.output.is_file():
+        return "no output yet"
+    if not sidecar.is_file():
+        return f"no {sidecar.name} (not restored by this runner)"
+    try:
+        record = json.loads(sidecar.read_text())
+        report = json.loads(film.report.read_text())
+    except (OSError, ValueError) as error:
+        return f"unreadable record or report ({' '.join(str(error).split())})"
+    if record.get("key") != key:
+        changed = sorted(k for k in parts if record.get("parts", {}).get(k) != parts[k])
+        return f"settings or model changed ({', '.join(changed) or 'key'})"
+    size = film.output.stat().st_size
+    if record.get("output", {}).get("size_bytes") != size:
+        return "the output changed since it was restored"
+    if report.get("dry_run") or (report.get("input") or {}).get("sha256") != parts["input_sha256"] \
+            or (report.get("output") or {}).get("size_bytes") != size:
+        return f"{film.report.name} does not describe this output"
+    return None
+
+
+def record_complete(film: Film, key: str, parts: dict, how: dict) -> None:
+    from film_restore.workdir import write_json
+
+    report = json.loads(film.report.read_text())
+    write_json(sidecar_path(film), {
+        "version": SIDECAR_VERSION,
+        "key": key,
+        "parts": parts,
+        "model_fingerprint": report.get("model_fingerprint"),
+        "input": str(film.input),
+        "output": {"path": str(film.output), "size_bytes": film.output.stat().st_size},
+        "report": str(film.report),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **how,
+    })
+
+
+def has_partial_work(film: Film, parts: dict) -> bool:
+    from film_restore.workdir import WorkFolder
+
+    folder = WorkFolder(film.workroot, film.input, parts["input_sha256"]).folder
+    return folder.is_dir() and any(folder.rglob("*.json"))
+
+
+# --- running one film ------------------------------------------------------------------------------
+
+def film_arguments(film: Film, resume: bool) -> list[str]:
+    arguments = [str(film.input), "--cast", str(film.cast), "-o", str(film.output),
+                 "--checkpoint", str(film.checkpoint), "--workdir", str(film.workroot),
+                 "--codec", film.codec, "--chunk-frames", str(film.chunk_frames)]
+    if film.models is not None:
+        arguments += ["--models", str(film.models)]
+    if resume:
+        arguments.append("--resume")
+    return arguments
+
+
+def failure_reason(log: str, fallback: str) -> str:
+    """The film's own one-line error (`error: ...`), else the log's last line, else the fallback."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    if errors:
+        return errors[-1][len("error: "):]
+    last = [line for line in lines if not line.startswith(("(", "---"))]
+    return f"{fallback}: {last[-1]}" if last else fallback
+
+
+class LocalRunner:
+    """Films as processes on this machine, all joined to one Ray (started here or RAY_ADDRESS's)."""
+
+    mode = "local"
+
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+        self.address = None
+        self.lock = threading.Lock()
+
+    def _ray_address(self) -> str:
+        with self.lock:
+            if self.address is None:
+                import ray
+
+                from film_restore.pipeline import init_ray
+
+                init_ray()
+                self.address = ray.get_runtime_context().gcs_address
+            return self.address
+
+    def run(self, film: Film, arguments: list[str], log_path: Path) -> tuple[bool, str, str | None]:
+        environment = {**os.environ, **self.env, "RAY_ADDRESS": self._ray_address()}
+        command = [sys.executable, "-m", "film_restore.run", *arguments]
+        with open(log_path, "w") as log:
+            log.write(f"$ {shlex.join(command)}\n")
+            log.flush()
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=environment).returncode
+        if code == 0:
+            return True, "", None
+        return False, failure_reason(log_path.read_text(), f"exit status {code}"), None
+
+
+class JobRunner:
+    """Films as Ray jobs on a running cluster, through its dashboard's job API."""
+
+    mode = "job"
+    TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+    def __init__(self, address: str, env: dict[str, str], poll_seconds: float):
+        from ray.job_submission import JobSubmissionClient
+
+        self.address = address
+        self.client = JobSubmissionClient(address)
+        self.env = env
+        self.poll_seconds = poll_seconds
+
+    def run(self, film: Film, arguments: list[str], log_path: Path) -> tuple[bool, str, str | None]:
+        slug = re.sub(r"[^a-z0-9]+", "-", film.input.stem.lower()).strip("-") or "film"
+        job_id = f"film-restore-{slug}-{time.strftime('%Y%m%d-%H%M%S')}-{film.index}"
+        entrypoint = shlex.join(["python", "-m", "film_restore.run", *arguments])
+        self.client.submit_job(
+            entrypoint=entrypoint, submission_id=job_id,
+            runtime_env={"env_vars": self.env} if self.env else None,
+            metadata={"film": str(film.input), "submitted_by": "jobs.nightly"},
+        )
+        while True:
+            status = self.client.get_job_status(job_id)
+            status = getattr(status, "value", str(status))
+            if status in self.TERMINAL:
+                break
+            time.sleep(self.poll_seconds)
+        logs = self.client.get_job_logs(job_id)
+        log_path.write_text(f"$ ray job {job_id}: {entrypoint}\n{logs}")
+        if status == "SUCCEEDED":
+            return True, "", job_id
+        message = (self.client.get_job_info(job_id).message or "").strip().splitlines()
+        return False, failure_reason(logs, f"job {status.lower()}" + (f" ({message[0]})" if message else "")), job_id
+
+
+def process(film: Film, runner, force: bool, logs: Path, say) -> Outcome:
+    """Skips, runs or resumes one film; never raises (a failure is the outcome's reason)."""
+    started = time.perf_counter()
+    outcome = Outcome(str(film.input), str(film.output), "failed")
+    try:
+        parts = completion_parts(film)
+        key = outcome.key = completion_key(parts)
+        why = why_not_complete(film, key, parts)
+        if why is None and not force:
+            outcome.status = "skipped"
+            outcome.reason = "output complete for the same settings and model"
+            return outcome
+        outcome.resumed = film.resume and has_partial_work(film, parts)
+        sidecar_path(film).unlink(missing_ok=True)
+        log_path = logs / f"{film.index:03d}-{film.input.stem}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        outcome.log = str(log_path)
+        say(f"{film.name}: {'resuming' if outcome.resumed else 'running'} ({why if why else 'forced'}); log {log_path}")
+        ok, reason, outcome.job_id = runner.run(film, film_arguments(film, film.resume), log_path)
+        if ok and not (film.output.is_file() and film.report.is_file()):
+            ok, reason = False, (f"the run succeeded but {film.output} or its report is not visible here: input, "
+                                 "work folder and output must be on storage that every node and this machine mount")
+        if ok:
+            record_complete(film, key, parts, {"mode": runner.mode, "job_id": outcome.job_id})
+            outcome.status = "done"
+        else:
+            outcome.reason = reason
+    except Exception as error:  # one film's problem, whatever it is, is reported and the others go on
+        outcome.reason = " ".join(str(error).split()) or type(error).__name__
+    finally:
+        outcome.seconds = round(time.perf_counter() - started, 1)
+    return outcome
+
+
+# --- the archive -------------------------------------------------------------------------------------
+
+def text_summary(archive: Archive, outcomes: list[Outcome], seconds: float) -> str:
+    counts = {status: sum(o.status == status for o in outcomes) for status in ("done", "skipped", "failed")}
+    lines = [f"{archive.path}: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed "
+             f"({len(outcomes)} films, {seconds:.0f} s)"]
+    for outcome in outcomes:
+        if outcome.status == "done":
+            detail = f"-> {outcome.output} ({outcome.seconds:.0f} s{', resumed' if outcome.resumed else ''})"
+        elif outcome.status == "skipped":
+            detail = f"-> {outcome.output}: {outcome.reason}"
+        else:
+            detail = f": {outcome.reason}" + (f" (log {outcome.log})" if outcome.log else "")
+        lines.append(f"{outcome.status:8s} {outcome.input} {detail}")
+    return "\n".join(lines) + "\n"
+
+
+def submission_address(given: str | None) -> str | None:
+    """The job API address for JobSubmissionClient, or None to run films on a local Ray."""
+    if given:
+        return given
+    for variable in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
+        value = os.environ.get(variable, "")
+        if value.startswith(("http://", "https://")):
+            return value
+    return None
+
+
+def parser() -> argparse.ArgumentParser:
+    arguments = argparse.ArgumentParser(prog="python -m jobs.nightly", description=__doc__.split("\n\n")[0])
+    arguments.add_argument("archive", type=Path, help="archive.yaml listing the films")
+    arguments.add_argument("--address", help="Ray dashboard/job API of a running cluster, e.g. http://HEAD:8265 "
+                                             "(default $RAY_API_SERVER_ADDRESS or an http RAY_ADDRESS; else local Ray)")
+    arguments.add_argument("-j", "--max-parallel", type=int, default=1, help="films running at once (default 1)")
+    arguments.add_argument("--summary", type=Path, help="summary JSON (default ARCHIVE_STEM.summary.json beside it; "
+                                                        "the text summary is beside it, .txt)")
+    arguments.add_argument("--force", action="store_true", help="restore complete films again")
+    arguments.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                           help="environment for every film's run (e.g. FILM_RESTORE_GPUS=4)")
+    arguments.add_argument("--poll-seconds", type=float, default=5.0, help="how often a job's status is read")
+    return arguments
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    if args.max_parallel < 1:
+        parser().error("--max-parallel must be 1 or more")
+    env = {}
+    for item in args.env:
+        if "=" not in item:
+            parser().error(f"--env {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        env[key] = value
+    try:
+        archive = load(args.archive)
+    except ArchiveError as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    summary = args.summary or archive.path.with_name(f"{archive.path.stem}.summary.json")
+    logs = summary.with_name(f"{summary.stem}.logs")
+    address = submission_address(args.address)
+    runner = JobRunner(address, env, args.poll_seconds) if address else LocalRunner(env)
+    started = time.perf_counter()
+    printing = threading.Lock()
+
+    def say(message: str) -> None:
+        with printing:
+            print(f"nightly: {message}", flush=True)
+
+    say(f"{len(archive.films)} films from {archive.path}, {args.max_parallel} at once, "
+        f"{'jobs on ' + address if address else 'local Ray'}")
+
+    def one(film: Film) -> Outcome:
+        outcome = process(film, runner, args.force, logs, say)
+        say(f"{film.name}: {outcome.status}" + (f": {outcome.reason}" if outcome.reason else ""))
+        return outcome
+
+    with ThreadPoolExecutor(max_workers=args.max_parallel) as pool:
+        outcomes = list(pool.map(one, archive.films))
+    seconds = time.perf_counter() - started
+    from film_restore.workdir import write_json
+
+    write_json(summary, {
+        "archive": str(archive.path),
+        "mode": runner.mode,
+        "address": address,
+        "seconds": round(seconds, 1),
+        "counts": {status: sum(o.status == status for o in outcomes) for status in ("done", "skipped", "failed")},
+        "films": [asdict(outcome) for outcome in outcomes],
+    })
+    text = text_summary(archive, outcomes, seconds)
+    summary.with_suffix(".txt").write_text(text)
+    print(text, end="", flush=True)
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
