@@ -179,3 +179,27 @@ def test_bad_input_is_one_line_error_with_no_output(setup, problem, tmp_path):
     assert lines and lines[-1].startswith("error: "), result.stderr[-2000:]
     assert not output.exists()
     assert sha256(broken["film"]) == before
+
+
+@pytest.mark.slow
+def test_full_size_network_restores_a_short_film(setup, tmp_path):
+    """The authors' full-size architecture (seeded weights) through the whole pipeline."""
+    from conftest import reference_module
+
+    manifest = json.loads(asset("dmdnet_reference/state_dict_manifest.json").read_text())
+    checkpoint = tmp_path / "DMDNet.pth"
+    torch.save({k: torch.from_numpy(v) for k, v in reference_module().make_state(manifest, 1234, 1.5).items()}, checkpoint)
+    film = tmp_path / "short.mkv"
+    make_film(film, [asset(CLIPS[0])], 6, size=(512, 512), with_audio=True)
+    full = {**setup, "film": film, "checkpoint": checkpoint}
+    output = tmp_path / "restored.mkv"
+    restore(full, "--codec", "ffv1", "--workdir", tmp_path / "work", output=output)
+
+    input_pts, input_frames = decoded(film)
+    output_pts, output_frames = decoded(output)
+    assert output_pts == input_pts
+    assert audio_packets(output) == audio_packets(film)
+    report = json.loads(output.with_name("restored.report.json").read_text())
+    assert [t["actor"] for t in report["tracks"]] == ["Actor 0"]
+    assert report["totals"]["faces_restored"] == 6
+    assert all(np.abs(a.astype(int) - b).max() > 10 for a, b in zip(input_frames, output_frames))
