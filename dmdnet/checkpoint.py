@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dmdnet.model import COMPONENTS, SCALES
+from dmdnet.model import COMPONENTS, CROP_EXTENT, IMAGE_SIZE, SCALES
 
 SPECTRAL_NORM = ("weight_orig", "weight_u", "weight_v")
 WRAPPER_KEYS = ("state_dict", "params_ema", "params", "model", "net")
@@ -145,10 +145,12 @@ def load_authors_checkpoint(model_class, source, map_location="cpu"):
     state = read_state_dict(source, map_location)
     try:
         width = state["E_lq.conv1.0.weight_orig"].shape[0]
-        dictionary_size = state["le_256_mem_key"].shape[0]
-    except KeyError as error:
-        raise CheckpointError(f"not a DMDNet checkpoint: it has no {error.args[0]!r} ({len(state)} keys): {OBTAIN}")
-    model = model_class(width=width, dictionary_size=dictionary_size)
+        dictionary_size, _, _, eye_crop = state["le_256_mem_key"].shape
+    except (KeyError, ValueError) as error:
+        raise CheckpointError(f"not a DMDNet checkpoint: no usable {error.args[0]!r} ({len(state)} keys): {OBTAIN}")
+    # The eye crop at stride 2 is 80 / 2 pixels of a 512 face: it gives the image size.
+    image_size = round(eye_crop * 2 * IMAGE_SIZE / CROP_EXTENT["le"] / 8) * 8
+    model = model_class(width=width, dictionary_size=dictionary_size, image_size=image_size)
     manifest = authors_manifest(model)
     missing = [name for name in manifest if name not in state]
     unexpected = [name for name in state if name not in manifest]

@@ -4,7 +4,7 @@ Two graphs, as the pipeline uses them:
 - generic:  inputs `lq` (B x 3 x 512 x 512), `boxes` (B x 4 x 4)              -> `restored`
 - specific: the same plus each part's dictionary, `{part}_key` (N x c/4 x h x w) and
   `{part}_value` (N x c x h x w), so one engine serves every actor.
-The batch B and the number of references N are dynamic; the image size is fixed at 512.
+The batch B and the number of references N are dynamic; the image size is the model's (512).
 """
 from __future__ import annotations
 
@@ -45,12 +45,14 @@ class _SpecificGraph(nn.Module):
 def example_inputs(model: DMDNet, batch: int = 2, references: int | None = None) -> tuple[torch.Tensor, ...]:
     """Inputs of the right shapes for tracing or for checking an exported graph."""
     generator = torch.Generator().manual_seed(0)
-    lq = torch.rand(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator) * 2 - 1
-    box = torch.tensor([[151, 188, 232, 269], [277, 182, 363, 268], [229, 273, 297, 341], [202, 316, 318, 433]])
+    size = model.image_size
+    lq = torch.rand(batch, 3, size, size, generator=generator) * 2 - 1
+    box_512 = torch.tensor([[151, 188, 232, 269], [277, 182, 363, 268], [229, 273, 297, 341], [202, 316, 318, 433]])
+    box = box_512 * size // IMAGE_SIZE
     boxes = (box[None] + torch.arange(batch)[:, None, None] * 3).to(torch.float32)
     if references is None:
         return lq, boxes
-    refs = torch.rand(references, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator) * 2 - 1
+    refs = torch.rand(references, 3, size, size, generator=generator) * 2 - 1
     with torch.no_grad():
         keys, values = model.dictionary_tensors(refs, box[None].expand(references, -1, -1).to(torch.float32))
     return (lq, boxes, *[t for part in part_names() for t in (keys[part], values[part])])

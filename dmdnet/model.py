@@ -21,11 +21,13 @@ from dmdnet.dictionary import SpecificDictionary
 # row 2, is located but never used by the network).
 COMPONENTS = ("le", "re", "mo")
 BOX_ROW = {"le": 0, "re": 1, "mo": 3}
+# The authors' image size; other sizes scale the geometry (crops, feature sides) with it.
+IMAGE_SIZE = 512
 # Side of each component's square crop in pixels of the 512 image; divided by the stride.
 CROP_EXTENT = {"le": 80, "re": 80, "mo": 110}
-# Feature scales: (side at a 512 input, channel multiple of the width, stride).
+# Feature scales: (name, the side at a 512 input as in the checkpoint's keys; channel
+# multiple of the width; stride).
 SCALES = ((256, 1, 2), (128, 2, 4), (64, 4, 8))
-IMAGE_SIZE = 512
 NEGATIVE_SLOPE = 0.2
 # References encoded at once when building a dictionary: bounds memory for large casts.
 DICTIONARY_CHUNK = 8
@@ -33,7 +35,12 @@ DICTIONARY_CHUNK = 8
 
 def part_names() -> list[str]:
     """Names of the nine (component, scale) dictionary parts, in the order they are applied."""
-    return [f"{component}_{side}" for side, _, _ in SCALES for component in COMPONENTS]
+    return [f"{component}_{scale}" for scale, _, _ in SCALES for component in COMPONENTS]
+
+
+def crop_side(component: str, stride: int, image_size: int = IMAGE_SIZE) -> int:
+    """Side of a component's crop on the feature map of this stride (40/40/55 at stride 2 for 512)."""
+    return CROP_EXTENT[component] * image_size // IMAGE_SIZE // stride
 
 
 def conv(cin: int, cout: int, dilation: int = 1, stride: int = 1) -> nn.Conv2d:
@@ -258,6 +265,8 @@ class DMDNet(nn.Module):
 
     width: channels at the 256 scale (the authors' ngf = 64; 128 and 256 follow).
     dictionary_size: items of the generic dictionary (the authors' 128).
+    image_size: side of the aligned face (the authors' 512); crops and feature maps scale
+    with it, so a 256 model has the same layers with half-size maps and crops.
 
     `model(lq, boxes)` restores with the generic dictionary; `model(lq, boxes, dictionary)`
     with an actor's `SpecificDictionary` from `build_dictionary`, without also decoding the
@@ -265,17 +274,20 @@ class DMDNet(nn.Module):
     `dmdnet.component_boxes`.
     """
 
-    def __init__(self, width: int = 64, dictionary_size: int = 128):
+    def __init__(self, width: int = 64, dictionary_size: int = 128, image_size: int = IMAGE_SIZE):
         super().__init__()
+        if image_size % 8 or crop_side("le", 8, image_size) < 1:
+            raise ValueError(f"image_size must be a multiple of 8 of at least 64, got {image_size}")
         self.width = width
         self.dictionary_size = dictionary_size
+        self.image_size = image_size
         self.encoder_lq = FeatureExtractor(width)
         self.encoder_hq = FeatureExtractor(width)
         self.parts = nn.ModuleDict()
-        for side, multiple, stride in SCALES:
+        for scale, multiple, stride in SCALES:
             for component in COMPONENTS:
-                crop = CROP_EXTENT[component] // stride
-                self.parts[f"{component}_{side}"] = PartMemory(width * multiple, crop, dictionary_size)
+                crop = crop_side(component, stride, image_size)
+                self.parts[f"{component}_{scale}"] = PartMemory(width * multiple, crop, dictionary_size)
         deepest = width * SCALES[-1][1]
         self.ms_dilate = MultiScaleDilation(deepest)
         self.up = nn.ModuleList(
@@ -307,7 +319,9 @@ class DMDNet(nn.Module):
     def fingerprint(self) -> str:
         """sha256 of the weights as the network uses them (stable across file formats)."""
         if self._fingerprint is None:
-            digest = hashlib.sha256(f"dmdnet width={self.width} items={self.dictionary_size}".encode())
+            digest = hashlib.sha256(
+                f"dmdnet width={self.width} items={self.dictionary_size} size={self.image_size}".encode()
+            )
             for name, tensor in sorted(self.state_dict().items()):
                 digest.update(name.encode())
                 digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
@@ -317,9 +331,10 @@ class DMDNet(nn.Module):
     def _batch(self, images, boxes, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Images and boxes (tensors or arrays) checked and placed on the model's device."""
         images, boxes = torch.as_tensor(images), torch.as_tensor(boxes)
-        if images.dim() != 4 or images.shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE) or not images.is_floating_point():
+        size = self.image_size
+        if images.dim() != 4 or images.shape[1:] != (3, size, size) or not images.is_floating_point():
             raise ValueError(
-                f"{name} must be float B x 3 x {IMAGE_SIZE} x {IMAGE_SIZE} RGB in [-1, 1] (dmdnet.images.to_tensor "
+                f"{name} must be float B x 3 x {size} x {size} RGB in [-1, 1] (dmdnet.images.to_tensor "
                 f"converts uint8 images), got {images.dtype} {tuple(images.shape)}"
             )
         if boxes.shape[:1] != images.shape[:1]:
@@ -333,10 +348,10 @@ class DMDNet(nn.Module):
             raise ValueError(f"boxes must be B x 4 x 4 (LE, RE, NO, MO; x1, y1, x2, y2), got {tuple(boxes.shape)}")
         boxes = boxes.to(torch.float32)
         return {
-            f"{component}_{side}": Window(
-                boxes[:, BOX_ROW[component]], stride, side, CROP_EXTENT[component] // stride
+            f"{component}_{scale}": Window(
+                boxes[:, BOX_ROW[component]], stride, self.image_size // stride, crop_side(component, stride, self.image_size)
             )
-            for side, _, stride in SCALES
+            for scale, _, stride in SCALES
             for component in COMPONENTS
         }
 
@@ -368,7 +383,7 @@ class DMDNet(nn.Module):
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Keys and values of every part for the references (the authors' E_hq and KV heads)."""
         windows = self.windows(ref_boxes)
-        features = dict(zip((side for side, _, _ in SCALES), self.encoder_hq(ref_images)))
+        features = dict(zip((scale for scale, _, _ in SCALES), self.encoder_hq(ref_images)))
         keys, values = {}, {}
         for name, part in self.parts.items():
             crop = windows[name].crop(features[int(name.split("_")[1])])
@@ -408,10 +423,10 @@ class DMDNet(nn.Module):
     ) -> list[torch.Tensor]:
         """Each scale's features with the eyes and mouth replaced by their dictionary reads."""
         styles = []
-        for (side, _, _), feature in zip(SCALES, features):
+        for (scale, _, _), feature in zip(SCALES, features):
             style = feature
             for component in COMPONENTS:
-                name = f"{component}_{side}"
+                name = f"{component}_{scale}"
                 window = windows[name]
                 specific = (specific_keys[name], specific_values[name]) if specific_keys is not None else ()
                 style = window.paste(style, self.parts[name](window.crop(feature), *specific))

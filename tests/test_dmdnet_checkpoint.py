@@ -91,3 +91,19 @@ def test_pickled_code_is_never_executed(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="loads safely"):
         DMDNet.from_checkpoint(path)
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_256_pixel_network_loads_with_its_geometry():
+    from conftest import reference_module
+    from dmdnet.checkpoint import authors_manifest
+
+    manifest = {name: list(entry[1]) for name, entry in authors_manifest(DMDNet(8, 16, image_size=256)).items()}
+    assert manifest["mo_256_mem_key"] == [16, 2, 27, 27] and manifest["le_64_mem_value"] == [16, 32, 5, 5]
+    model = DMDNet.from_checkpoint(reference_module().make_state(manifest, 3, 1.5))
+    assert model.image_size == 256
+    boxes = torch.tensor([[[75, 94, 116, 134], [138, 91, 181, 134], [114, 136, 148, 170], [101, 158, 159, 216]]])
+    with torch.no_grad():
+        restored = model(torch.zeros(1, 3, 256, 256), boxes)
+    assert restored.shape == (1, 3, 256, 256) and torch.isfinite(restored).all()
+    with pytest.raises(ValueError, match="lq must be float B x 3 x 256 x 256"):
+        model(torch.zeros(1, 3, 512, 512), boxes)
