@@ -25,6 +25,7 @@ is 0 when no film failed, 1 when one or more failed, 2 when the archive file is 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -177,21 +178,19 @@ class LocalRunner:
     def __init__(self, env: dict[str, str]):
         self.env = env
         self.address = None
-        self.lock = threading.Lock()
 
-    def _ray_address(self) -> str:
-        with self.lock:
-            if self.address is None:
-                import ray
+    def start(self) -> None:
+        """Starts (or joins) the Ray the films share; in the main thread, before any film runs."""
+        import ray
 
-                from film_restore.pipeline import init_ray
+        from film_restore.pipeline import init_ray
 
-                init_ray()
-                self.address = ray.get_runtime_context().gcs_address
-            return self.address
+        init_ray()  # RAY_ADDRESS's cluster, else a local Ray (FILM_RESTORE_DASHBOARD=0: without dashboard)
+        self.address = ray.get_runtime_context().gcs_address
 
     def run(self, film: Film, arguments: list[str], log_path: Path) -> tuple[bool, str, str | None]:
-        environment = {**os.environ, **self.env, "RAY_ADDRESS": self._ray_address()}
+        # os.environ now carries what the films need to join (RAY_AUTH_MODE where Ray enabled tokens)
+        environment = {**os.environ, **self.env, "RAY_ADDRESS": self.address}
         command = [sys.executable, "-m", "film_restore.run", *arguments]
         with open(log_path, "w") as log:
             log.write(f"$ {shlex.join(command)}\n")
@@ -209,12 +208,15 @@ class JobRunner:
     TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
     def __init__(self, address: str, env: dict[str, str], poll_seconds: float):
-        from ray.job_submission import JobSubmissionClient
-
         self.address = address
-        self.client = JobSubmissionClient(address)
+        self.client = None
         self.env = env
         self.poll_seconds = poll_seconds
+
+    def start(self) -> None:
+        from ray.job_submission import JobSubmissionClient
+
+        self.client = JobSubmissionClient(self.address)
 
     def run(self, film: Film, arguments: list[str], log_path: Path) -> tuple[bool, str, str | None]:
         slug = re.sub(r"[^a-z0-9]+", "-", film.input.stem.lower()).strip("-") or "film"
@@ -239,37 +241,61 @@ class JobRunner:
         return False, failure_reason(logs, f"job {status.lower()}" + (f" ({message[0]})" if message else "")), job_id
 
 
-def process(film: Film, runner, force: bool, logs: Path, say) -> Outcome:
-    """Skips, runs or resumes one film; never raises (a failure is the outcome's reason)."""
-    started = time.perf_counter()
+@dataclass
+class Plan:
+    """A film to run: its completion key, why it is not complete, whether it resumes."""
+
+    film: Film
+    key: str
+    parts: dict
+    why: str
+    resumed: bool
+
+
+def plan(film: Film, force: bool) -> Plan | Outcome:
+    """The film's Plan, or its Outcome when it is complete (skipped) or cannot run (failed)."""
+    from film_restore.models import resolve_models_dir
+
     outcome = Outcome(str(film.input), str(film.output), "failed")
     try:
+        # the models folder the runner hashes is the one the run is given, wherever it runs
+        film = dataclasses.replace(film, models=resolve_models_dir(film.models))
         parts = completion_parts(film)
         key = outcome.key = completion_key(parts)
         why = why_not_complete(film, key, parts)
-        if why is None and not force:
-            outcome.status = "skipped"
-            outcome.reason = "output complete for the same settings and model"
-            return outcome
-        outcome.resumed = film.resume and has_partial_work(film, parts)
+    except Exception as error:  # a missing or unreadable input, cast, checkpoint or models folder
+        outcome.reason = " ".join(str(error).split()) or type(error).__name__
+        return outcome
+    if why is None and not force:
+        outcome.status, outcome.reason = "skipped", "output complete for the same settings and model"
+        return outcome
+    return Plan(film, key, parts, why or "forced", film.resume and has_partial_work(film, parts))
+
+
+def execute(planned: Plan, runner, logs: Path, say) -> Outcome:
+    """Runs one film; never raises (a failure is the outcome's reason)."""
+    film = planned.film
+    started = time.perf_counter()
+    outcome = Outcome(str(film.input), str(film.output), "failed", key=planned.key, resumed=planned.resumed)
+    try:
         sidecar_path(film).unlink(missing_ok=True)
+        film.output.parent.mkdir(parents=True, exist_ok=True)  # the pipeline writes into an existing folder
         log_path = logs / f"{film.index:03d}-{film.input.stem}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         outcome.log = str(log_path)
-        say(f"{film.name}: {'resuming' if outcome.resumed else 'running'} ({why if why else 'forced'}); log {log_path}")
+        say(f"{film.name}: {'resuming' if planned.resumed else 'running'} ({planned.why}); log {log_path}")
         ok, reason, outcome.job_id = runner.run(film, film_arguments(film, film.resume), log_path)
         if ok and not (film.output.is_file() and film.report.is_file()):
             ok, reason = False, (f"the run succeeded but {film.output} or its report is not visible here: input, "
                                  "work folder and output must be on storage that every node and this machine mount")
         if ok:
-            record_complete(film, key, parts, {"mode": runner.mode, "job_id": outcome.job_id})
+            record_complete(film, planned.key, planned.parts, {"mode": runner.mode, "job_id": outcome.job_id})
             outcome.status = "done"
         else:
             outcome.reason = reason
     except Exception as error:  # one film's problem, whatever it is, is reported and the others go on
         outcome.reason = " ".join(str(error).split()) or type(error).__name__
-    finally:
-        outcome.seconds = round(time.perf_counter() - started, 1)
+    outcome.seconds = round(time.perf_counter() - started, 1)
     return outcome
 
 
@@ -281,12 +307,12 @@ def text_summary(archive: Archive, outcomes: list[Outcome], seconds: float) -> s
              f"({len(outcomes)} films, {seconds:.0f} s)"]
     for outcome in outcomes:
         if outcome.status == "done":
-            detail = f"-> {outcome.output} ({outcome.seconds:.0f} s{', resumed' if outcome.resumed else ''})"
+            detail = f" -> {outcome.output} ({outcome.seconds:.0f} s{', resumed' if outcome.resumed else ''})"
         elif outcome.status == "skipped":
-            detail = f"-> {outcome.output}: {outcome.reason}"
+            detail = f" -> {outcome.output}: {outcome.reason}"
         else:
             detail = f": {outcome.reason}" + (f" (log {outcome.log})" if outcome.log else "")
-        lines.append(f"{outcome.status:8s} {outcome.input} {detail}")
+        lines.append(f"{outcome.status:8s} {outcome.input}{detail}")
     return "\n".join(lines) + "\n"
 
 
@@ -345,13 +371,31 @@ def main(argv=None) -> int:
     say(f"{len(archive.films)} films from {archive.path}, {args.max_parallel} at once, "
         f"{'jobs on ' + address if address else 'local Ray'}")
 
-    def one(film: Film) -> Outcome:
-        outcome = process(film, runner, args.force, logs, say)
-        say(f"{film.name}: {outcome.status}" + (f": {outcome.reason}" if outcome.reason else ""))
-        return outcome
+    outcomes: list[Outcome | None] = []
+    for film in archive.films:
+        planned = plan(film, args.force)
+        if isinstance(planned, Outcome):
+            say(f"{film.name}: {planned.status}: {planned.reason}")
+        outcomes.append(planned)
+    to_run = [(number, p) for number, p in enumerate(outcomes) if isinstance(p, Plan)]
+    if to_run:
+        try:
+            runner.start()
+        except Exception as error:  # no Ray to run on: every film to run fails with that reason
+            reason = f"cannot start or reach Ray ({runner.address or 'local'}): {' '.join(str(error).split())}"
+            for number, planned in to_run:
+                outcomes[number] = Outcome(str(planned.film.input), str(planned.film.output), "failed", reason,
+                                           key=planned.key)
+            to_run = []
 
-    with ThreadPoolExecutor(max_workers=args.max_parallel) as pool:
-        outcomes = list(pool.map(one, archive.films))
+        def one(planned: Plan) -> Outcome:
+            outcome = execute(planned, runner, logs, say)
+            say(f"{planned.film.name}: {outcome.status}" + (f": {outcome.reason}" if outcome.reason else ""))
+            return outcome
+
+        with ThreadPoolExecutor(max_workers=args.max_parallel) as pool:
+            for (number, _), outcome in zip(to_run, pool.map(one, [p for _, p in to_run])):
+                outcomes[number] = outcome
     seconds = time.perf_counter() - started
     from film_restore.workdir import write_json
 

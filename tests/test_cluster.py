@@ -1,0 +1,223 @@
+"""The cluster side: ray_cluster.yaml against Ray's schema, and a film restored by `ray job submit`.
+
+The job test starts a real Ray head on loopback (`ray start --head --block`, with its own
+ports and temp folder, so a `ray.init()` elsewhere on the machine never joins it) and tears
+it down by ending that process group. `ray stop` is not used: it ends every Ray process of
+the machine, other tests' and other users' included.
+"""
+import copy
+import ctypes
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+
+from conftest import REPO
+from small_case import decoded_frames, make_case
+
+CONFIG = REPO / "ray_cluster.yaml"
+SCHEMA = Path(ray.__file__).parent / "autoscaler" / "ray-schema.json"
+
+
+def test_cluster_config_validates_against_rays_schema():
+    import jsonschema
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load(CONFIG.read_text())
+    schema = json.loads(SCHEMA.read_text())
+    jsonschema.validate(config, schema)
+    validate_config(prepare_config(copy.deepcopy(config)))  # what `ray up` checks before any cloud call
+    with pytest.raises(jsonschema.ValidationError):  # the schema does reject what it does not know
+        jsonschema.validate({**config, "runtime_env": {}}, schema)
+
+    types = config["available_node_types"]
+    assert config["head_node_type"] in types
+    gpu_types = [t for t in types.values() if t["resources"].get("GPU") == 1]
+    assert gpu_types and all(t["min_workers"] == 0 and t["max_workers"] >= 1 for t in gpu_types)
+    setup = "\n".join(config["setup_commands"])
+    assert "./install.sh" in setup and "/mnt/archive" in setup
+    assert any(path.endswith("film_restore_models") for path in config["file_mounts"])
+    for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
+        joined = "\n".join(commands)
+        for variable in ("FILM_RESTORE_CHECKPOINT", "FILM_RESTORE_MODELS", "FILM_RESTORE_GPUS"):
+            assert variable in joined
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _die_with_parent():
+    """The head gets SIGTERM (and stops its processes) if the test process dies without teardown."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+class Head:
+    def __init__(self, address: str, env: dict, token: str, folder: Path):
+        self.address, self.env, self.folder = address, env, folder
+        self.folders = [folder]  # processes naming these are ours: ended at teardown if still there
+        from ray.job_submission import JobSubmissionClient
+
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.client = JobSubmissionClient(address, headers=self.headers)
+
+    def ray(self, *arguments, check=True) -> subprocess.CompletedProcess:
+        result = subprocess.run(["ray", *arguments], env=self.env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 or not check, result.stdout[-2000:] + result.stderr[-2000:]
+        return result
+
+
+@pytest.fixture(scope="module")
+def head():
+    # A short temp folder of its own (Unix socket paths are limited to 107 bytes): the address
+    # file `ray start` writes goes there, not to /tmp/ray where ray.init() would find it.
+    temp = Path(tempfile.mkdtemp(prefix="frt", dir="/tmp"))
+    token = secrets.token_hex(32)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    dashboard = free_port()
+    command = ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+               "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+               f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
+               f"--temp-dir={temp}", "--num-cpus=2", "--num-gpus=0", "--disable-usage-stats"]
+    log = open(temp / "head.log", "w")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                               preexec_fn=_die_with_parent)
+    head = None
+    try:
+        deadline = time.monotonic() + 120
+        while head is None:
+            assert process.poll() is None, (temp / "head.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the Ray head did not start in 120 s"
+            try:
+                head = Head(f"http://127.0.0.1:{dashboard}", env, token, temp)
+                head.client.list_jobs()
+            except Exception:
+                head = None
+                time.sleep(1)
+        yield head
+    finally:
+        if head is not None:
+            for job in head.client.list_jobs():
+                if not job.status.is_terminal() and job.submission_id:
+                    head.client.stop_job(job.submission_id)
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+        # Job drivers run in sessions of their own; end any still there (ours: they name our folders).
+        for pid in {pid for folder in (head.folders if head else [temp]) for pid in _processes_mentioning(str(folder))}:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def wait_for_job(head: Head, job_id: str, seconds: float = 240) -> str:
+    deadline = time.monotonic() + seconds
+    while True:
+        status = head.client.get_job_status(job_id)
+        if status.is_terminal():
+            return status.value
+        assert time.monotonic() < deadline, f"job {job_id} still {status} after {seconds} s"
+        time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def case(head, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cluster")
+    head.folders.append(folder)
+    return make_case(folder)
+
+
+def test_job_submit_restores_a_film(head, case):
+    tmp_path = case["folder"]
+    output = tmp_path / "restored.mkv"
+    job_id = "film-restore-test"
+    head.ray("job", "submit", "--address", head.address, "--no-wait", "--submission-id", job_id,
+             "--runtime-env-json", json.dumps({"env_vars": {"FILM_RESTORE_GPUS": "0"}}), "--",
+             sys.executable, "-m", "film_restore.run", str(case["film"]), "--cast", str(case["cast"]),
+             "--checkpoint", str(case["checkpoint"]), "--models", str(case["models"]), "-o", str(output),
+             "--codec", "ffv1")
+    status = wait_for_job(head, job_id)
+    logs = head.client.get_job_logs(job_id)
+    assert status == "SUCCEEDED", logs[-3000:]
+
+    assert decoded_frames(output) == case["frames"]
+    report = json.loads((tmp_path / "restored.report.json").read_text())
+    assert report["input"]["sha256"] == hashlib.sha256(case["film"].read_bytes()).hexdigest()
+    assert report["output"]["path"] == str(output) and report["output"]["size_bytes"] == output.stat().st_size
+    assert report["model_fingerprint"] and report["totals"]["faces_restored"] > 0
+
+    # The job's log tells progress in plain lines, one per step.
+    lines = logs.splitlines()
+    for step in ("film.mkv: 20 frames", "film.mkv: analysed 1/1 chunks", "film.mkv: restored 1/1 chunks",
+                 f"film.mkv: done -> {output}"):
+        assert any(line.startswith(step) for line in lines), (step, logs[-3000:])
+    assert "\r" not in logs and "\x1b[K" not in logs
+
+    # The dashboard shows the actors and tasks by stage name.
+    import urllib.request
+
+    request = urllib.request.Request(f"{head.address}/api/v0/actors?limit=1000&detail=1", headers=head.headers)
+    actors = json.loads(urllib.request.urlopen(request, timeout=30).read())["data"]["result"]["result"]
+    names = {actor.get("name", "").split("-")[0] for actor in actors}
+    assert {"film_restore.analyse", "film_restore.restore"} <= names, names
+
+
+def test_nightly_submits_films_as_jobs_and_skips_them_after(head, case):
+    folder = case["folder"]
+    archive = folder / "archive.yaml"
+    archive.write_text(f"defaults:\n  checkpoint: {case['checkpoint']}\n  models: {case['models']}\n  codec: ffv1\n"
+                       f"films:\n  - input: film.mkv\n    cast: cast.yaml\n    output: nightly/film.mkv\n"
+                       f"  - input: missing.mkv\n    cast: cast.yaml\n")
+    command = [sys.executable, "-m", "jobs.nightly", str(archive), "--address", head.address, "--poll-seconds", "1",
+               "--env", "FILM_RESTORE_GPUS=0"]
+    # The runner's client finds the cluster's token as users' do: RAY_AUTH_MODE=token and the token.
+    result = subprocess.run(command, cwd=REPO, env=head.env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((folder / "archive.summary.json").read_text())
+    assert summary["mode"] == "job" and summary["address"] == head.address
+    film, missing = summary["films"]
+    assert film["status"] == "done" and film["job_id"], film
+    assert head.client.get_job_status(film["job_id"]).value == "SUCCEEDED"
+    assert head.client.get_job_info(film["job_id"]).metadata["submitted_by"] == "jobs.nightly"
+    assert decoded_frames(folder / "nightly" / "film.mkv") == case["frames"]
+    assert missing["status"] == "failed" and missing["reason"] == f"no input file at {folder / 'missing.mkv'}"
+
+    again = subprocess.run(command, cwd=REPO, env=head.env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1
+    film_again = json.loads((folder / "archive.summary.json").read_text())["films"][0]
+    assert film_again["status"] == "skipped", film_again
+    assert len([job for job in head.client.list_jobs() if job.submission_id == film["job_id"]]) == 1
