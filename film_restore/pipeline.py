@@ -154,8 +154,6 @@ def _get(reference):
         raise
 
 
-# --- cluster: where the work runs (issue 5) ---------------------------------------------------
-
 def _absolute_paths(job: Job) -> Job:
     """Every path absolute: tasks on other nodes (and other working directories) get the same file.
 
@@ -180,8 +178,6 @@ def _restore_gpus() -> int:
         return int(wanted)
     return int(ray.cluster_resources().get("GPU", 0))
 
-# --- end cluster --------------------------------------------------------------------------------
-
 
 def resolve_checkpoint(job: Job) -> Path:
     checkpoint = job.checkpoint or os.environ.get("FILM_RESTORE_CHECKPOINT")
@@ -204,6 +200,8 @@ def run(job: Job) -> dict:
     progress = Progress(film)
     if job.input.resolve() == job.output.resolve():
         raise PipelineError(f"the output {job.output} would overwrite the input: choose another -o")
+    if not job.dry_run and not job.output.parent.is_dir():
+        raise PipelineError(f"the output folder {job.output.parent} does not exist: create it or choose another -o")
     info = probe(job.input)
     if not job.dry_run:
         for warning in check_output(job.output, info, job.codec).warnings:
@@ -211,7 +209,8 @@ def run(job: Job) -> dict:
         checkpoint = resolve_checkpoint(job)
     cast = Cast.load(job.cast)
     pack = find_pack(job.models)
-    store = CastStore(CastStore.default_folder(cast), FaceAnalyzer.from_models_dir(pack.directory), pack_id(pack))
+    face_models = pack_id(pack)
+    store = CastStore(CastStore.default_folder(cast), FaceAnalyzer.from_models_dir(pack.directory), face_models)
     identifier = store.identifier(cast)
     cast_key = digest([(a.name, [str(r.sha256) for r in store.references(a).used]) for a in cast.actors], cast.match_threshold)
     dictionaries, fingerprint = {}, None
@@ -235,7 +234,7 @@ def run(job: Job) -> dict:
     progress.say(f"{len(scan.frame_pts)} frames, {len(scan.shots)} shots, {len(scan.chunks)} chunks")
 
     mark = time.perf_counter()
-    analysis_key = digest(content, SCAN_VERSION, ANALYSIS_VERSION, job.chunk_frames, job.detector_size, pack_id(pack), cast_key)
+    analysis_key = digest(content, SCAN_VERSION, ANALYSIS_VERSION, job.chunk_frames, job.detector_size, face_models, cast_key)
     tracks = _analyse(job, work, scan, analysis_key, pack, identifier, progress)
     timings["analyse"] = time.perf_counter() - mark
 
