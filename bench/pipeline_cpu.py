@@ -16,16 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import av
-import cv2
-import numpy as np
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from conftest import ASSETS, small_state  # noqa: E402
-from media import make_film  # noqa: E402
+from conftest import ASSETS, save_small_checkpoint  # noqa: E402
+from media import make_film, write_references  # noqa: E402
 
 from film_restore.pipeline import Job, init_ray, run  # noqa: E402
 
@@ -36,17 +32,10 @@ STAGES = ("scan", "analyse", "restore_and_encode", "join")
 def prepare(folder: Path, frames: int) -> tuple[Path, Path, Path]:
     film = folder / "film720.mp4"
     make_film(film, [CLIP], frames, size=(1280, 720), with_audio=True)
-    refs = folder / "refs"
-    refs.mkdir()
-    with av.open(str(CLIP)) as container:
-        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    for index in np.linspace(len(decoded) // 2, len(decoded) - 1, 4).astype(int):
-        cv2.imwrite(str(refs / f"{index}.png"), decoded[index][:, :, ::-1])
+    write_references(CLIP, folder / "refs", 4)
     cast = folder / "cast.yaml"
     cast.write_text("actors:\n  - name: Speaker\n    references: refs/*.png\n")
-    checkpoint = folder / "DMDNet.pth"
-    torch.save({name: torch.from_numpy(value) for name, value in small_state().items()}, checkpoint)
-    return film, cast, checkpoint
+    return film, cast, save_small_checkpoint(folder / "DMDNet.pth")
 
 
 def main() -> None:

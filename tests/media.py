@@ -177,3 +177,20 @@ def make_film(path, clips: Sequence, frames_per_clip, size: tuple[int, int] = (3
     finally:
         container.close()
     return cuts
+
+
+def write_references(clip, folder, count: int) -> list[Path]:
+    """count frames spread over the second half of a clip, saved as PNG reference photos in folder.
+
+    The first half is what test films use, so a cast built from these never saw the test frames.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with av.open(str(clip)) as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    written = []
+    for index in np.linspace(len(frames) // 2, len(frames) - 1, count).astype(int):
+        path = folder / f"{index}.png"
+        cv2.imwrite(str(path), frames[index][:, :, ::-1])
+        written.append(path)
+    return written

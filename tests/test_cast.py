@@ -7,9 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
-from conftest import REPO, asset, small_state
+from conftest import REPO, asset, save_small_checkpoint
 from film_restore.cast import Cast, CastError
 from film_restore.cast.store import find_faces, reference_face
 from film_restore.faces import FaceAnalyzer
@@ -150,8 +149,7 @@ def test_build_caches_unchanged_actors_and_identify_prints_json(tmp_path):
             (tmp_path / identity / photo.name).write_bytes(photo.read_bytes())
     cv2.imwrite(str(tmp_path / identities[0] / "blank.png"), np.full((300, 300, 3), 90, np.uint8))
     cast = write(tmp_path, "actors:\n" + "".join(f"  - name: Person {i}\n    references: {i}/*.png\n" for i in identities))
-    checkpoint = tmp_path / "DMDNet.pth"
-    torch.save({name: torch.from_numpy(value) for name, value in small_state().items()}, checkpoint)
+    checkpoint = save_small_checkpoint(tmp_path / "DMDNet.pth")
 
     first = cast_cli("build", cast, "--checkpoint", checkpoint, "--models", models).stdout
     assert f"Person {identities[0]}: skipped" in first and "blank.png (no face found)" in first
@@ -180,7 +178,6 @@ def test_build_errors_are_one_line(tmp_path):
     cast = write(tmp_path, "actors:\n  - name: Nobody\n    references: refs/*.png\n")
     result = cast_cli("build", cast, "--checkpoint", tmp_path / "absent.pth", "--models", asset("models"), expect_ok=False)
     assert result.stderr.startswith("error: no checkpoint file at") and result.stderr.count("\n") == 1
-    checkpoint = tmp_path / "DMDNet.pth"
-    torch.save({name: torch.from_numpy(value) for name, value in small_state().items()}, checkpoint)
+    checkpoint = save_small_checkpoint(tmp_path / "DMDNet.pth")
     result = cast_cli("build", cast, "--checkpoint", checkpoint, "--models", asset("models"), expect_ok=False)
     assert "error: Nobody has no usable reference photo: blank.png: no face found" in result.stderr

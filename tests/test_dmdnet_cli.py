@@ -5,16 +5,13 @@ import sys
 import cv2
 import numpy as np
 import pytest
-import torch
 
-from conftest import REPO, asset, small_state
+from conftest import REPO, asset, save_small_checkpoint
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "DMDNet.pth"
-    torch.save({name: torch.from_numpy(value) for name, value in small_state().items()}, path)
-    return path
+    return save_small_checkpoint(tmp_path_factory.mktemp("model") / "DMDNet.pth")
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,4 @@
 """Batched inference, stored dictionaries and their checks, on a narrow seeded network and real faces."""
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, asset, small_state
+from conftest import REPO, asset, save_small_checkpoint
 from film_restore.blend import frame_matte
 from film_restore.faces import align_face
 from film_restore.workdir import tracks_from_json
-from media import make_film
+from media import make_film, write_references
 
 CLIPS = ("media/clips/retalk_2.mp4", "media/clips/liveportrait_d10.mp4", "media/clips/retalk_3.mp4")
 FRAMES_PER_CLIP = 24
@@ -51,17 +51,11 @@ def setup(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pipeline")
     film = folder / "film.mkv"
     cuts = make_film(film, [asset(c) for c in CLIPS], FRAMES_PER_CLIP, size=(512, 512), with_audio=True)
-    refs = folder / "refs"
     for number, clip in enumerate(CLIPS[:2]):
-        (refs / f"actor{number}").mkdir(parents=True)
-        with av.open(str(asset(clip))) as container:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-        for taken in np.linspace(len(frames) // 2, len(frames) - 1, 4).astype(int):
-            cv2.imwrite(str(refs / f"actor{number}" / f"{taken}.png"), frames[taken][:, :, ::-1])
+        write_references(asset(clip), folder / "refs" / f"actor{number}", 4)
     cast = folder / "cast.yaml"
     cast.write_text("actors:\n" + "".join(f"  - name: Actor {n}\n    references: refs/actor{n}/*.png\n" for n in range(2)))
-    checkpoint = folder / "DMDNet.pth"
-    torch.save({name: torch.from_numpy(value) for name, value in small_state().items()}, checkpoint)
+    checkpoint = save_small_checkpoint(folder / "DMDNet.pth")
     return {"folder": folder, "film": film, "cuts": cuts, "cast": cast, "checkpoint": checkpoint}
 
 
