@@ -143,11 +143,13 @@ def fold_spectral_norm(weight_orig: torch.Tensor, u: torch.Tensor, v: torch.Tens
 def load_authors_checkpoint(model_class, source, map_location="cpu"):
     """Builds the network the checkpoint describes (its width and dictionary size) and loads it."""
     state = read_state_dict(source, map_location)
-    try:
-        width = state["E_lq.conv1.0.weight_orig"].shape[0]
-        dictionary_size, _, _, eye_crop = state["le_256_mem_key"].shape
-    except (KeyError, ValueError) as error:
-        raise CheckpointError(f"not a DMDNet checkpoint: no usable {error.args[0]!r} ({len(state)} keys): {OBTAIN}")
+    for required in ("E_lq.conv1.0.weight_orig", "le_256_mem_key"):
+        if required not in state:
+            raise CheckpointError(f"not a DMDNet checkpoint: it has no {required!r} ({len(state)} keys): {OBTAIN}")
+    if state["le_256_mem_key"].dim() != 4:
+        raise CheckpointError(f"le_256_mem_key has shape {tuple(state['le_256_mem_key'].shape)}: expected 4 dimensions")
+    width = state["E_lq.conv1.0.weight_orig"].shape[0]
+    dictionary_size, _, _, eye_crop = state["le_256_mem_key"].shape
     # The eye crop at stride 2 is 80 / 2 pixels of a 512 face: it gives the image size.
     image_size = round(eye_crop * 2 * IMAGE_SIZE / CROP_EXTENT["le"] / 8) * 8
     model = model_class(width=width, dictionary_size=dictionary_size, image_size=image_size)
