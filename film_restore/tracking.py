@@ -15,11 +15,10 @@ Association (`track_shot`), frame by frame through the shot:
   is closed (a short miss, a blink of the detector, keeps the track and so its identity).
 Tracks never cross a cut: each shot is tracked on its own.
 
-Gaps: a track seen at f - 1 and f + 1 but not f gets an interpolated face at f (box,
-keypoints and landmarks linearly, i.e. the mean; embedding the normalised mean; score the
-lower of the two), marked interpolated=True. Longer misses (2..MAX_MISSING frames) are not
-invented: the track's faces then skip those frames (frames are strictly increasing within
-a track, consecutive except there): the track has no face in those frames.
+Gaps: every frame a track bridged (a miss of 1..MAX_MISSING frames) gets an interpolated
+face (box, keypoints and landmarks linearly between the faces either side; embedding their
+normalised mean; score the lower of the two), marked interpolated=True, so a track's frames
+are consecutive and its restored face does not blink off where the detector missed it.
 
 False positives: a track with fewer than MIN_TRACK_DETECTIONS detections is dropped unless
 one of them scored at least SHORT_TRACK_MIN_SCORE; a face that really is there is almost
@@ -159,15 +158,23 @@ def track_shot(shot: Shot, faces_by_frame: Mapping[int, Sequence[Face]]) -> list
     for track in closed:
         if len(track.faces) < MIN_TRACK_DETECTIONS and max(face.score for _, face in track.faces) < SHORT_TRACK_MIN_SCORE:
             continue
-        tracks.append(Track(shot=shot.index, faces=_fill_one_frame_gaps(track.faces)))
+        tracks.append(Track(shot=shot.index, faces=_fill_gaps(track.faces)))
     return sorted(tracks, key=lambda track: (track.first_frame, track.faces[0].face.box[0]))
 
 
-def _fill_one_frame_gaps(faces: list[tuple[int, Face]]) -> tuple[TrackedFace, ...]:
+def _fill_gaps(faces: list[tuple[int, Face]]) -> tuple[TrackedFace, ...]:
+    """Every frame a track bridged (at most MAX_MISSING) gets an interpolated face.
+
+    A restored face that vanished for the frames the detector missed would flicker.
+    """
     tracked = []
     for index, (frame, face) in enumerate(faces):
-        if index and frame - faces[index - 1][0] == 2:
-            tracked.append(TrackedFace(frame - 1, interpolate_faces(faces[index - 1][1], face, 0.5), interpolated=True))
+        if index:
+            previous_frame, previous = faces[index - 1]
+            span = frame - previous_frame
+            for missing in range(previous_frame + 1, frame):
+                between = interpolate_faces(previous, face, (missing - previous_frame) / span)
+                tracked.append(TrackedFace(missing, between, interpolated=True))
         tracked.append(TrackedFace(frame, face))
     return tuple(tracked)
 
