@@ -11,7 +11,6 @@ landmarks in `a.png.txt` (the authors' naming) or `a.txt`.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 from dmdnet.boxes import IMAGE_SIZE, component_boxes
 from dmdnet.checkpoint import CheckpointError
 from dmdnet.dictionary import SpecificDictionary
-from dmdnet.files import atomic_path
+from dmdnet.files import atomic_path, file_sha256
 from dmdnet.images import to_image, to_tensor
 from dmdnet.model import DMDNet
 
@@ -93,7 +92,7 @@ def reference_inputs(refs: Path, landmarks: Path) -> tuple[torch.Tensor, torch.T
         raise UsageError(f"{refs} holds no reference images ({', '.join(IMAGE_SUFFIXES)})")
     faces = [read_face(p) for p in images]
     boxes = np.stack([component_boxes(read_landmarks(landmark_file(landmarks, p))) for p in images])
-    hashes = [hashlib.sha256(p.read_bytes()).hexdigest() for p in images]
+    hashes = [file_sha256(p) for p in images]
     return to_tensor(faces), torch.from_numpy(boxes), hashes
 
 

@@ -53,7 +53,6 @@ PreparedFaces.identities maps each identity to its image names.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -64,7 +63,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from dmdnet.files import atomic_path
+from dmdnet.files import atomic_path, file_sha256
 
 FORMAT = "dmdnet-prepared-faces/1"
 INDEX_NAME = "index.json"
@@ -84,10 +83,6 @@ class PrepareError(Exception):
 def default_min_face(size: int) -> int:
     """Shortest accepted detector-box side, in photo pixels: 3/16 of the crop size (48 at 256, 96 at 512)."""
     return size * 3 // 16
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _write_json(path: Path, value) -> None:
@@ -275,7 +270,7 @@ def prepare(src_dir, out_dir, size: int, models_dir=None, min_face: int | None =
     reused = photos = 0
     for folder in identity_folders:
         paths = _photos(folder)
-        sources = {path.name: _sha256(path) for path in paths}
+        sources = {path.name: file_sha256(path) for path in paths}
         photos += len(paths)
         record = _complete_record(out / folder.name, settings, sources)
         if record is None:

@@ -1,16 +1,35 @@
-"""File writing that never leaves a partial file at the final path."""
+"""File writing that never leaves a partial file at the final path, and file hashing."""
 import contextlib
+import hashlib
 import os
 from pathlib import Path
+
+
+def temporary_beside(path) -> Path:
+    """Where a file is written before it is renamed onto `path`: hidden, per process, `*.tmp`.
+
+    One naming scheme for every writer, so leftovers of a killed run are found by `*.tmp`.
+    """
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 @contextlib.contextmanager
 def atomic_path(path):
     """Yields a temporary path beside `path`; renames it onto `path` only if the block succeeds."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = temporary_beside(path)
     try:
         yield temporary
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def file_sha256(path) -> str:
+    """Hex sha256 of a file's contents, read in blocks (films are large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -7,10 +7,11 @@ Two packs are known, recognised from the files in the folder:
 The folder is --models DIR, else $FILM_RESTORE_MODELS, else ~/.insightface/models/buffalo_l
 (where insightface puts buffalo_l when it downloads it).
 """
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from dmdnet.files import file_sha256
 
 MODELS_ENV = "FILM_RESTORE_MODELS"
 DEFAULT_MODELS_DIR = Path("~/.insightface/models/buffalo_l")
@@ -83,15 +84,6 @@ def resolve_models_dir(models_dir: str | os.PathLike | None = None) -> Path:
     """The models folder: the given one (--models), else $FILM_RESTORE_MODELS, else ~/.insightface/models/buffalo_l."""
     chosen = models_dir if models_dir not in (None, "") else os.environ.get(MODELS_ENV) or DEFAULT_MODELS_DIR
     return Path(chosen).expanduser()
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's contents."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def find_pack(models_dir: str | os.PathLike | None = None) -> ModelPack:

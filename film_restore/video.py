@@ -40,6 +40,8 @@ import av
 import cv2
 import numpy as np
 
+from dmdnet.files import temporary_beside
+
 __all__ = [
     "VideoError", "StreamSummary", "VideoInfo", "probe", "Picture", "read_frames",
     "EncoderChoice", "choose_encoder", "OutputPlan", "check_output", "ChunkWriter", "join",
@@ -764,10 +766,6 @@ def choose_encoder(info: VideoInfo, codec: str = "auto") -> EncoderChoice:
     return EncoderChoice(chosen, _ENCODERS[chosen], pix_fmt, options, "mov" if chosen == "prores" else "nut", note)
 
 
-def _temp_beside(path: Path, suffix: str = "") -> Path:
-    return path.with_name(f".{path.stem}.partial-{os.getpid()}{suffix or path.suffix}")
-
-
 class ChunkWriter:
     """Encodes one chunk of pictures to a video-only chunk file, atomically.
 
@@ -787,7 +785,7 @@ class ChunkWriter:
         self.info = info
         self.choice = choose_encoder(info, codec)
         self.frames_written = 0
-        self._temp = _temp_beside(self.path, ".part")
+        self._temp = temporary_beside(self.path)
         self._container = None
         self._stream = None
         self._last_pts = None
@@ -1052,7 +1050,7 @@ def join(chunk_paths: Sequence, input_path, output_path, info: VideoInfo | None 
         raise VideoError(f"chunk {chunk_paths[0].name} holds {signature[0]} video: encode chunks with ChunkWriter")
     plan = check_output(output_path, info, codec)
     output_path = plan.path
-    temp = _temp_beside(output_path)
+    temp = temporary_beside(output_path)
     try:
         _write_output(chunk_paths, input_path, temp, info, plan, frame_pts)
         os.replace(temp, output_path)

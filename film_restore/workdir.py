@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmdnet.files import atomic_path
-from film_restore.models import file_sha256
+from dmdnet.files import atomic_path, file_sha256
 from film_restore.records import Chunk, Face, Shot, Track, TrackedFace
 
 

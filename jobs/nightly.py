@@ -69,7 +69,8 @@ def completion_parts(film: Film) -> dict:
     """Everything the restored output depends on, as hashes and settings (raises with the reason)."""
     from film_restore.cast import Cast
     from film_restore.cast.store import pack_id
-    from film_restore.models import file_sha256, find_pack
+    from dmdnet.files import file_sha256
+    from film_restore.models import find_pack
     from film_restore.pipeline import ANALYSIS_VERSION, COMPOSE_VERSION, SCAN_VERSION
     from film_restore.workdir import input_hash
 

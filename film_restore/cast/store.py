@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from dmdnet import DMDNet
-from dmdnet.files import atomic_path
+from dmdnet.files import atomic_path, file_sha256
 from dmdnet.images import to_tensor
 from film_restore.cast.castfile import Actor, Cast
 from film_restore.faces import FaceAnalyzer
 from film_restore.identity import Identifier
-from film_restore.models import ModelPack, file_sha256
+from film_restore.models import ModelPack
 from film_restore.records import AlignedFace, Face
 
 # Shorter side of the detector box, in photo pixels: smaller faces make blurred references.
@@ -121,6 +121,8 @@ class CastStore:
         self.face_models_id = face_models_id
         # Aligned references analysed in this run, by content hash, for building dictionaries.
         self._aligned: dict[str, AlignedFace] = {}
+        # Each actor's references are hashed and looked up once per store.
+        self._analysed: dict[Actor, ActorReferences] = {}
 
     @staticmethod
     def default_folder(cast: Cast) -> Path:
@@ -132,6 +134,11 @@ class CastStore:
 
     def references(self, actor: Actor) -> ActorReferences:
         """The actor's analysed references, from the store or analysed now and stored."""
+        if actor not in self._analysed:
+            self._analysed[actor] = self._references(actor)
+        return self._analysed[actor]
+
+    def _references(self, actor: Actor) -> ActorReferences:
         hashes = [file_sha256(path) for path in actor.references]
         record = self.folder / f"{self._key(actor, hashes)}.json"
         if record.is_file():
