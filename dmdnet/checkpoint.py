@@ -181,3 +181,45 @@ def load_authors_checkpoint(model_class, source, map_location="cpu"):
     model.to(map_location).eval()
     _ = model.fingerprint  # hashed now, while the weights are as loaded (before any dtype change)
     return model
+
+
+def authors_state_dict(model, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Our network's weights under the authors' key names, loadable by `load_authors_checkpoint`
+    (and by the authors' code): what a trained model is saved as.
+
+    Spectral-normalised weights are stored as weight_orig = W with u = e_i (the row of W
+    with the largest norm) and v = W[i] / |W[i]|^2, so u . W v = 1 and folding gives W back.
+    The authors' E_hq queries, which the network never uses, are stored as zeros.
+    """
+    ours = {name: tensor.detach().to("cpu", torch.float32) for name, tensor in model.state_dict().items()}
+    state = {}
+    for name, (our_name, shape, loaded) in authors_manifest(model).items():
+        weight = ours[our_name]
+        if not loaded:
+            state[name] = torch.zeros(shape)
+        elif name.endswith("weight_orig"):
+            state[name] = weight
+        elif name.endswith(("weight_u", "weight_v")):
+            rows = weight.reshape(weight.shape[0], -1)
+            row = int(rows.norm(dim=1).argmax())
+            if name.endswith("weight_u"):
+                state[name] = torch.nn.functional.one_hot(torch.tensor(row), rows.shape[0]).float()
+            else:
+                state[name] = rows[row] / rows[row].dot(rows[row])
+        else:
+            state[name] = weight
+    return {name: tensor.to(dtype).contiguous() for name, tensor in state.items()}
+
+
+def save_checkpoint(model, path, dtype: torch.dtype = torch.float16, metadata: dict[str, str] | None = None) -> Path:
+    """Writes the model as a .safetensors checkpoint under the authors' key names (atomically)."""
+    from safetensors.torch import save_file
+
+    from dmdnet.files import atomic_path
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"trained models are saved as .safetensors, got {path.name}")
+    with atomic_path(path) as temporary:
+        save_file(authors_state_dict(model, dtype), str(temporary), metadata=metadata)
+    return path

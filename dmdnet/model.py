@@ -160,8 +160,10 @@ class PartMemory(nn.Module):
         self.value = conv_pair(channels, channels)
         self.mask = MaskFusion(channels)
         self.attention = conv_pair(channels, channels)
-        self.register_buffer("generic_key", torch.zeros(dictionary_size, key_channels, crop, crop))
-        self.register_buffer("generic_value", torch.zeros(dictionary_size, channels, crop, crop))
+        # Parameters that do not learn by default: training's backward stage alone gives them
+        # gradients (dmdnet.train); everywhere else they are the fixed generic dictionary.
+        self.generic_key = nn.Parameter(torch.zeros(dictionary_size, key_channels, crop, crop), requires_grad=False)
+        self.generic_value = nn.Parameter(torch.zeros(dictionary_size, channels, crop, crop), requires_grad=False)
 
     def forward(
         self, crop: torch.Tensor, specific_key: torch.Tensor | None = None, specific_value: torch.Tensor | None = None

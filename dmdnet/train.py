@@ -1,0 +1,625 @@
+"""Training DMDNet as the paper does, on Ray Train.
+
+    python -m dmdnet.train config.yaml            (also under `ray job submit -- ...`)
+
+One run goes through four phases, each resumable from Ray Train checkpoints:
+
+1. initialize: the generic dictionary of every part is set from `initialize_faces` (Y)
+   high-quality faces: k-means over the keys of their component crops (key head on the
+   E_lq features of the ground truth), values averaged over the same clusters.
+2. forward (`forward_steps`): the network learns at `learning_rate`; the dictionary is
+   not a parameter but follows the ground-truth features by moving averages: each
+   ground-truth key goes to its most similar item (the read's similarity) and every item
+   becomes the decayed average of what was assigned to it (the VQ-VAE update, with
+   Laplace-smoothed counts). A query loss pulls the degraded face's queries onto the
+   ground truth's keys, so the read finds the item the ground truth would have.
+3. backward (`backward_steps`): the dictionary becomes a parameter at
+   `dictionary_learning_rate` (2e-6) beside the network at `learning_rate`.
+4. specific (`specific_steps`): the generic dictionary is frozen; the specific extractor
+   E_hq starts as a copy of the generic one (E_lq, whose features built the generic
+   dictionary, so both dictionaries start in one feature space) and learns with the key,
+   value and mask heads from references: every sample of a batch has 0..`references`
+   other photos of its person (0: the generic path).
+
+Adam (0.5, 0.999) everywhere; each phase's learning rates are halved when the mean loss
+of `plateau_steps` steps has not improved for `plateau_patience` such windows. Losses:
+dmdnet.losses (pixel, perceptual/style when VGG-19 weights are given, hinge adversarial
+when `discriminator_width` > 0) plus the query loss in the generic phases.
+
+Ray Train: a TorchTrainer with ScalingConfig(num_workers, use_gpu) runs `train_loop` on
+every worker; gradients and the moving-average statistics are averaged over workers.
+Metrics are reported every step (also appended to OUTPUT/metrics.jsonl by rank 0);
+checkpoints every `checkpoint_every` steps and at phase ends, into OUTPUT/ray_train.
+A worker that dies is restarted from the newest checkpoint (`max_failures`); running
+the command again with the same output resumes the run the same way. The trained
+network is written to OUTPUT/model.safetensors under the authors' key names (fp16 by
+default), loadable by DMDNet.from_checkpoint and the film pipeline's --checkpoint.
+
+Identities whose name hashes below `heldout_fraction` are never trained on; they are
+listed in OUTPUT/heldout_identities.txt for `python -m dmdnet evaluate --identities`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dmdnet.checkpoint import save_checkpoint
+from dmdnet.data import PreparedFaces
+from dmdnet.degradations import degrade, sample_params
+from dmdnet.discriminator import MultiScaleDiscriminator
+from dmdnet.files import atomic_path
+from dmdnet.images import to_tensor
+from dmdnet.losses import LossWeights, TrainingLoss
+from dmdnet.model import SCALES, DMDNet
+
+PHASES = ("initialize", "forward", "backward", "specific")
+STATE_FILE = "state.pt"
+RUN_NAME = "ray_train"
+KMEANS_ITERATIONS = 10
+LAPLACE_EPSILON = 1e-5
+
+
+class ConfigError(ValueError):
+    """A training configuration that cannot run, named by file and field."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str                           # a `python -m dmdnet.data prepare` folder
+    output: str                         # run folder: checkpoints, metrics, model
+    width: int = 16
+    dictionary_size: int = 128
+    batch_size: int = 4
+    references: int = 3                 # most references of a sample in the specific phase
+    initialize_faces: int = 512         # Y
+    forward_steps: int = 1000
+    backward_steps: int = 500
+    specific_steps: int = 500
+    moving_average_decay: float = 0.99
+    learning_rate: float = 2e-4
+    dictionary_learning_rate: float = 2e-6
+    betas: tuple[float, float] = (0.5, 0.999)
+    plateau_steps: int = 100
+    plateau_patience: int = 3
+    pixel_weight: float = 300.0
+    perceptual_weight: float = 1.0
+    style_weight: float = 1.0
+    adversarial_weights: tuple[float, ...] = (4.0, 1.0, 0.5)
+    query_weight: float = 1.0
+    vgg19_weights: str | None = None
+    discriminator_width: int = 0        # 0: no discriminator, no adversarial loss
+    heldout_fraction: float = 0.1
+    checkpoint_every: int = 100
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: int = 1            # also the worker's torch threads
+    max_failures: int = 3
+    seed: int = 0
+    save_dtype: str = "float16"
+
+    def __post_init__(self):
+        positive = ("width", "dictionary_size", "batch_size", "initialize_faces", "plateau_steps", "checkpoint_every", "num_workers",
+                    "cpus_per_worker")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("forward_steps", "backward_steps", "specific_steps", "references", "max_failures", "plateau_patience"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be at least 0, got {getattr(self, name)}")
+        if self.initialize_faces < self.dictionary_size:
+            raise ConfigError(f"initialize_faces ({self.initialize_faces}) must be at least dictionary_size ({self.dictionary_size})")
+        if not 0 < self.moving_average_decay < 1:
+            raise ConfigError(f"moving_average_decay must be in (0, 1), got {self.moving_average_decay}")
+        if not 0 <= self.heldout_fraction < 1:
+            raise ConfigError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
+        if self.save_dtype not in ("float16", "float32"):
+            raise ConfigError(f"save_dtype must be float16 or float32, got {self.save_dtype!r}")
+
+    @property
+    def total_steps(self) -> int:
+        return self.forward_steps + self.backward_steps + self.specific_steps
+
+    def phase(self, step: int) -> str:
+        """The phase a (0-based) optimisation step belongs to."""
+        if step < self.forward_steps:
+            return "forward"
+        if step < self.forward_steps + self.backward_steps:
+            return "backward"
+        return "specific"
+
+    def loss_weights(self) -> LossWeights:
+        return LossWeights(self.pixel_weight, self.perceptual_weight, self.style_weight, tuple(self.adversarial_weights))
+
+
+def load_config(path) -> TrainConfig:
+    """The YAML file's settings (unknown or mistyped fields are errors naming the field);
+    relative `data`, `output` and `vgg19_weights` are relative to the file's folder."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read training config {path}: {error.strerror}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must be a mapping of settings (data: ..., output: ...)")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+    missing = [name for name in ("data", "output") if name not in raw]
+    if missing:
+        raise ConfigError(f"{path}: missing {', '.join(missing)} (the prepared data folder and the run folder)")
+    values = {}
+    for name, value in raw.items():
+        default = fields[name].default
+        try:
+            if name in ("data", "output", "vgg19_weights"):
+                value = None if value is None else str((path.parent / str(value)).resolve())
+            elif isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise TypeError
+            elif isinstance(default, int):
+                if isinstance(value, bool) or int(value) != value:
+                    raise TypeError
+                value = int(value)
+            elif isinstance(default, float):
+                value = float(value)
+            elif isinstance(default, tuple):
+                value = tuple(float(v) for v in value)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{path}: {name} must be like {default!r}, got {value!r}") from error
+        values[name] = value
+    try:
+        return TrainConfig(**values)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from error
+
+
+def split_identities(identities, heldout_fraction: float) -> tuple[list[str], list[str]]:
+    """(training, held-out) identities: held out when the name's sha256 falls below the
+    fraction, so the split is the same on every machine and does not shift when identities are added."""
+    def position(identity: str) -> float:
+        return int(hashlib.sha256(identity.encode()).hexdigest()[:12], 16) / 16**12
+
+    heldout = sorted(i for i in identities if position(i) < heldout_fraction)
+    return sorted(set(identities) - set(heldout)), heldout
+
+
+class TrainingFaces:
+    """Training samples of a prepared folder: each face degraded (Eq. 19), with up to
+    `references` other photos of its person; sample i of epoch e is the same on every run."""
+
+    def __init__(self, faces: PreparedFaces, identities, references: int, seed: int):
+        self.faces = faces
+        self.items = [(identity, name) for identity in identities for name in faces.identities[identity]]
+        if not self.items:
+            raise ConfigError(f"no training faces in {faces.folder} (every identity is held out?)")
+        self.references = references
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.items))
+
+    def sample(self, position: int) -> dict[str, torch.Tensor]:
+        """The sample at this position of the endless shuffled stream."""
+        epoch, offset = divmod(position, len(self.items))
+        index = int(self.order(epoch)[offset])
+        identity, name = self.items[index]
+        rng = np.random.default_rng([self.seed, epoch, index])
+        face = self.faces.face(identity, name)
+        size = self.faces.size
+        refs = torch.zeros(self.references, 3, size, size)
+        ref_boxes = torch.zeros(self.references, 4, 4, dtype=torch.int64)
+        others = [other for other in self.faces.identities[identity] if other != name]
+        count = int(rng.integers(0, min(self.references, len(others)) + 1)) if self.references else 0
+        for slot, other in enumerate(rng.choice(others, count, replace=False) if count else []):
+            reference = self.faces.face(identity, str(other))
+            refs[slot] = to_tensor([reference.crop])[0]
+            ref_boxes[slot] = torch.from_numpy(reference.boxes)
+        lq = degrade(face.crop, sample_params(rng), rng)
+        return {
+            "lq": to_tensor([lq])[0],
+            "hq": to_tensor([face.crop])[0],
+            "boxes": torch.from_numpy(face.boxes),
+            "refs": refs,
+            "ref_boxes": ref_boxes,
+            "ref_count": torch.tensor(count),
+        }
+
+    def batch(self, step: int, batch_size: int, rank: int = 0, world: int = 1) -> dict[str, torch.Tensor]:
+        """This worker's share of the global batch of a step."""
+        first = (step * world + rank) * batch_size
+        samples = [self.sample(first + i) for i in range(batch_size)]
+        return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
+
+
+def _kmeans(points: torch.Tensor, clusters: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(centres, assignment) of points N x D; clusters that empty keep their seed point."""
+    centres = points[torch.randperm(points.shape[0], generator=generator)[:clusters]].clone()
+    for _ in range(KMEANS_ITERATIONS):
+        assignment = torch.cdist(points, centres).argmin(dim=1)
+        sums = torch.zeros_like(centres).index_add_(0, assignment, points)
+        counts = torch.bincount(assignment, minlength=clusters).to(points.dtype)[:, None]
+        centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
+    return centres, torch.cdist(points, centres).argmin(dim=1)
+
+
+def _all_reduce_mean(tensors) -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for tensor in tensors:
+            dist.all_reduce(tensor)
+            tensor /= dist.get_world_size()
+
+
+class Training:
+    """The model, discriminator, losses and optimisers of one worker, phase by phase."""
+
+    def __init__(self, config: TrainConfig, image_size: int, device: torch.device):
+        self.config = config
+        self.device = device
+        self.model = DMDNet(config.width, config.dictionary_size, image_size).to(device).train()
+        self.discriminator = (
+            MultiScaleDiscriminator(width=config.discriminator_width).to(device).train()
+            if config.discriminator_width else None
+        )
+        self.loss = TrainingLoss(config.loss_weights(), vgg19_weights=config.vgg19_weights).to(device)
+        # Moving-average statistics of the forward stage: per part, counts N and sums of keys and values.
+        self.averages: dict[str, dict[str, torch.Tensor]] = {}
+        self.phase: str | None = None
+        self.optimizer: torch.optim.Adam | None = None
+        self.discriminator_optimizer: torch.optim.Adam | None = None
+        self.scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+        self.window: list[float] = []
+
+    # --- phases ----------------------------------------------------------------------------
+
+    def network_parameters(self, phase: str) -> list[torch.nn.Parameter]:
+        """What learns at the network's rate in a phase (the dictionary never does)."""
+        model = self.model
+        excluded = {id(p) for part in model.parts.values() for p in (part.generic_key, part.generic_value)}
+        if phase in ("forward", "backward"):
+            # E_hq and the mask serve only the specific read; key and value heads only
+            # describe the ground truth for the dictionary, whose update is not a gradient.
+            excluded |= {id(p) for p in model.encoder_hq.parameters()}
+            for part in model.parts.values():
+                excluded |= {id(p) for module in (part.mask, part.key, part.value) for p in module.parameters()}
+        return [p for p in model.parameters() if id(p) not in excluded]
+
+    def dictionary_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for part in self.model.parts.values() for p in (part.generic_key, part.generic_value)]
+
+    def enter(self, phase: str, optimizer_state: dict | None = None) -> None:
+        """Sets what learns in `phase` and builds its optimisers (restoring their state when given)."""
+        config = self.config
+        self.model.requires_grad_(False)
+        network = self.network_parameters(phase)
+        for parameter in network:
+            parameter.requires_grad_(True)
+        groups = [{"params": network, "lr": config.learning_rate, "name": "network"}]
+        if phase == "backward":
+            dictionary = self.dictionary_parameters()
+            for parameter in dictionary:
+                parameter.requires_grad_(True)
+            groups.append({"params": dictionary, "lr": config.dictionary_learning_rate, "name": "dictionary"})
+        self.optimizer = torch.optim.Adam(groups, betas=tuple(config.betas))
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, factor=0.5, patience=config.plateau_patience)
+        if self.discriminator is not None:
+            self.discriminator_optimizer = torch.optim.Adam(
+                self.discriminator.parameters(), lr=config.learning_rate, betas=tuple(config.betas))
+        if phase == "forward" and not self.averages:
+            self._start_averages()
+        if optimizer_state is not None:
+            self.optimizer.load_state_dict(optimizer_state["optimizer"])
+            self.scheduler.load_state_dict(optimizer_state["scheduler"])
+            if self.discriminator_optimizer is not None:
+                self.discriminator_optimizer.load_state_dict(optimizer_state["discriminator_optimizer"])
+            self.window = list(optimizer_state["window"])
+        else:
+            self.window = []
+        self.phase = phase
+
+    def copy_generic_extractor(self) -> None:
+        """Start of the specific phase: E_hq becomes a copy of E_lq."""
+        self.model.encoder_hq.load_state_dict(self.model.encoder_lq.state_dict())
+
+    # --- the generic dictionary ---------------------------------------------------------------
+
+    def ground_truth_features(self, hq: torch.Tensor, boxes: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per part: (key, value) of the ground truth's component crops, on E_lq features."""
+        model = self.model
+        windows = model.windows(boxes)
+        features = dict(zip((scale for scale, _, _ in SCALES), model.encoder_lq(hq)))
+        out = {}
+        for name, part in model.parts.items():
+            crop = windows[name].crop(features[int(name.split("_")[1])])
+            out[name] = (part.key(crop), part.value(crop))
+        return out
+
+    @torch.no_grad()
+    def initialize_dictionary(self, faces: TrainingFaces) -> None:
+        """Phase 1: k-means of Y high-quality faces' keys; values averaged per cluster."""
+        config = self.config
+        keys: dict[str, list[torch.Tensor]] = {name: [] for name in self.model.parts}
+        values: dict[str, list[torch.Tensor]] = {name: [] for name in self.model.parts}
+        positions = range(0, config.initialize_faces, config.batch_size)
+        for first in positions:
+            count = min(config.batch_size, config.initialize_faces - first)
+            samples = [faces.sample(first + i) for i in range(count)]
+            hq = torch.stack([s["hq"] for s in samples]).to(self.device)
+            boxes = torch.stack([s["boxes"] for s in samples]).to(self.device)
+            for name, (key, value) in self.ground_truth_features(hq, boxes).items():
+                keys[name].append(key.cpu())
+                values[name].append(value.cpu())
+        generator = torch.Generator().manual_seed(config.seed)
+        for name, part in self.model.parts.items():
+            key, value = torch.cat(keys[name]), torch.cat(values[name])
+            centres, assignment = _kmeans(key.flatten(1), config.dictionary_size, generator)
+            sums = torch.zeros(config.dictionary_size, value[0].numel()).index_add_(0, assignment, value.flatten(1))
+            counts = torch.bincount(assignment, minlength=config.dictionary_size)[:, None]
+            nearest = torch.cdist(centres, key.flatten(1)).argmin(dim=1)
+            item_values = torch.where(counts > 0, sums / counts.clamp(min=1), value.flatten(1)[nearest])
+            part.generic_key.data.copy_(centres.view_as(part.generic_key))
+            part.generic_value.data.copy_(item_values.view_as(part.generic_value))
+
+    def _start_averages(self) -> None:
+        for name, part in self.model.parts.items():
+            self.averages[name] = {
+                "count": torch.ones(part.generic_key.shape[0], device=self.device),
+                "key": part.generic_key.detach().flatten(1).clone(),
+                "value": part.generic_value.detach().flatten(1).clone(),
+            }
+
+    @torch.no_grad()
+    def update_dictionary(self, ground_truth: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Phase 2: every item moves towards the ground-truth features assigned to it."""
+        decay = self.config.moving_average_decay
+        for name, part in self.model.parts.items():
+            key, value = (t.detach().flatten(1) for t in ground_truth[name])
+            items = part.generic_key.shape[0]
+            assignment = F.one_hot((key @ part.generic_key.flatten(1).T).argmax(dim=1), items).to(key.dtype)
+            counts, key_sums, value_sums = assignment.sum(0), assignment.T @ key, assignment.T @ value
+            _all_reduce_mean([counts, key_sums, value_sums])
+            average = self.averages[name]
+            average["count"].mul_(decay).add_(counts, alpha=1 - decay)
+            average["key"].mul_(decay).add_(key_sums, alpha=1 - decay)
+            average["value"].mul_(decay).add_(value_sums, alpha=1 - decay)
+            total = average["count"].sum()
+            smoothed = (average["count"] + LAPLACE_EPSILON) / (total + items * LAPLACE_EPSILON) * total
+            part.generic_key.copy_((average["key"] / smoothed[:, None]).view_as(part.generic_key))
+            part.generic_value.copy_((average["value"] / smoothed[:, None]).view_as(part.generic_value))
+
+    # --- one step ---------------------------------------------------------------------------
+
+    def restore(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The network's output for a batch: generic reads, or in the specific phase each
+        sample with its own references (samples without references take the generic path)."""
+        model = self.model
+        if self.phase != "specific":
+            return model.restore(batch["lq"], batch["boxes"])
+        outputs = []
+        for i, count in enumerate(batch["ref_count"].tolist()):
+            lq, boxes = batch["lq"][i : i + 1], batch["boxes"][i : i + 1]
+            if count:
+                keys, values = model.dictionary_tensors(batch["refs"][i, :count], batch["ref_boxes"][i, :count])
+                outputs.append(model.restore(lq, boxes, keys, values))
+            else:
+                outputs.append(model.restore(lq, boxes))
+        return torch.cat(outputs)
+
+    def query_loss(self, batch, ground_truth) -> torch.Tensor:
+        """Mean squared distance of the degraded face's queries to the ground truth's keys."""
+        model = self.model
+        windows = model.windows(batch["boxes"])
+        features = dict(zip((scale for scale, _, _ in SCALES), model.encoder_lq(batch["lq"])))
+        losses = [
+            F.mse_loss(part.query(windows[name].crop(features[int(name.split("_")[1])])), ground_truth[name][0].detach())
+            for name, part in model.parts.items()
+        ]
+        return torch.stack(losses).mean()
+
+    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        batch = {key: value.to(self.device) for key, value in batch.items()}
+        restored = self.restore(batch)
+        fake_logits = self.discriminator(restored) if self.discriminator is not None else None
+        total, terms = self.loss(restored, batch["hq"], fake_logits)
+        ground_truth = None
+        if self.phase in ("forward", "backward"):
+            with torch.no_grad():
+                ground_truth = self.ground_truth_features(batch["hq"], batch["boxes"])
+            query = self.query_loss(batch, ground_truth) * self.config.query_weight
+            total = total + query
+            terms["query"] = float(query.detach())
+            terms["total"] = float(total.detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        _all_reduce_mean([p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None])
+        self.optimizer.step()
+        if self.phase == "forward":
+            self.update_dictionary(ground_truth)
+        if self.discriminator is not None:
+            real_logits, fake_logits = self.discriminator(batch["hq"]), self.discriminator(restored.detach())
+            d_total, d_terms = self.loss.discriminator_loss(real_logits, fake_logits)
+            self.discriminator_optimizer.zero_grad(set_to_none=True)
+            d_total.backward()
+            _all_reduce_mean([p.grad for p in self.discriminator.parameters() if p.grad is not None])
+            self.discriminator_optimizer.step()
+            terms.update(d_terms)
+        self.window.append(terms["total"])
+        if len(self.window) >= self.config.plateau_steps:
+            self.scheduler.step(sum(self.window) / len(self.window))
+            self.window = []
+        for group in self.optimizer.param_groups:
+            terms[f"lr_{group['name']}"] = group["lr"]
+        return terms
+
+    # --- checkpoints ----------------------------------------------------------------------------
+
+    def state(self, step: int) -> dict:
+        return {
+            "step": step,
+            "phase": self.phase,
+            "model": self.model.state_dict(),
+            "discriminator": self.discriminator.state_dict() if self.discriminator is not None else None,
+            "averages": self.averages,
+            "optimizer_state": self.optimizer_state(),
+            "config": dataclasses.asdict(self.config),
+        }
+
+    def optimizer_state(self) -> dict | None:
+        if self.optimizer is None:
+            return None
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "discriminator_optimizer": self.discriminator_optimizer.state_dict() if self.discriminator_optimizer else None,
+            "window": list(self.window),
+        }
+
+    def load(self, state: dict) -> int:
+        """Restores a checkpoint; returns the next step to run."""
+        self.model.load_state_dict(state["model"])
+        if self.discriminator is not None and state["discriminator"] is not None:
+            self.discriminator.load_state_dict(state["discriminator"])
+        self.averages = {name: {k: v.to(self.device) for k, v in average.items()} for name, average in state["averages"].items()}
+        if state["phase"] in ("forward", "backward", "specific"):
+            self.enter(state["phase"], state["optimizer_state"])
+        else:
+            self.phase = state["phase"]
+        return state["step"]
+
+
+def train_loop(loop_config: dict) -> None:
+    """Ray Train's per-worker function: resumes from the newest checkpoint, runs every phase."""
+    import ray.train
+    import ray.train.torch
+
+    config = TrainConfig(**loop_config)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device() if config.use_gpu else torch.device("cpu")
+    torch.set_num_threads(config.cpus_per_worker)
+    torch.manual_seed(config.seed)
+    faces = PreparedFaces(config.data)
+    identities, _ = split_identities(list(faces.identities), config.heldout_fraction)
+    data = TrainingFaces(faces, identities, config.references, config.seed)
+    training = Training(config, faces.size, device)
+    step = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            step = training.load(torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=False))
+        _log(rank, f"resumed at step {step} ({training.phase})")
+    metrics_path = Path(config.output) / "metrics.jsonl"
+
+    def report(metrics: dict, save: bool) -> None:
+        if not save:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            if rank == 0:
+                torch.save(training.state(step), Path(folder) / STATE_FILE)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if rank == 0 else None)
+
+    if training.phase is None:
+        started = time.monotonic()
+        training.initialize_dictionary(data)
+        training.phase = "initialize"
+        report({"step": 0, "phase": "initialize", "seconds": time.monotonic() - started}, save=True)
+        _log(rank, f"initialised the generic dictionary from {config.initialize_faces} faces")
+    while step < config.total_steps:
+        phase = config.phase(step)
+        if phase != training.phase:
+            if phase == "specific":
+                training.copy_generic_extractor()
+            training.enter(phase)
+            _log(rank, f"phase {phase} from step {step}")
+        started = time.monotonic()
+        terms = training.step(data.batch(step, config.batch_size, rank, world))
+        step += 1
+        metrics = {"step": step, "phase": phase, "seconds": time.monotonic() - started, **terms}
+        if rank == 0:
+            with open(metrics_path, "a") as stream:
+                stream.write(json.dumps(metrics) + "\n")
+        phase_end = step == config.total_steps or config.phase(step) != phase
+        report(metrics, save=step % config.checkpoint_every == 0 or phase_end)
+
+
+def _log(rank: int, message: str) -> None:
+    if rank == 0:
+        print(f"dmdnet.train: {message}", flush=True)
+
+
+def run(config: TrainConfig) -> Path:
+    """Trains (or resumes) on Ray Train and writes OUTPUT/model.safetensors; returns its path."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    faces = PreparedFaces(config.data)
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    _, heldout = split_identities(list(faces.identities), config.heldout_fraction)
+    with atomic_path(output / "heldout_identities.txt") as temporary:
+        temporary.write_text("".join(f"{identity}\n" for identity in heldout))
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), configure_logging=False)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=dataclasses.asdict(config),
+        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
+                                     resources_per_worker={"CPU": config.cpus_per_worker}),
+        run_config=RunConfig(
+            name=RUN_NAME,
+            storage_path=str(output),
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as folder:
+        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+    model = DMDNet(config.width, config.dictionary_size, faces.size)
+    model.load_state_dict(state["model"])
+    path = save_checkpoint(model, output / "model.safetensors", getattr(torch, config.save_dtype), metadata={
+        "format": "dmdnet-trained/1", "steps": str(state["step"]), "data": str(config.data),
+        "config": json.dumps(dataclasses.asdict(config)),
+    })
+    print(f"dmdnet.train: {state['step']} steps done; model -> {path}", flush=True)
+    return path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dmdnet.train", description="Train DMDNet (see the module notes).")
+    parser.add_argument("config", type=Path, help="training settings (YAML)")
+    args = parser.parse_args(argv)
+    try:
+        run(load_config(args.config))
+    except (ConfigError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
