@@ -33,13 +33,18 @@ def _mouth_box(points: np.ndarray) -> list[float]:
     return [low[0], low[1], high[0], high[1]]
 
 
-def component_boxes(landmarks) -> np.ndarray:
+def component_boxes(landmarks, image_size: int = IMAGE_SIZE) -> np.ndarray:
     """Boxes of the left eye, right eye, nose and mouth, as DMDNet crops them.
 
-    landmarks: 68 x 2 (x, y) in iBUG 300-W order, pixels of the 512 x 512 aligned face.
-    Returns an int64 array 4 x 4: rows LE, RE, NO, MO; columns x1, y1, x2, y2.
+    landmarks: 68 x 2 (x, y) in iBUG 300-W order, pixels of the image_size aligned face.
+    The boxes are defined on the 512 face (the authors' rules); at other sizes they are
+    computed there and scaled back. Returns an int64 array 4 x 4: rows LE, RE, NO, MO;
+    columns x1, y1, x2, y2.
     """
     points = np.asarray(landmarks, dtype=np.float64)
+    if image_size != IMAGE_SIZE:
+        to_512 = IMAGE_SIZE / image_size
+        return np.trunc(component_boxes(points * to_512) / to_512).astype(np.int64)
     if points.shape != (68, 2):
         raise ValueError(f"component_boxes needs 68 x 2 landmarks (x, y), got shape {points.shape}")
     if not np.isfinite(points).all():

@@ -1,12 +1,14 @@
-"""Command line for aligned 512 x 512 faces (the authors' test-example format).
+"""Command line for aligned faces (the authors' test-example format: 512 x 512 for their
+model, the model's image_size for one trained here).
 
     python -m dmdnet restore FACE.png --landmarks FACE.txt --checkpoint DMDNet.pth \
         [--refs DIR --ref-landmarks DIR | --dictionary actor.dict] -o OUT.png
     python -m dmdnet dictionary REFS_DIR --ref-landmarks DIR --checkpoint DMDNet.pth -o actor.dict
     python -m dmdnet export --checkpoint DMDNet.pth -o dmdnet.onnx [--specific] [--tensorrt dmdnet.engine]
+    python -m dmdnet evaluate --checkpoint CKPT --data PREPARED_DIR --scale 4|8 [--references K]
 
-Landmark files hold 68 lines "x y" in iBUG order; a reference image `a.png` has its
-landmarks in `a.png.txt` (the authors' naming) or `a.txt`.
+Landmark files hold 68 lines "x y" in iBUG order (pixels of the aligned face); a
+reference image `a.png` has its landmarks in `a.png.txt` (the authors' naming) or `a.txt`.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import torch
 from dmdnet.boxes import IMAGE_SIZE, component_boxes
 from dmdnet.checkpoint import CheckpointError
 from dmdnet.dictionary import SpecificDictionary
+from dmdnet.evaluate import add_parser as add_evaluate_parser
 from dmdnet.files import atomic_path, file_sha256
 from dmdnet.images import to_image, to_tensor
 from dmdnet.model import DMDNet
@@ -31,8 +34,8 @@ class UsageError(Exception):
     """Bad input named by the command line, reported as one line."""
 
 
-def read_face(path: Path) -> np.ndarray:
-    """An aligned 512 x 512 face as RGB uint8."""
+def read_face(path: Path, size: int = IMAGE_SIZE) -> np.ndarray:
+    """An aligned size x size face (the model's image_size) as RGB uint8."""
     import cv2
 
     if not path.is_file():
@@ -40,10 +43,10 @@ def read_face(path: Path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise UsageError(f"{path} is not a readable image")
-    if image.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
+    if image.shape[:2] != (size, size):
         raise UsageError(
-            f"{path} is {image.shape[1]}x{image.shape[0]}: this command takes FFHQ-aligned "
-            f"{IMAGE_SIZE}x{IMAGE_SIZE} faces (align whole frames with film_restore)"
+            f"{path} is {image.shape[1]}x{image.shape[0]}: this model takes FFHQ-aligned "
+            f"{size}x{size} faces (align whole frames with film_restore)"
         )
     return image[:, :, ::-1].copy()
 
@@ -83,21 +86,21 @@ def landmark_file(directory: Path, image: Path) -> Path:
     raise UsageError(f"no landmarks for {image.name} in {directory} (expected {image.name}.txt)")
 
 
-def reference_inputs(refs: Path, landmarks: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def reference_inputs(refs: Path, landmarks: Path, size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Reference faces, their boxes and their files' sha256, in file-name order."""
     if not refs.is_dir():
         raise UsageError(f"no reference folder at {refs}")
     images = sorted(p for p in refs.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise UsageError(f"{refs} holds no reference images ({', '.join(IMAGE_SUFFIXES)})")
-    faces = [read_face(p) for p in images]
-    boxes = np.stack([component_boxes(read_landmarks(landmark_file(landmarks, p))) for p in images])
+    faces = [read_face(p, size) for p in images]
+    boxes = np.stack([component_boxes(read_landmarks(landmark_file(landmarks, p)), size) for p in images])
     hashes = [file_sha256(p) for p in images]
     return to_tensor(faces), torch.from_numpy(boxes), hashes
 
 
 def build_dictionary(model: DMDNet, refs: Path, landmarks: Path) -> SpecificDictionary:
-    images, boxes, hashes = reference_inputs(refs, landmarks)
+    images, boxes, hashes = reference_inputs(refs, landmarks, model.image_size)
     device = next(model.parameters()).device
     return model.build_dictionary(images.to(device), boxes.to(device), reference_hashes=hashes)
 
@@ -107,9 +110,9 @@ def command_restore(args) -> None:
         raise UsageError("give either --refs (with --ref-landmarks) or --dictionary, not both")
     if bool(args.refs) != bool(args.ref_landmarks):
         raise UsageError("--refs and --ref-landmarks go together")
-    face = to_tensor([read_face(args.face)])
-    boxes = torch.from_numpy(component_boxes(read_landmarks(args.landmarks))[None])
     model = DMDNet.from_checkpoint(args.checkpoint, map_location=args.device)
+    face = to_tensor([read_face(args.face, model.image_size)])
+    boxes = torch.from_numpy(component_boxes(read_landmarks(args.landmarks), model.image_size)[None])
     with torch.inference_mode():
         dictionary = None
         if args.dictionary:
@@ -172,6 +175,8 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--tensorrt", type=Path, help="also build a TensorRT engine at this path")
     export.add_argument("--fp32", action="store_true", help="TensorRT engine without fp16")
     export.set_defaults(run=command_export)
+
+    add_evaluate_parser(commands, device_default="cuda" if torch.cuda.is_available() else "cpu")
     return main
 
 

@@ -77,8 +77,7 @@ def align_face(frame: np.ndarray, face: Face, size: int = TEMPLATE_SIZE) -> Alig
         raise ValueError(f"align needs a Face from FaceAnalyzer.analyze, got {type(face).__name__}")
     transform = alignment_transform(face.keypoints, size)
     crop_landmarks = transform.to_crop(face.landmarks)
-    to_dmdnet = TEMPLATE_SIZE / size
-    boxes = np.trunc(component_boxes(crop_landmarks * to_dmdnet) / to_dmdnet).astype(np.int64)
+    boxes = component_boxes(crop_landmarks, size)
     return AlignedFace(warp_to_crop(frame, transform), crop_landmarks.astype(np.float32), boxes, transform)
 
 

@@ -136,8 +136,8 @@ class RestoreActor:
 
 
 @ray.remote
-def _compose_task(info: VideoInfo, codec: str, restorer, chunk, tracks_json, frame_pts, output: str, film: str):
-    composer = Composer(info, codec, lambda crops, boxes, actor: ray.get(restorer.restore.remote(crops, boxes, actor)))
+def _compose_task(info: VideoInfo, codec: str, restorer, face_size: int, chunk, tracks_json, frame_pts, output: str, film: str):
+    composer = Composer(info, codec, lambda crops, boxes, actor: ray.get(restorer.restore.remote(crops, boxes, actor)), face_size)
     result = composer.compose(chunk, tracks_from_json(tracks_json), frame_pts, Path(output))
     _counter("film_restore_chunks_done", "chunks restored and encoded").inc(1, tags={"film": film})
     _counter("film_restore_frames_done", "frames restored and encoded").inc(result.frames, tags={"film": film})
@@ -213,10 +213,10 @@ def run(job: Job) -> dict:
     store = CastStore(CastStore.default_folder(cast), FaceAnalyzer.from_models_dir(pack.directory), face_models)
     identifier = store.identifier(cast)
     cast_key = digest([(a.name, [str(r.sha256) for r in store.references(a).used]) for a in cast.actors], cast.match_threshold)
-    dictionaries, fingerprint = {}, None
+    dictionaries, fingerprint, face_size = {}, None, None
     if not job.dry_run:
         model = DMDNet.from_checkpoint(checkpoint)
-        fingerprint = model.fingerprint
+        fingerprint, face_size = model.fingerprint, model.image_size
         for actor in cast.actors:
             dictionaries[actor.name], _ = store.dictionary(store.references(actor), model)
         del model
@@ -242,7 +242,7 @@ def run(job: Job) -> dict:
     if not job.dry_run:
         mark = time.perf_counter()
         compose_key = digest(analysis_key, COMPOSE_VERSION, fingerprint, sorted(dictionaries.items()), job.codec)
-        results, videos = _compose(job, work, info, scan, tracks, compose_key, checkpoint, dictionaries, progress)
+        results, videos = _compose(job, work, info, scan, tracks, compose_key, checkpoint, face_size, dictionaries, progress)
         timings["restore_and_encode"] = time.perf_counter() - mark
         mark = time.perf_counter()
         join(videos, job.input, job.output, info, frame_pts=scan.frame_pts)
@@ -299,7 +299,7 @@ def _analyse(job, work, scan: Scan, key: str, pack, identifier, progress: Progre
     return tracks
 
 
-def _compose(job, work, info, scan: Scan, tracks, key, checkpoint, dictionaries, progress: Progress):
+def _compose(job, work, info, scan: Scan, tracks, key, checkpoint, face_size, dictionaries, progress: Progress):
     results, pending = {}, {}
     videos = [work.chunk_video(chunk, key) for chunk in scan.chunks]
     missing = [c for c, v in zip(scan.chunks, videos) if not (v.is_file() and v.with_suffix(".json").is_file())]
@@ -320,7 +320,7 @@ def _compose(job, work, info, scan: Scan, tracks, key, checkpoint, dictionaries,
             video = work.chunk_video(chunk, key)
             video.parent.mkdir(parents=True, exist_ok=True)
             reference = _compose_task.options(name=f"film_restore.compose-{chunk.index}").remote(
-                info, job.codec, restorers[number % len(restorers)], chunk, tracks_to_json(tracks[chunk.index]),
+                info, job.codec, restorers[number % len(restorers)], face_size, chunk, tracks_to_json(tracks[chunk.index]),
                 scan.frame_pts, str(video), job.input.name,
             )
             pending[reference] = chunk

@@ -14,7 +14,8 @@ DEFAULT_BATCH = 8
 
 
 class FaceRestorer:
-    """DMDNet loaded once with every actor's dictionary; restores batches of aligned 512 faces.
+    """DMDNet loaded once with every actor's dictionary; restores batches of aligned faces
+    (512 px for the authors' model; a model's image_size in general).
 
     dictionaries: actor name -> stored SpecificDictionary file. Faces of an actor without a
     dictionary (or of nobody, actor None) get the generic dictionary only.
@@ -36,7 +37,7 @@ class FaceRestorer:
         return self.model.fingerprint
 
     def restore(self, crops: np.ndarray, boxes: np.ndarray, actor: str | None) -> np.ndarray:
-        """Restored faces, float32 N x 512 x 512 x 3 on the 0..255 scale, from uint8 RGB crops and N x 4 x 4 boxes."""
+        """Restored faces, float32 N x S x S x 3 on the 0..255 scale (S: the model's image_size), from uint8 RGB crops and N x 4 x 4 boxes."""
         dictionary = self.dictionaries.get(actor) if actor is not None else None
         restored = []
         with torch.inference_mode():
@@ -46,4 +47,4 @@ class FaceRestorer:
                 batch_boxes = torch.tensor(boxes[start : start + self.batch], device=self.device)
                 out = self.model(lq, batch_boxes, dictionary)
                 restored.append(((out.clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).float().cpu().numpy())
-        return np.concatenate(restored) if restored else np.zeros((0, 512, 512, 3), np.float32)
+        return np.concatenate(restored) if restored else np.zeros((0, self.model.image_size, self.model.image_size, 3), np.float32)

@@ -91,13 +91,15 @@ class Composer:
     """Restores one chunk's faces and encodes the chunk.
 
     restore(crops, boxes, actor) -> float32 restored crops: a restorer actor's method (on
-    Ray, a function that calls it remotely and waits).
+    Ray, a function that calls it remotely and waits). face_size: the side of the aligned
+    faces the model restores (its image_size: 512 for the authors' model).
     """
 
-    def __init__(self, info: VideoInfo, codec: str, restore: Callable):
+    def __init__(self, info: VideoInfo, codec: str, restore: Callable, face_size: int = 512):
         self.info = info
         self.codec = codec
         self.restore = restore
+        self.face_size = face_size
 
     def compose(self, chunk: Chunk, tracks: list[Track], frame_pts, output: Path) -> ChunkResult:
         faces_in_frame = defaultdict(list)
@@ -127,7 +129,7 @@ class Composer:
             if faces:
                 rgb = picture.rgb()
                 for number, face, actor in faces:
-                    aligned[index, number] = (align_face(rgb, face), actor)
+                    aligned[index, number] = (align_face(rgb, face, self.face_size), actor)
         restored = {}
         by_actor = defaultdict(list)
         for key, (_, actor) in aligned.items():

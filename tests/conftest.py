@@ -56,3 +56,22 @@ def small_model():
     from dmdnet import DMDNet
 
     return DMDNet.from_checkpoint(small_state())
+
+
+# Identities of celeba_identities that dmdnet.train.split_identities holds out at the
+# default fraction (0.1): never trained on by the shipped model, 18 photos each.
+HELDOUT_IDENTITIES = ("7402", "7406", "7413")
+
+
+@pytest.fixture(scope="session")
+def heldout_faces(tmp_path_factory):
+    """HELDOUT_IDENTITIES prepared at 256 px with the compact pack (a few seconds)."""
+    import shutil
+
+    from dmdnet.data import prepare
+
+    root = tmp_path_factory.mktemp("heldout")
+    for identity in HELDOUT_IDENTITIES:
+        shutil.copytree(asset(f"datasets/celeba_identities/{identity}"), root / "src" / identity)
+    prepare(root / "src", root / "prepared", 256, asset("models"), detector_size=320, log=lambda _: None)
+    return root / "prepared"

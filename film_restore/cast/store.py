@@ -120,7 +120,7 @@ class CastStore:
         self.analyzer = analyzer
         self.face_models_id = face_models_id
         # Aligned references analysed in this run, by content hash, for building dictionaries.
-        self._aligned: dict[str, AlignedFace] = {}
+        self._faces: dict[str, tuple[np.ndarray, Face]] = {}
         # Each actor's references are hashed and looked up once per store.
         self._analysed: dict[Actor, ActorReferences] = {}
 
@@ -147,7 +147,7 @@ class CastStore:
         for path, sha256 in zip(actor.references, hashes):
             try:
                 image, face = reference_face(self.analyzer, read_photo(path))
-                self._aligned[sha256] = self.analyzer.align(image, face)
+                self._faces[sha256] = image, face
                 outcomes.append(Reference(path, sha256, embedding=face.embedding))
             except ValueError as reason:
                 outcomes.append(Reference(path, sha256, skipped=str(reason)))
@@ -164,7 +164,7 @@ class CastStore:
         path = self.folder / f"{self._key(analysed.actor, hashes, model.fingerprint)}.dict"
         if path.is_file():
             return path, False
-        aligned = [self._aligned.get(r.sha256) or self._align(r.path) for r in used]
+        aligned = [self._align(r, model.image_size) for r in used]
         device = next(model.parameters()).device
         with torch.inference_mode():
             dictionary = model.build_dictionary(
@@ -176,9 +176,12 @@ class CastStore:
         dictionary.save(path)
         return path, True
 
-    def _align(self, path: Path) -> AlignedFace:
-        image, face = reference_face(self.analyzer, read_photo(path))
-        return self.analyzer.align(image, face)
+    def _align(self, reference: Reference, size: int) -> AlignedFace:
+        """The reference aligned at the model's face size (analysed again if this run has not)."""
+        if reference.sha256 not in self._faces:
+            self._faces[reference.sha256] = reference_face(self.analyzer, read_photo(reference.path))
+        image, face = self._faces[reference.sha256]
+        return self.analyzer.align(image, face, size)
 
     def identifier(self, cast: Cast) -> Identifier:
         """Identifier over the cast's actors; an actor without a usable reference is an error."""

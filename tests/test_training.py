@@ -1,0 +1,243 @@
+"""Training: what each phase changes, that a few steps learn, Ray Train resume, configs."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO
+
+from dmdnet import DMDNet
+from dmdnet.checkpoint import authors_state_dict, save_checkpoint
+from dmdnet.data import PreparedFaces
+from dmdnet.train import ConfigError, Training, TrainingFaces, TrainConfig, load_config, split_identities
+
+TINY = {"width": 4, "dictionary_size": 8, "batch_size": 2, "initialize_faces": 8, "references": 2, "heldout_fraction": 0.0}
+
+
+def tiny_training(heldout_faces, **options) -> tuple[Training, TrainingFaces]:
+    config = TrainConfig(data=str(heldout_faces), output="unused", **{**TINY, **options})
+    faces = PreparedFaces(heldout_faces)
+    torch.manual_seed(0)
+    return Training(config, faces.size, torch.device("cpu")), TrainingFaces(faces, list(faces.identities), config.references, 0)
+
+
+def values(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def moved(before, model) -> dict[str, float]:
+    """Parameter name -> largest absolute change, for the parameters that changed."""
+    after = dict(model.named_parameters())
+    change = {name: float((after[name].detach() - value).abs().max()) for name, value in before.items()}
+    return {name: c for name, c in change.items() if c > 0}
+
+
+def group(names, *markers) -> set[str]:
+    return {name for name in names if any(marker in name for marker in markers)}
+
+
+def test_each_phase_changes_exactly_its_parameters(heldout_faces):
+    training, data = tiny_training(heldout_faces)
+    model = training.model
+    names = [name for name, _ in model.named_parameters()]
+    dictionary = group(names, "generic_key", "generic_value")
+    specific_only = group(names, "encoder_hq.", ".mask.", ".key.", ".value.")
+    generic_network = set(names) - dictionary - specific_only
+    assert len(dictionary) == 18 and specific_only and generic_network
+
+    before = values(model)
+    training.initialize_dictionary(data)
+    assert set(moved(before, model)) == dictionary
+    for part in model.parts.values():  # k-means items: distinct and finite
+        assert torch.isfinite(part.generic_key).all() and part.generic_key.flatten(1).unique(dim=0).shape[0] > 1
+
+    # Forward stage: the network learns; the dictionary follows the ground truth by moving averages.
+    training.enter("forward")
+    batch = data.batch(0, 2, references=False)
+    truth = training.ground_truth_features(batch["hq"], batch["boxes"])
+    part = model.parts["le_256"]
+    key_before = part.generic_key.detach().flatten(1).clone()
+    before = values(model)
+    training.step(batch)
+    changed = set(moved(before, model))
+    assert dictionary <= changed and generic_network <= changed and not changed & specific_only
+    key = truth["le_256"][0].detach().flatten(1)
+    assigned = (key @ key_before.T).argmax(dim=1)
+    decay = training.config.moving_average_decay
+    for item in assigned.unique():
+        members = key[assigned == item]
+        expected = (decay * key_before[item] + (1 - decay) * members.sum(0)) / (decay + (1 - decay) * len(members))
+        torch.testing.assert_close(part.generic_key.detach().flatten(1)[item], expected, rtol=1e-3, atol=1e-6)
+
+    # Backward stage: the dictionary is a parameter at its own rate (Adam's first step moves by at most lr).
+    training.enter("backward")
+    before = values(model)
+    training.step(data.batch(1, 2, references=False))
+    change = moved(before, model)
+    # Every value item is read; a key item whose softmax weight rounds to 0 or 1 (the
+    # untrained network's deeper reads are nearly one-hot) gets no gradient.
+    values_items = group(dictionary, "generic_value")
+    assert values_items | generic_network <= set(change) <= dictionary | generic_network
+    dictionary_step = max(change[name] for name in dictionary & set(change))
+    network_step = max(change[name] for name in generic_network)
+    assert 1e-7 < dictionary_step <= 2e-6 * 1.001
+    assert 1e-4 < network_step <= 2e-4 * 1.001
+
+    # Specific phase: E_hq starts as E_lq; the generic dictionary is frozen.
+    training.copy_generic_extractor()
+    for (_, hq), (_, lq) in zip(model.encoder_hq.state_dict().items(), model.encoder_lq.state_dict().items()):
+        assert torch.equal(hq, lq)
+    training.enter("specific")
+    samples = [s for s in (data.sample(i) for i in range(40)) if s["ref_count"] > 0][:2]
+    batch = {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
+    before = values(model)
+    training.step(batch)
+    changed = set(moved(before, model))
+    # Queries learn here only through the reads' softmax (no query loss), which is nearly
+    # one-hot at the deeper scales of this untrained network.
+    assert not changed & dictionary and generic_network - group(names, ".query.") <= changed
+    print("specific parameters without gradient:", sorted(specific_only - changed))
+    for marker in ("encoder_hq.", ".mask.", ".key.", ".value."):
+        assert group(changed, marker), f"no {marker} parameter learned in the specific phase"
+
+
+def test_a_few_steps_lower_the_loss(heldout_faces):
+    training, data = tiny_training(heldout_faces, width=8, learning_rate=1e-3)
+    training.initialize_dictionary(data)
+    training.enter("forward")
+    batches = [data.batch(step % 2, 2, references=False) for step in range(24)]
+    losses = [training.step(batch)["pixel"] for batch in batches]
+    print("pixel loss", [round(x, 1) for x in losses])
+    assert sum(losses[-4:]) < 0.7 * sum(losses[:4])
+
+
+def test_samples_are_reproducible_and_references_are_other_photos_of_the_person(heldout_faces):
+    _, data = tiny_training(heldout_faces)
+    a, b = data.sample(5), data.sample(5)
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert not torch.equal(data.sample(6)["lq"], a["lq"])
+    identity, name = data.items[int(data.order(0)[5])]
+    count = int(a["ref_count"])
+    hq_refs = {data.faces.face(identity, other).crop.tobytes() for other in data.faces.identities[identity] if other != name}
+    from dmdnet.images import to_image
+    assert all(to_image(a["refs"][slot]).tobytes() in hq_refs for slot in range(count))
+    assert not a["refs"][count:].any()
+
+
+def test_heldout_split_is_stable_and_keeps_the_test_identities_out():
+    from conftest import HELDOUT_IDENTITIES, asset
+
+    identities = sorted(p.name for p in asset("datasets/celeba_identities").iterdir() if p.is_dir())
+    train, heldout = split_identities(identities, 0.1)
+    assert set(HELDOUT_IDENTITIES) <= set(heldout) and not set(train) & set(heldout)
+    assert 0.05 < len(heldout) / len(identities) < 0.15
+    _, heldout_more = split_identities([*identities, "new person"], 0.1)
+    assert set(heldout) <= set(heldout_more)
+
+
+def test_trained_weights_round_trip_through_the_authors_key_names(tmp_path):
+    torch.manual_seed(0)
+    model = DMDNet(width=4, dictionary_size=8, image_size=256)
+    for parameter in model.parameters():
+        parameter.data.normal_(0, 0.1)
+    state = authors_state_dict(model)
+    from dmdnet.checkpoint import authors_manifest
+    assert set(state) == set(authors_manifest(model))
+    for dtype, tolerance in ((torch.float32, 1e-6), (torch.float16, 2e-3)):
+        path = save_checkpoint(model, tmp_path / "model.safetensors", dtype)
+        loaded = DMDNet.from_checkpoint(path)
+        assert loaded.image_size == 256 and loaded.width == 4
+        for name, value in model.state_dict().items():
+            torch.testing.assert_close(loaded.state_dict()[name], value, rtol=tolerance, atol=tolerance)
+
+
+def write_config(folder: Path, **settings) -> Path:
+    path = folder / "train.yaml"
+    path.write_text("".join(f"{key}: {json.dumps(value)}\n" for key, value in settings.items()))
+    return path
+
+
+def test_bad_configs_are_named_one_line_errors(tmp_path, heldout_faces):
+    base = {"data": str(heldout_faces), "output": "run"}
+    cases = [
+        ({**base, "widht": 8}, "unknown setting(s) widht"),
+        ({**base, "width": "wide"}, "width must be like 16"),
+        ({"output": "run"}, "missing data"),
+        ({**base, "initialize_faces": 4}, "initialize_faces (4) must be at least dictionary_size (128)"),
+    ]
+    for settings, message in cases:
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            load_config(write_config(tmp_path, **settings))
+    config = load_config(write_config(tmp_path, **base))
+    assert config.output == str((tmp_path / "run").resolve())
+    result = subprocess.run([sys.executable, "-m", "dmdnet.train", str(tmp_path / "missing.yaml")],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "cannot read training config" in result.stderr
+
+
+def read_steps(path: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def train_workers_of_this_process() -> list[int]:
+    """Pids of Ray Train workers started by this test's own Ray (not any other Ray on the machine)."""
+    table = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
+    processes = [line.split(None, 2) for line in table.splitlines()]
+    children: dict[int, list[int]] = {}
+    for pid, ppid, _ in processes:
+        children.setdefault(int(ppid), []).append(int(pid))
+    descendants, stack = set(), [os.getpid()]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            descendants.add(child)
+            stack.append(child)
+    return [int(pid) for pid, _, args in processes if int(pid) in descendants and args.startswith("ray::RayTrainWorker")]
+
+
+def test_ray_train_resumes_after_a_killed_worker_and_a_rerun_redoes_nothing(tmp_path, heldout_faces):
+    import ray
+
+    from dmdnet.train import run
+
+    config = TrainConfig(data=str(heldout_faces), output=str(tmp_path / "run"), **TINY, forward_steps=14,
+                         backward_steps=2, specific_steps=2, checkpoint_every=4, report_every=1)
+    metrics = Path(config.output) / "metrics.jsonl"
+    killed = []
+
+    def kill_worker_after_a_checkpoint():
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            if len(read_steps(metrics)) >= 6:
+                workers = train_workers_of_this_process()
+                if workers:
+                    os.kill(workers[0], signal.SIGKILL)
+                    killed.append(read_steps(metrics)[-1])
+            time.sleep(0.05)
+
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    try:
+        killer = threading.Thread(target=kill_worker_after_a_checkpoint, daemon=True)
+        killer.start()
+        path = run(config)
+        killer.join()
+        steps = read_steps(metrics)
+        assert killed, "the worker was not killed"
+        # After the kill the run went back to the step after the last checkpoint, not to 1.
+        restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
+        assert steps[restart] > 1 and (steps[restart] - 1) % config.checkpoint_every == 0
+        assert steps[restart] - 1 <= killed[0]
+        assert steps[-1] == config.total_steps and steps[restart:] == list(range(steps[restart], config.total_steps + 1))
+        model = DMDNet.from_checkpoint(path)
+        assert model.image_size == 256 and model.width == 4
+
+        run(config)
+        assert read_steps(metrics) == steps  # the finished run resumed at its end: no step redone
+    finally:
+        ray.shutdown()
