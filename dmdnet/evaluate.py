@@ -5,7 +5,7 @@
 
 Every face of the prepared folder whose person has at least one other photo is degraded
 by the fixed evaluation protocol (dmdnet.degradations, x4 or x8; the noise seeded by the
-face's position) and restored twice: with the generic dictionary only, and with a
+face's identity and name) and restored twice: with the generic dictionary only, and with a
 specific dictionary of the person's first K other photos (by name). Prints one JSON
 object: for the degraded input and both restorations, the mean PSNR (RGB), SSIM (BT.601
 Y) against the ground truth, and the identity similarity: cosine of the face's embedding
@@ -14,6 +14,7 @@ embedding of the person's other ground-truth photos. `faces` is the number evalu
 """
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 
@@ -48,6 +49,11 @@ class Recogniser:
         return self._recogniser.embedding(image, keypoints)
 
 
+def face_seed(identity: str, name: str) -> int:
+    """The evaluation noise seed of a face: its own, whichever faces are evaluated with it."""
+    return int(hashlib.sha256(f"{identity}/{name}".encode()).hexdigest()[:8], 16)
+
+
 def evaluation_faces(faces: PreparedFaces, identities=None, limit: int | None = None) -> list[tuple[str, str]]:
     """(identity, name) of every face to evaluate: persons with two photos or more, sorted."""
     chosen = faces.identities if identities is None else {i: faces.identities[i] for i in identities}
@@ -79,7 +85,7 @@ def evaluate(model: DMDNet, faces: PreparedFaces, scale: int, references: int, e
     for first in range(0, len(items), BATCH):
         batch = items[first : first + BATCH]
         truths = [faces.face(identity, name) for identity, name in batch]
-        degraded = [degrade_for_evaluation(t.crop, scale, seed=first + i) for i, t in enumerate(truths)]
+        degraded = [degrade_for_evaluation(t.crop, scale, seed=face_seed(t.identity, t.name)) for t in truths]
         boxes = torch.from_numpy(np.stack([t.boxes for t in truths]))
         with torch.no_grad():
             generic = to_image(model(to_tensor(degraded).to(device), boxes))

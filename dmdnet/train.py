@@ -268,13 +268,30 @@ def _kmeans(points: torch.Tensor, clusters: int, generator: torch.Generator) -> 
     return centres, torch.cdist(points, centres).argmin(dim=1)
 
 
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def _all_reduce_mean(tensors) -> None:
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _distributed():
         for tensor in tensors:
             dist.all_reduce(tensor)
             tensor /= dist.get_world_size()
+
+
+def _average_gradients(parameters) -> None:
+    """Gradients averaged over workers; a parameter that got none on one worker (e.g. the
+    mask when its samples had no references) counts as 0 there, so every worker reduces the same tensors."""
+    if _distributed():
+        parameters = [p for p in parameters if p.requires_grad]
+        for parameter in parameters:
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+        _all_reduce_mean([p.grad for p in parameters])
 
 
 class Training:
@@ -459,7 +476,7 @@ class Training:
             terms["total"] = float(total.detach())
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        _all_reduce_mean([p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None])
+        _average_gradients([p for group in self.optimizer.param_groups for p in group["params"]])
         self.optimizer.step()
         if self.phase == "forward":
             self.update_dictionary(ground_truth)
@@ -468,7 +485,7 @@ class Training:
             d_total, d_terms = self.loss.discriminator_loss(real_logits, fake_logits)
             self.discriminator_optimizer.zero_grad(set_to_none=True)
             d_total.backward()
-            _all_reduce_mean([p.grad for p in self.discriminator.parameters() if p.grad is not None])
+            _average_gradients(self.discriminator.parameters())
             self.discriminator_optimizer.step()
             terms.update(d_terms)
         self.window.append(terms["total"])

@@ -197,3 +197,22 @@ def test_full_size_network_restores_a_short_film(setup, tmp_path):
     assert [t["actor"] for t in report["tracks"]] == ["Actor 0"]
     assert report["totals"]["faces_restored"] == 6
     assert all(np.abs(a.astype(int) - b).max() > 10 for a, b in zip(input_frames, output_frames))
+
+
+def test_our_trained_256_model_restores_a_short_film(setup, tmp_path):
+    """The shipped 256 px model: faces are aligned, restored and pasted back at its size."""
+    from conftest import TRAINED_MODEL
+
+    film = tmp_path / "short.mkv"
+    make_film(film, [asset(CLIPS[0])], 6, size=(512, 512), with_audio=True)
+    output = tmp_path / "restored.mkv"
+    restore({**setup, "film": film, "checkpoint": TRAINED_MODEL}, "--codec", "ffv1", "--workdir", tmp_path / "work",
+            output=output)
+    input_pts, input_frames = decoded(film)
+    output_pts, output_frames = decoded(output)
+    assert output_pts == input_pts and audio_packets(output) == audio_packets(film)
+    report = json.loads(output.with_name("restored.report.json").read_text())
+    assert [t["actor"] for t in report["tracks"]] == ["Actor 0"] and report["totals"]["faces_restored"] == 6
+    for before, after in zip(input_frames, output_frames):
+        changed = np.abs(before.astype(int) - after).max(axis=2) > 3
+        assert 0.01 < changed.mean() < 0.5  # the face, not the frame

@@ -1,0 +1,46 @@
+"""`python -m dmdnet evaluate` and our trained model on identities it never saw."""
+import json
+import subprocess
+import sys
+
+from conftest import HELDOUT_IDENTITIES, REPO, TRAINED_MODEL, asset, save_small_checkpoint
+
+from dmdnet.data import PreparedFaces
+
+
+def evaluate(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dmdnet", "evaluate", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_trained_model_restores_unseen_faces_above_the_degraded_input(heldout_faces):
+    result = evaluate("--checkpoint", TRAINED_MODEL, "--data", heldout_faces, "--scale", 4, "--references", 3,
+                      "--models", asset("models"))
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)
+    print(scores)
+    assert scores["faces"] == len(PreparedFaces(heldout_faces)) > 40
+    assert set(scores) == {"input", "generic", "specific", "faces"}
+    for kind in ("generic", "specific"):
+        assert scores[kind]["psnr"] >= scores["input"]["psnr"] + 1.0
+        assert scores[kind]["ssim"] > scores["input"]["ssim"]
+    for kind in ("input", "generic", "specific"):
+        assert 0.2 < scores[kind]["identity"] < 1.0
+
+
+def test_evaluate_errors_are_one_line(heldout_faces, tmp_path):
+    small = save_small_checkpoint(tmp_path / "DMDNet.pth")  # a 512 px network
+    cases = [
+        (("--checkpoint", small, "--data", heldout_faces, "--scale", 4), "prepare the data with --size 512"),
+        (("--checkpoint", TRAINED_MODEL, "--data", tmp_path, "--scale", 4), "has no index.json"),
+        (("--checkpoint", TRAINED_MODEL, "--data", heldout_faces, "--scale", 4, "--identities", tmp_path / "none.txt"),
+         "no identities file"),
+    ]
+    for args, message in cases:
+        result = evaluate(*args, "--models", asset("models"))
+        assert result.returncode == 1 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    (tmp_path / "ids.txt").write_text(f"{HELDOUT_IDENTITIES[0]}\n")
+    result = evaluate("--checkpoint", TRAINED_MODEL, "--data", heldout_faces, "--scale", 8, "--identities",
+                      tmp_path / "ids.txt", "--limit", 2, "--models", asset("models"))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["faces"] == 2
