@@ -70,6 +70,7 @@ PHASES = ("initialize", "forward", "backward", "specific")
 STATE_FILE = "state.pt"
 RUN_NAME = "ray_train"
 KMEANS_ITERATIONS = 10
+MAX_SKIPPED_STEPS = 10
 LAPLACE_EPSILON = 1e-5
 
 
@@ -313,6 +314,7 @@ class Training:
         self.discriminator_optimizer: torch.optim.Adam | None = None
         self.scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self.window: list[float] = []
+        self.skipped = 0  # consecutive steps skipped for non-finite gradients
 
     # --- phases ----------------------------------------------------------------------------
 
@@ -476,7 +478,18 @@ class Training:
             terms["total"] = float(total.detach())
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        _average_gradients([p for group in self.optimizer.param_groups for p in group["params"]])
+        parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        _average_gradients(parameters)
+        # A non-finite loss or gradient would put NaN into every weight: that step is skipped
+        # (every worker sees the same averaged gradients, so all skip it together).
+        if not all(torch.isfinite(p.grad).all() for p in parameters if p.grad is not None):
+            self.skipped += 1
+            if self.skipped > MAX_SKIPPED_STEPS:
+                raise FloatingPointError(
+                    f"the loss or its gradients were not finite for {self.skipped} steps in a row ({self.phase} phase): "
+                    "lower learning_rate in the config and run again (it resumes from the last checkpoint)")
+            return {**terms, "skipped": 1.0}
+        self.skipped = 0
         self.optimizer.step()
         if self.phase == "forward":
             self.update_dictionary(ground_truth)
@@ -642,10 +655,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dmdnet.train", description="Train DMDNet (see the module notes).")
     parser.add_argument("config", type=Path, help="training settings (YAML)")
     args = parser.parse_args(argv)
+    from ray.train import TrainingFailedError
+
     try:
         run(load_config(args.config))
     except (ConfigError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except TrainingFailedError as error:
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        print(f"error: training failed after its retries ({reason}); fix the cause and run the same command "
+              "to resume from the last checkpoint", file=sys.stderr)
         return 1
     return 0
 

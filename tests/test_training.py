@@ -241,3 +241,22 @@ def test_ray_train_resumes_after_a_killed_worker_and_a_rerun_redoes_nothing(tmp_
         assert read_steps(metrics) == steps  # the finished run resumed at its end: no step redone
     finally:
         ray.shutdown()
+
+
+def test_non_finite_steps_are_skipped_and_a_run_of_them_stops_training(heldout_faces):
+    from dmdnet.train import MAX_SKIPPED_STEPS
+
+    training, data = tiny_training(heldout_faces)
+    training.initialize_dictionary(data)
+    training.enter("forward")
+    batch = data.batch(0, 2, references=False)
+    broken = {**batch, "lq": batch["lq"].clone().fill_(float("nan"))}
+    before = values(training.model)
+    for _ in range(MAX_SKIPPED_STEPS):
+        assert training.step(broken)["skipped"] == 1.0
+    assert not moved(before, training.model)
+    assert "skipped" not in training.step(batch) and moved(before, training.model)
+    for _ in range(MAX_SKIPPED_STEPS):
+        training.step(broken)
+    with pytest.raises(FloatingPointError, match="lower learning_rate"):
+        training.step(broken)
