@@ -1,4 +1,8 @@
-"""Training DMDNet as the paper does, on Ray Train.
+"""Training DMDNet in the paper's stages, on Ray Train.
+
+The stages follow the paper's outline (three-stage generic dictionary, then the specific
+branch); the paper's full text could not be read here, so the details below (k-means,
+the VQ-VAE-style moving average, the query loss) are our choices and say so.
 
     python -m dmdnet.train config.yaml            (also under `ray job submit -- ...`)
 
@@ -66,7 +70,6 @@ from dmdnet.images import to_tensor
 from dmdnet.losses import LossWeights, TrainingLoss
 from dmdnet.model import SCALES, DMDNet
 
-PHASES = ("initialize", "forward", "backward", "specific")
 STATE_FILE = "state.pt"
 RUN_NAME = "ray_train"
 KMEANS_ITERATIONS = 10
@@ -564,7 +567,7 @@ def train_loop(loop_config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            step = training.load(torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=False))
+            step = training.load(torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True))
         _log(rank, f"resumed at step {step} ({training.phase})")
     metrics_path = Path(config.output) / "metrics.jsonl"
 
@@ -640,7 +643,7 @@ def run(config: TrainConfig) -> Path:
     )
     result = trainer.fit()
     with result.checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
     model = DMDNet(config.width, config.dictionary_size, faces.size)
     model.load_state_dict(state["model"])
     path = save_checkpoint(model, output / "model.safetensors", getattr(torch, config.save_dtype), metadata={
