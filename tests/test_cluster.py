@@ -221,3 +221,23 @@ def test_nightly_submits_films_as_jobs_and_skips_them_after(head, case):
     film_again = json.loads((folder / "archive.summary.json").read_text())["films"][0]
     assert film_again["status"] == "skipped", film_again
     assert len([job for job in head.client.list_jobs() if job.submission_id == film["job_id"]]) == 1
+
+
+def test_job_submit_trains_a_tiny_model(head, heldout_faces, tmp_path):
+    """`ray job submit -- python -m dmdnet.train config.yaml`: Ray Train on the cluster's workers."""
+    head.folders.append(tmp_path)
+    config = tmp_path / "train.yaml"
+    config.write_text(f"data: {heldout_faces}\noutput: run\nwidth: 4\ndictionary_size: 8\nbatch_size: 1\n"
+                      "initialize_faces: 8\nforward_steps: 2\nbackward_steps: 1\nspecific_steps: 1\nheldout_fraction: 0\n")
+    job_id = "dmdnet-train-test"
+    head.ray("job", "submit", "--address", head.address, "--no-wait", "--submission-id", job_id, "--",
+             sys.executable, "-m", "dmdnet.train", str(config))
+    status = wait_for_job(head, job_id)
+    logs = head.client.get_job_logs(job_id)
+    assert status == "SUCCEEDED", logs[-3000:]
+    assert "dmdnet.train: 4 steps done" in logs
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    from dmdnet import DMDNet
+
+    assert DMDNet.from_checkpoint(tmp_path / "run" / "model.safetensors").image_size == 256
