@@ -61,7 +61,7 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, checkpoint, person):
     cv2.imwrite(str(small), np.zeros((100, 100, 3), np.uint8))
     result = dmdnet("restore", small, "--landmarks", landmarks / f"{face.name}.txt", "--checkpoint", checkpoint,
                     "-o", out, expect_ok=False)
-    assert "is 100x100: this command takes FFHQ-aligned 512x512 faces" in result.stderr
+    assert "is 100x100: this model takes FFHQ-aligned 512x512 faces" in result.stderr
 
     bad = tmp_path / "bad.txt"
     bad.write_text("1 2\nthree four\n")
