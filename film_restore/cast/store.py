@@ -119,7 +119,7 @@ class CastStore:
         self.folder = Path(folder)
         self.analyzer = analyzer
         self.face_models_id = face_models_id
-        # Aligned references analysed in this run, by content hash, for building dictionaries.
+        # References analysed in this run (photo, face) by content hash: aligned at the model's size when a dictionary is built.
         self._faces: dict[str, tuple[np.ndarray, Face]] = {}
         # Each actor's references are hashed and looked up once per store.
         self._analysed: dict[Actor, ActorReferences] = {}
