@@ -23,7 +23,7 @@ from dmdnet.boxes import IMAGE_SIZE, component_boxes
 from dmdnet.checkpoint import CheckpointError
 from dmdnet.dictionary import SpecificDictionary
 from dmdnet.evaluate import add_parser as add_evaluate_parser
-from dmdnet.files import atomic_path, file_sha256
+from dmdnet.files import file_sha256, write_image
 from dmdnet.images import to_image, to_tensor
 from dmdnet.model import DMDNet
 
@@ -67,16 +67,6 @@ def read_landmarks(path: Path) -> np.ndarray:
     if len(points) != 68:
         raise UsageError(f"{path} has {len(points)} landmarks; DMDNet needs the 68 iBUG points")
     return np.array(points)
-
-
-def write_image(path: Path, rgb: np.ndarray) -> None:
-    import cv2
-
-    encoded, data = cv2.imencode(path.suffix or ".png", rgb[:, :, ::-1])
-    if not encoded:
-        raise UsageError(f"cannot write an image with the suffix {path.suffix!r}: use .png")
-    with atomic_path(path) as temporary:
-        temporary.write_bytes(data.tobytes())
 
 
 def landmark_file(directory: Path, image: Path) -> Path:
@@ -145,12 +135,13 @@ def command_export(args) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     main = argparse.ArgumentParser(prog="python -m dmdnet", description=__doc__.split("\n\n")[0])
     commands = main.add_subparsers(dest="command", required=True)
 
     def add_model_options(command):
         command.add_argument("--checkpoint", type=Path, required=True, help="the authors' DMDNet.pth")
-        command.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        command.add_argument("--device", default=device)
         command.add_argument("-o", "--output", type=Path, required=True)
 
     restore = commands.add_parser("restore", help="restore one aligned 512 x 512 face")
@@ -176,7 +167,7 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--fp32", action="store_true", help="TensorRT engine without fp16")
     export.set_defaults(run=command_export)
 
-    add_evaluate_parser(commands, device_default="cuda" if torch.cuda.is_available() else "cpu")
+    add_evaluate_parser(commands, device_default=device)
     return main
 
 

@@ -63,7 +63,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from dmdnet.files import atomic_path, file_sha256
+from dmdnet.files import file_sha256, write_image, write_json
 
 FORMAT = "dmdnet-prepared-faces/1"
 INDEX_NAME = "index.json"
@@ -83,19 +83,6 @@ class PrepareError(Exception):
 def default_min_face(size: int) -> int:
     """Shortest accepted detector-box side, in photo pixels: 3/16 of the crop size (48 at 256, 96 at 512)."""
     return size * 3 // 16
-
-
-def _write_json(path: Path, value) -> None:
-    with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(value, indent=1))
-
-
-def _write_png(path: Path, image_rgb: np.ndarray) -> None:
-    ok, data = cv2.imencode(".png", np.ascontiguousarray(image_rgb[:, :, ::-1]))
-    if not ok:
-        raise RuntimeError(f"cv2 could not encode {path.name} as PNG")
-    with atomic_path(path) as temporary:
-        temporary.write_bytes(data.tobytes())
 
 
 def _points(array, decimals: int = 3) -> list:
@@ -223,7 +210,7 @@ def _prepare_identity(stack: _FaceStack, source_folder: Path, out_folder: Path, 
         if face is None:
             skipped.append({"file": path.name, "kind": kind, "reason": reason})
             continue
-        _write_png(out_folder / name, crop)
+        write_image(out_folder / name, crop)
         faces.append({"name": name, "source": path.name, **face})
     kept = {face["name"] for face in faces}
     for stale in out_folder.glob("*.png"):
@@ -231,7 +218,7 @@ def _prepare_identity(stack: _FaceStack, source_folder: Path, out_folder: Path, 
             stale.unlink()
     record = {"format": FORMAT, "identity": source_folder.name, "settings": settings,
               "sources": sources, "faces": faces, "skipped": skipped}
-    _write_json(out_folder / RECORD_NAME, record)
+    write_json(out_folder / RECORD_NAME, record)
     return record
 
 
@@ -296,7 +283,7 @@ def prepare(src_dir, out_dir, size: int, models_dir=None, min_face: int | None =
         "identities": identities,
         "skipped": skipped,
     }
-    _write_json(index_path, index)
+    write_json(index_path, index)
     seconds = time.monotonic() - started
     by_kind = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items())) or "none"
     log(f"prepared {faces} faces of {len(identities)} identities at {size} px from {photos} photos "

@@ -1,6 +1,7 @@
 """File writing that never leaves a partial file at the final path, and file hashing."""
 import contextlib
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -24,6 +25,27 @@ def atomic_path(path):
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def write_json(path, value) -> None:
+    """`value` as indented JSON at `path` (its folder created), written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(value, indent=1))
+
+
+def write_image(path, image_rgb) -> None:
+    """An RGB uint8 image in the format its suffix names (PNG without one), written atomically."""
+    import cv2
+    import numpy as np
+
+    path = Path(path)
+    encoded, data = cv2.imencode(path.suffix or ".png", np.ascontiguousarray(image_rgb[:, :, ::-1]))
+    if not encoded:
+        raise ValueError(f"cannot write an image with the suffix {path.suffix!r}: use .png")
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data.tobytes())
 
 
 def file_sha256(path) -> str:

@@ -381,16 +381,22 @@ class DMDNet(nn.Module):
         return SpecificDictionary(keys, values, self.fingerprint, list(reference_hashes))
 
     def dictionary_tensors(
-        self, ref_images: torch.Tensor, ref_boxes: torch.Tensor
+        self, ref_images: torch.Tensor, ref_boxes: torch.Tensor, extractor: FeatureExtractor | None = None
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Keys and values of every part for the references (the authors' E_hq and KV heads)."""
-        windows = self.windows(ref_boxes)
-        features = dict(zip((scale for scale, _, _ in SCALES), self.encoder_hq(ref_images)))
-        keys, values = {}, {}
-        for name, part in self.parts.items():
-            crop = windows[name].crop(features[int(name.split("_")[1])])
-            keys[name], values[name] = part.key(crop), part.value(crop)
+        """Keys and values of every part for the references (the authors' E_hq and KV heads).
+
+        extractor: E_hq by default; training describes ground-truth faces with E_lq.
+        """
+        features = (extractor or self.encoder_hq)(ref_images)
+        crops = self.part_crops(features, self.windows(ref_boxes))
+        keys = {name: part.key(crops[name]) for name, part in self.parts.items()}
+        values = {name: part.value(crops[name]) for name, part in self.parts.items()}
         return keys, values
+
+    def part_crops(self, features: list[torch.Tensor], windows: dict[str, Window]) -> dict[str, torch.Tensor]:
+        """Each part's crop of the feature map of its scale."""
+        by_scale = dict(zip((scale for scale, _, _ in SCALES), features))
+        return {name: windows[name].crop(by_scale[int(name.split("_")[1])]) for name in self.parts}
 
     def forward(
         self, lq: torch.Tensor, boxes: torch.Tensor, dictionary: SpecificDictionary | None = None

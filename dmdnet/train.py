@@ -68,7 +68,7 @@ from dmdnet.discriminator import MultiScaleDiscriminator
 from dmdnet.files import atomic_path
 from dmdnet.images import to_tensor
 from dmdnet.losses import LossWeights, TrainingLoss
-from dmdnet.model import SCALES, DMDNet
+from dmdnet.model import DMDNet
 
 STATE_FILE = "state.pt"
 RUN_NAME = "ray_train"
@@ -375,14 +375,8 @@ class Training:
 
     def ground_truth_features(self, hq: torch.Tensor, boxes: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per part: (key, value) of the ground truth's component crops, on E_lq features."""
-        model = self.model
-        windows = model.windows(boxes)
-        features = dict(zip((scale for scale, _, _ in SCALES), model.encoder_lq(hq)))
-        out = {}
-        for name, part in model.parts.items():
-            crop = windows[name].crop(features[int(name.split("_")[1])])
-            out[name] = (part.key(crop), part.value(crop))
-        return out
+        keys, values = self.model.dictionary_tensors(hq, boxes, extractor=self.model.encoder_lq)
+        return {name: (keys[name], values[name]) for name in keys}
 
     @torch.no_grad()
     def initialize_dictionary(self, faces: TrainingFaces) -> None:
@@ -439,12 +433,16 @@ class Training:
 
     # --- one step ---------------------------------------------------------------------------
 
-    def restore(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The network's output for a batch: generic reads, or in the specific phase each
-        sample with its own references (samples without references take the generic path)."""
+    def restore_generic(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The network's output with generic reads, and every part's crop of the degraded
+        face's features (the query loss reads them: the encoder runs once per step)."""
         model = self.model
-        if self.phase != "specific":
-            return model.restore(batch["lq"], batch["boxes"])
+        features, windows = model.encoder_lq(batch["lq"]), model.windows(batch["boxes"])
+        return model.decode(features, model.read_parts(features, windows)), model.part_crops(features, windows)
+
+    def restore_specific(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each sample restored with its own references (samples without references take the generic path)."""
+        model = self.model
         outputs = []
         for i, count in enumerate(batch["ref_count"].tolist()):
             lq, boxes = batch["lq"][i : i + 1], batch["boxes"][i : i + 1]
@@ -455,27 +453,26 @@ class Training:
                 outputs.append(model.restore(lq, boxes))
         return torch.cat(outputs)
 
-    def query_loss(self, batch, ground_truth) -> torch.Tensor:
+    def query_loss(self, crops: dict[str, torch.Tensor], ground_truth) -> torch.Tensor:
         """Mean squared distance of the degraded face's queries to the ground truth's keys."""
-        model = self.model
-        windows = model.windows(batch["boxes"])
-        features = dict(zip((scale for scale, _, _ in SCALES), model.encoder_lq(batch["lq"])))
-        losses = [
-            F.mse_loss(part.query(windows[name].crop(features[int(name.split("_")[1])])), ground_truth[name][0].detach())
-            for name, part in model.parts.items()
-        ]
+        losses = [F.mse_loss(part.query(crops[name]), ground_truth[name][0].detach())
+                  for name, part in self.model.parts.items()]
         return torch.stack(losses).mean()
 
     def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         batch = {key: value.to(self.device) for key, value in batch.items()}
-        restored = self.restore(batch)
+        generic = self.phase in ("forward", "backward")
+        if generic:
+            restored, crops = self.restore_generic(batch)
+        else:
+            restored = self.restore_specific(batch)
         fake_logits = self.discriminator(restored) if self.discriminator is not None else None
         total, terms = self.loss(restored, batch["hq"], fake_logits)
         ground_truth = None
-        if self.phase in ("forward", "backward"):
+        if generic:
             with torch.no_grad():
                 ground_truth = self.ground_truth_features(batch["hq"], batch["boxes"])
-            query = self.query_loss(batch, ground_truth) * self.config.query_weight
+            query = self.query_loss(crops, ground_truth) * self.config.query_weight
             total = total + query
             terms["query"] = float(query.detach())
             terms["total"] = float(total.detach())

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmdnet.files import atomic_path, file_sha256
+from dmdnet.files import file_sha256, write_json
 from film_restore.records import Chunk, Face, Shot, Track, TrackedFace
 
 
@@ -44,12 +44,6 @@ def input_hash(path: Path, cache_folder: Path) -> str:
         cache_folder.mkdir(parents=True, exist_ok=True)
         write_json(cache_file, cache)
     return cache[identity]
-
-
-def write_json(path: Path, value) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(value, indent=1))
 
 
 class WorkFolder:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from film_restore import report as reports
 from film_restore.cast.castfile import NodeReader, compose_yaml
 from film_restore.run import CODECS
 
@@ -65,8 +66,8 @@ class Film:
 
     @property
     def report(self) -> Path:
-        """The report the pipeline writes (film_restore.report.default_path)."""
-        return self.output.with_name(f"{self.output.stem}.report.json")
+        """The report the pipeline writes."""
+        return reports.default_path(self)
 
 
 @dataclass(frozen=True)
@@ -84,10 +85,6 @@ def load(path) -> Archive:
 
 class _ArchiveReader(NodeReader):
     error = ArchiveError
-
-    def __init__(self, path: Path):
-        super().__init__(path)
-        self.folder = path.resolve().parent
 
     def archive(self, root) -> Archive:
         if root is None:
@@ -140,11 +137,6 @@ class _ArchiveReader(NodeReader):
             elif name == "resume":
                 values[name] = self.boolean(value, where)
         return values
-
-    def scalar(self, node, field: str, expected: str) -> str:
-        if not isinstance(node, yaml.ScalarNode) or not node.value.strip():
-            self.fail(node, field, f"expected {expected}")
-        return node.value.strip()
 
     def path_value(self, node, field: str) -> Path:
         text = self.scalar(node, field, "a path")

@@ -38,12 +38,16 @@ def small_state(width: int = 8, dictionary_size: int = 16, seed: int = 7) -> dic
     return reference_module().make_state(manifest, seed, 1.5)
 
 
-def save_small_checkpoint(path: Path, **options) -> Path:
-    """small_state saved with torch.save under the authors' key names, as users' DMDNet.pth is."""
+def save_state(state: dict, path: Path) -> Path:
+    """A state of numpy arrays saved with torch.save under the authors' key names, as users' DMDNet.pth is."""
     import torch
 
-    torch.save({name: torch.from_numpy(value) for name, value in small_state(**options).items()}, path)
+    torch.save({name: torch.from_numpy(value) for name, value in state.items()}, path)
     return path
+
+
+def save_small_checkpoint(path: Path, **options) -> Path:
+    return save_state(small_state(**options), path)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,6 @@ import av
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from conftest import REPO, asset, save_small_checkpoint
 from film_restore.blend import frame_matte
@@ -178,11 +177,10 @@ def test_bad_input_is_one_line_error_with_no_output(setup, problem, tmp_path):
 @pytest.mark.slow
 def test_full_size_network_restores_a_short_film(setup, tmp_path):
     """The authors' full-size architecture (seeded weights) through the whole pipeline."""
-    from conftest import reference_module
+    from conftest import reference_module, save_state
 
     manifest = json.loads(asset("dmdnet_reference/state_dict_manifest.json").read_text())
-    checkpoint = tmp_path / "DMDNet.pth"
-    torch.save({k: torch.from_numpy(v) for k, v in reference_module().make_state(manifest, 1234, 1.5).items()}, checkpoint)
+    checkpoint = save_state(reference_module().make_state(manifest, 1234, 1.5), tmp_path / "DMDNet.pth")
     film = tmp_path / "short.mkv"
     make_film(film, [asset(CLIPS[0])], 6, size=(512, 512), with_audio=True)
     full = {**setup, "film": film, "checkpoint": checkpoint}

@@ -58,10 +58,17 @@ class NodeReader:
 
     def __init__(self, path: Path):
         self.path = path
+        # Relative paths in the file are relative to the file's own folder.
+        self.folder = path.resolve().parent
 
     def fail(self, node, field: str, problem: str):
         line = f":{node.start_mark.line + 1}" if node is not None else ""
         raise self.error(f"{self.path}{line}: {field}: {problem}")
+
+    def scalar(self, node, field: str, expected: str) -> str:
+        if not isinstance(node, yaml.ScalarNode) or not node.value.strip():
+            self.fail(node, field, f"expected {expected}")
+        return node.value.strip()
 
     def mapping(self, node, field: str, allowed: set[str]) -> dict[str, tuple[yaml.Node, yaml.Node]]:
         if not isinstance(node, yaml.MappingNode):
@@ -79,10 +86,6 @@ class NodeReader:
 
 class _CastReader(NodeReader):
     error = CastError
-
-    def __init__(self, path: Path):
-        super().__init__(path)
-        self.folder = path.resolve().parent
 
     def cast(self, root) -> Cast:
         if root is None:
@@ -109,9 +112,7 @@ class _CastReader(NodeReader):
         for required in ("name", "references"):
             if required not in entries:
                 self.fail(node, f"{field}.{required}", "missing")
-        name_node = entries["name"][1]
-        if not isinstance(name_node, yaml.ScalarNode) or not name_node.value.strip():
-            self.fail(name_node, f"{field}.name", "expected the actor's name")
+        name = self.scalar(entries["name"][1], f"{field}.name", "the actor's name")
         references_node = entries["references"][1]
         patterns = references_node.value if isinstance(references_node, yaml.SequenceNode) else [references_node]
         if not patterns or not all(isinstance(p, yaml.ScalarNode) and p.value.strip() for p in patterns):
@@ -119,7 +120,7 @@ class _CastReader(NodeReader):
         files = []
         for pattern in patterns:
             files += self.references(pattern, f"{field}.references")
-        return Actor(name_node.value.strip(), tuple(dict.fromkeys(files)))
+        return Actor(name, tuple(dict.fromkeys(files)))
 
     def references(self, node, field: str) -> list[Path]:
         pattern = Path(node.value.strip()).expanduser()

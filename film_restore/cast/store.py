@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from dmdnet import DMDNet
-from dmdnet.files import atomic_path, file_sha256
+from dmdnet.files import file_sha256, write_json
 from dmdnet.images import to_tensor
 from film_restore.cast.castfile import Actor, Cast
 from film_restore.faces import FaceAnalyzer
@@ -208,8 +208,7 @@ class CastStore:
                 for r in analysed.references
             ],
         }
-        with atomic_path(path) as temporary:
-            temporary.write_text(json.dumps(record, indent=1))
+        write_json(path, record)
 
     def _read_record(self, actor: Actor, path: Path) -> ActorReferences:
         try:
