@@ -215,11 +215,13 @@ def save_checkpoint(model, path, dtype: torch.dtype = torch.float16, metadata: d
     """Writes the model as a .safetensors checkpoint under the authors' key names (atomically)."""
     from safetensors.torch import save_file
 
-    from dmdnet.files import atomic_path
+    from dmdnet.files import atomic_path, default_file_mode
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"trained models are saved as .safetensors, got {path.name}")
     with atomic_path(path) as temporary:
         save_file(authors_state_dict(model, dtype), str(temporary), metadata=metadata)
+        # safetensors writes 0600; models are shared (cluster storage, other users' jobs).
+        temporary.chmod(default_file_mode())
     return path

@@ -27,6 +27,13 @@ def atomic_path(path):
         temporary.unlink(missing_ok=True)
 
 
+def default_file_mode() -> int:
+    """The mode a new file gets under this process's umask (0o644 under the usual 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_json(path, value) -> None:
     """`value` as indented JSON at `path` (its folder created), written atomically."""
     path = Path(path)

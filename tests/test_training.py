@@ -16,6 +16,7 @@ from conftest import REPO
 from dmdnet import DMDNet
 from dmdnet.checkpoint import authors_state_dict, save_checkpoint
 from dmdnet.data import PreparedFaces
+from dmdnet.files import default_file_mode
 from dmdnet.train import ConfigError, Training, TrainingFaces, TrainConfig, load_config, split_identities
 
 TINY = {"width": 4, "dictionary_size": 8, "batch_size": 2, "initialize_faces": 8, "references": 2, "heldout_fraction": 0.0}
@@ -108,8 +109,9 @@ def test_each_phase_changes_exactly_its_parameters(heldout_faces):
         assert group(changed, marker), f"no {marker} parameter learned in the specific phase"
 
 
-def test_a_few_steps_lower_the_loss(heldout_faces):
-    training, data = tiny_training(heldout_faces, width=8, learning_rate=1e-3)
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_a_few_steps_lower_the_loss(heldout_faces, precision):
+    training, data = tiny_training(heldout_faces, width=8, learning_rate=1e-3, precision=precision)
     training.initialize_dictionary(data)
     training.enter("forward")
     batches = [data.batch(step % 2, 2, references=False) for step in range(24)]
@@ -152,10 +154,57 @@ def test_trained_weights_round_trip_through_the_authors_key_names(tmp_path):
     assert set(state) == set(authors_manifest(model))
     for dtype, tolerance in ((torch.float32, 1e-6), (torch.float16, 2e-3)):
         path = save_checkpoint(model, tmp_path / "model.safetensors", dtype)
+        assert path.stat().st_mode & 0o777 == default_file_mode()  # readable by the cluster's other jobs
         loaded = DMDNet.from_checkpoint(path)
         assert loaded.image_size == 256 and loaded.width == 4
         for name, value in model.state_dict().items():
             torch.testing.assert_close(loaded.state_dict()[name], value, rtol=tolerance, atol=tolerance)
+
+
+def test_a_fine_tune_starts_from_its_checkpoint_and_a_mismatch_is_named(tmp_path, heldout_faces):
+    torch.manual_seed(1)
+    trained = DMDNet(width=4, dictionary_size=8, image_size=256)
+    for parameter in trained.parameters():
+        parameter.data.normal_(0, 0.1)
+    path = save_checkpoint(trained, tmp_path / "trained.safetensors", torch.float32)
+    training, data = tiny_training(heldout_faces, initial_weights=str(path), forward_steps=0)
+    assert "started from the weights of" in training.start(data)
+    for name, value in trained.state_dict().items():
+        torch.testing.assert_close(training.model.state_dict()[name], value, rtol=1e-6, atol=1e-6)
+    training.enter("backward")
+    before = values(training.model)
+    training.step(data.batch(0, 2, references=False))
+    assert moved(before, training.model)
+
+    wider, data = tiny_training(heldout_faces, initial_weights=str(path), width=8)
+    with pytest.raises(ConfigError, match=r"is a network of width 4, 8 dictionary items and 256 px, but this run "
+                                          r"trains width 8, 8 items on 256 px data: set width"):
+        wider.start(data)
+    missing, data = tiny_training(heldout_faces, initial_weights=str(tmp_path / "none.safetensors"))
+    with pytest.raises(ConfigError, match="initial_weights: no checkpoint file at"):
+        missing.start(data)
+
+
+def test_the_weight_average_follows_every_step_and_survives_a_checkpoint(heldout_faces):
+    training, data = tiny_training(heldout_faces, weight_average_decay=0.75)
+    training.initialize_dictionary(data)
+    training.enter("forward")
+    training.step(data.batch(0, 2, references=False))
+    first = {name: value.clone() for name, value in training.model.state_dict().items()}
+    assert training.final_weights() is training.weight_average
+    training.step(data.batch(1, 2, references=False))
+    second = training.model.state_dict()
+    for name, average in training.final_weights().items():
+        torch.testing.assert_close(average, 0.75 * first[name] + 0.25 * second[name])
+    assert any(not torch.equal(training.weight_average[name], second[name]) for name in second)
+
+    training.copy_generic_extractor()  # the averaged E_hq starts as the averaged E_lq, like the live one
+    for name, value in training.model.encoder_lq.state_dict().items():
+        assert torch.equal(training.weight_average[f"encoder_hq.{name}"], training.weight_average[f"encoder_lq.{name}"])
+    resumed, _ = tiny_training(heldout_faces, weight_average_decay=0.75)
+    resumed.load(training.state(2))
+    for name, average in training.weight_average.items():
+        assert torch.equal(resumed.weight_average[name], average)
 
 
 def write_config(folder: Path, **settings) -> Path:
@@ -171,6 +220,7 @@ def test_bad_configs_are_named_one_line_errors(tmp_path, heldout_faces):
         ({**base, "width": "wide"}, "width must be like 16"),
         ({"output": "run"}, "missing data"),
         ({**base, "initialize_faces": 4}, "initialize_faces (4) must be at least dictionary_size (128)"),
+        ({**base, "precision": "fp8"}, "precision must be float32 or bfloat16, got 'fp8'"),
     ]
     for settings, message in cases:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -207,7 +257,7 @@ def test_ray_train_resumes_after_a_killed_worker_and_a_rerun_redoes_nothing(tmp_
     from dmdnet.train import run
 
     config = TrainConfig(data=str(heldout_faces), output=str(tmp_path / "run"), **TINY, forward_steps=14,
-                         backward_steps=2, specific_steps=2, checkpoint_every=4, report_every=1)
+                         backward_steps=2, specific_steps=2, checkpoint_every=4, report_every=1, weight_average_decay=0.9)
     metrics = Path(config.output) / "metrics.jsonl"
     killed = []
 
@@ -236,6 +286,12 @@ def test_ray_train_resumes_after_a_killed_worker_and_a_rerun_redoes_nothing(tmp_
         assert steps[-1] == config.total_steps and steps[restart:] == list(range(steps[restart], config.total_steps + 1))
         model = DMDNet.from_checkpoint(path)
         assert model.image_size == 256 and model.width == 4
+        newest = max(Path(config.output, "ray_train").glob("checkpoint_*/state.pt"), key=os.path.getmtime)
+        state = torch.load(newest, weights_only=True)
+        assert state["step"] == config.total_steps
+        for name, value in model.state_dict().items():  # the saved model is the weights' average
+            torch.testing.assert_close(value, state["weight_average"][name].float(), rtol=2e-3, atol=2e-3)
+        assert any(not torch.equal(state["model"][name], state["weight_average"][name]) for name in state["model"])
 
         run(config)
         assert read_steps(metrics) == steps  # the finished run resumed at its end: no step redone
