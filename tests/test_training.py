@@ -199,7 +199,7 @@ def test_the_weight_average_follows_every_step_and_survives_a_checkpoint(heldout
     assert any(not torch.equal(training.weight_average[name], second[name]) for name in second)
 
     training.copy_generic_extractor()  # the averaged E_hq starts as the averaged E_lq, like the live one
-    for name, value in training.model.encoder_lq.state_dict().items():
+    for name in training.model.encoder_lq.state_dict():
         assert torch.equal(training.weight_average[f"encoder_hq.{name}"], training.weight_average[f"encoder_lq.{name}"])
     resumed, _ = tiny_training(heldout_faces, weight_average_decay=0.75)
     resumed.load(training.state(2))
