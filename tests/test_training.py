@@ -144,11 +144,17 @@ def test_heldout_split_is_stable_and_keeps_the_test_identities_out():
     assert set(heldout) <= set(heldout_more)
 
 
-def test_trained_weights_round_trip_through_the_authors_key_names(tmp_path):
-    torch.manual_seed(0)
+def random_tiny_model(seed: int) -> DMDNet:
+    """A width-4, 256 px network with every weight drawn from N(0, 0.1): nothing at its default."""
+    torch.manual_seed(seed)
     model = DMDNet(width=4, dictionary_size=8, image_size=256)
     for parameter in model.parameters():
         parameter.data.normal_(0, 0.1)
+    return model
+
+
+def test_trained_weights_round_trip_through_the_authors_key_names(tmp_path):
+    model = random_tiny_model(0)
     state = authors_state_dict(model)
     from dmdnet.checkpoint import authors_manifest
     assert set(state) == set(authors_manifest(model))
@@ -162,10 +168,7 @@ def test_trained_weights_round_trip_through_the_authors_key_names(tmp_path):
 
 
 def test_a_fine_tune_starts_from_its_checkpoint_and_a_mismatch_is_named(tmp_path, heldout_faces):
-    torch.manual_seed(1)
-    trained = DMDNet(width=4, dictionary_size=8, image_size=256)
-    for parameter in trained.parameters():
-        parameter.data.normal_(0, 0.1)
+    trained = random_tiny_model(1)
     path = save_checkpoint(trained, tmp_path / "trained.safetensors", torch.float32)
     training, data = tiny_training(heldout_faces, initial_weights=str(path), forward_steps=0)
     assert "started from the weights of" in training.start(data)
