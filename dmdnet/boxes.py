@@ -57,3 +57,12 @@ def component_boxes(landmarks, image_size: int = IMAGE_SIZE) -> np.ndarray:
         _mouth_box(points),
     ]
     return np.trunc(np.array(boxes, dtype=np.float64)).astype(np.int64)
+
+
+def mirrored_boxes(boxes: np.ndarray, image_size: int) -> np.ndarray:
+    """The component boxes of the horizontally mirrored face: x reflected, and the eyes
+    swapped (the mirrored right eye is the new left eye)."""
+    mirrored = np.array(boxes, dtype=np.int64)
+    mirrored[:, [0, 2]] = image_size - mirrored[:, [2, 0]]
+    mirrored[[LEFT_EYE, RIGHT_EYE]] = mirrored[[RIGHT_EYE, LEFT_EYE]]
+    return mirrored

@@ -50,6 +50,10 @@ the command again with the same output resumes the run the same way. The trained
 network is written to OUTPUT/model.safetensors under the authors' key names (fp16 by
 default), loadable by DMDNet.from_checkpoint and the film pipeline's --checkpoint.
 
+Samples: every face of the training identities in a seeded endless shuffle, degraded by
+Eq. 19 with its own draws; `horizontal_flip` (default on) mirrors each face and each
+reference with probability 1/2, their component boxes with them (eyes swapped).
+
 Identities whose name hashes below `heldout_fraction` are never trained on; they are
 listed in OUTPUT/heldout_identities.txt for `python -m dmdnet evaluate --identities`.
 """
@@ -70,6 +74,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dmdnet.boxes import mirrored_boxes
 from dmdnet.checkpoint import CheckpointError, save_checkpoint
 from dmdnet.data import PreparedFaces
 from dmdnet.degradations import degrade, sample_params
@@ -127,6 +132,7 @@ class TrainConfig:
     seed: int = 0
     save_dtype: str = "float16"
     precision: str = "float32"          # or bfloat16: autocast (see the module notes)
+    horizontal_flip: bool = True        # mirror half the training faces (and references)
 
     def __post_init__(self):
         positive = ("width", "dictionary_size", "batch_size", "initialize_faces", "plateau_steps", "checkpoint_every", "report_every", "num_workers",
@@ -225,10 +231,13 @@ def split_identities(identities, heldout_fraction: float) -> tuple[list[str], li
 
 class TrainingFaces:
     """Training samples of a prepared folder: each face degraded (Eq. 19), with up to
-    `references` other photos of its person; sample i of epoch e is the same on every run."""
+    `references` other photos of its person; sample i of epoch e is the same on every run.
+    With `flip`, every face and reference is mirrored with probability 1/2 (by its own
+    generator, so a run's degradations are the same with and without)."""
 
-    def __init__(self, faces: PreparedFaces, identities, references: int, seed: int):
+    def __init__(self, faces: PreparedFaces, identities, references: int, seed: int, flip: bool = False):
         self.faces = faces
+        self.flip = flip
         self.items = [(identity, name) for identity in identities for name in faces.identities[identity]]
         if not self.items:
             raise ConfigError(f"no training faces in {faces.folder} (every identity is held out?)")
@@ -248,8 +257,16 @@ class TrainingFaces:
         index = int(self.order(epoch)[offset])
         identity, name = self.items[index]
         rng = np.random.default_rng([self.seed, epoch, index])
-        face = self.faces.face(identity, name)
+        mirror = np.random.default_rng([self.seed, epoch, index, 1]).random(1 + self.references) < 0.5 if self.flip else None
         size = self.faces.size
+
+        def crop_and_boxes(other: str, slot: int) -> tuple[np.ndarray, np.ndarray]:
+            face = self.faces.face(identity, other)
+            if mirror is not None and mirror[slot]:
+                return np.ascontiguousarray(face.crop[:, ::-1]), mirrored_boxes(face.boxes, size)
+            return face.crop, face.boxes
+
+        crop, boxes = crop_and_boxes(name, 0)
         refs = torch.zeros(self.references, 3, size, size)
         ref_boxes = torch.zeros(self.references, 4, 4, dtype=torch.int64)
         others = [other for other in self.faces.identities[identity] if other != name]
@@ -257,14 +274,14 @@ class TrainingFaces:
         chosen = rng.choice(others, count, replace=False) if count else []
         count = count if references else 0
         for slot, other in enumerate(chosen[:count]):
-            reference = self.faces.face(identity, str(other))
-            refs[slot] = to_tensor([reference.crop])[0]
-            ref_boxes[slot] = torch.from_numpy(reference.boxes)
-        lq = degrade(face.crop, sample_params(rng), rng)
+            reference, reference_boxes = crop_and_boxes(str(other), 1 + slot)
+            refs[slot] = to_tensor([reference])[0]
+            ref_boxes[slot] = torch.from_numpy(reference_boxes)
+        lq = degrade(crop, sample_params(rng), rng)
         return {
             "lq": to_tensor([lq])[0],
-            "hq": to_tensor([face.crop])[0],
-            "boxes": torch.from_numpy(face.boxes),
+            "hq": to_tensor([crop])[0],
+            "boxes": torch.from_numpy(boxes),
             "refs": refs,
             "ref_boxes": ref_boxes,
             "ref_count": torch.tensor(count),
@@ -632,7 +649,7 @@ def train_loop(loop_config: dict) -> None:
     torch.manual_seed(config.seed)
     faces = PreparedFaces(config.data)
     identities, _ = split_identities(list(faces.identities), config.heldout_fraction)
-    data = TrainingFaces(faces, identities, config.references, config.seed)
+    data = TrainingFaces(faces, identities, config.references, config.seed, config.horizontal_flip)
     training = Training(config, faces.size, device)
     step = 0
     checkpoint = ray.train.get_checkpoint()

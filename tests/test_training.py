@@ -14,9 +14,12 @@ import torch
 from conftest import REPO
 
 from dmdnet import DMDNet
+from dmdnet.boxes import component_boxes, mirrored_boxes
 from dmdnet.checkpoint import authors_state_dict, save_checkpoint
 from dmdnet.data import PreparedFaces
 from dmdnet.files import default_file_mode
+from dmdnet.images import to_image
+from dmdnet.metrics import psnr
 from dmdnet.train import ConfigError, Training, TrainingFaces, TrainConfig, load_config, split_identities
 
 TINY = {"width": 4, "dictionary_size": 8, "batch_size": 2, "initialize_faces": 8, "references": 2, "heldout_fraction": 0.0}
@@ -128,9 +131,53 @@ def test_samples_are_reproducible_and_references_are_other_photos_of_the_person(
     identity, name = data.items[int(data.order(0)[5])]
     count = int(a["ref_count"])
     hq_refs = {data.faces.face(identity, other).crop.tobytes() for other in data.faces.identities[identity] if other != name}
-    from dmdnet.images import to_image
     assert all(to_image(a["refs"][slot]).tobytes() in hq_refs for slot in range(count))
     assert not a["refs"][count:].any()
+
+
+# iBUG 300-W index of each landmark's mirror image (jaw, brows, nose, eyes, mouth).
+IBUG_MIRROR = [*range(16, -1, -1), *range(26, 16, -1), 27, 28, 29, 30, *range(35, 30, -1),
+               45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40,
+               *range(54, 47, -1), *range(59, 54, -1), *range(64, 59, -1), *range(67, 64, -1)]
+
+
+def test_mirrored_boxes_are_the_boxes_of_the_mirrored_landmarks(heldout_faces):
+    faces = PreparedFaces(heldout_faces)
+    checked = 0
+    for identity, names in faces.identities.items():
+        for name in names:
+            face = faces.face(identity, name)
+            mirrored = face.landmarks[IBUG_MIRROR].copy()
+            mirrored[:, 0] = faces.size - mirrored[:, 0]
+            # the authors' rules truncate to pixels, so mirroring them moves a side by a pixel at most
+            assert abs(mirrored_boxes(face.boxes, faces.size) - component_boxes(mirrored, faces.size)).max() <= 1
+            checked += 1
+    assert checked >= 10
+
+
+def test_flipped_samples_mirror_faces_and_references_and_keep_the_degradations(heldout_faces):
+    faces = PreparedFaces(heldout_faces)
+    plain = TrainingFaces(faces, list(faces.identities), 2, 0)
+    flipped = TrainingFaces(faces, list(faces.identities), 2, 0, flip=True)
+    mirrored_faces = mirrored_references = 0
+    for position in range(12):
+        a, b = plain.sample(position), flipped.sample(position)
+        assert torch.equal(b["lq"], flipped.sample(position)["lq"])
+        assert torch.equal(a["ref_count"], b["ref_count"])
+        if torch.equal(a["hq"], b["hq"]):
+            assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["lq"], b["lq"])
+        else:
+            mirrored_faces += 1
+            assert torch.equal(a["hq"].flip(-1), b["hq"])
+            assert torch.equal(torch.from_numpy(mirrored_boxes(a["boxes"].numpy(), faces.size)), b["boxes"])
+            # the same blur, scale, noise and JPEG draws on the mirrored face
+            assert psnr(to_image(b["lq"][None])[0], to_image(b["hq"][None])[0]) == pytest.approx(
+                psnr(to_image(a["lq"][None])[0], to_image(a["hq"][None])[0]), abs=1.0)
+        for slot in range(int(a["ref_count"])):
+            if not torch.equal(a["refs"][slot], b["refs"][slot]):
+                mirrored_references += 1
+                assert torch.equal(a["refs"][slot].flip(-1), b["refs"][slot])
+    assert 2 <= mirrored_faces <= 10 and mirrored_references >= 1
 
 
 def test_heldout_split_is_stable_and_keeps_the_test_identities_out():
