@@ -46,8 +46,12 @@ Train as means over `report_every` steps (a report waits on the controller: repo
 every step doubled the step time of the CPU run); checkpoints every `checkpoint_every`
 steps and at phase ends, into OUTPUT/ray_train.
 A worker that dies is restarted from the newest checkpoint (`max_failures`); running
-the command again with the same output resumes the run the same way. The trained
-network is written to OUTPUT/model.safetensors under the authors' key names (fp16 by
+the command again with the same output resumes the run the same way. The YAML may
+change between the two: a new learning rate replaces the checkpoint's (which the plateau
+rule may have halved) and restarts the plateau count; the steps of a phase not yet
+finished may change (fewer than done ends it). Settings the run cannot continue under (the
+network, data, split, seed, start, a finished phase's length) are refused before Ray
+starts. The trained network is written to OUTPUT/model.safetensors under the authors' key names (fp16 by
 default), loadable by DMDNet.from_checkpoint and the film pipeline's --checkpoint.
 
 Samples: every face of the training identities in a seeded endless shuffle, degraded by
@@ -89,6 +93,11 @@ RUN_NAME = "ray_train"
 KMEANS_ITERATIONS = 10
 MAX_SKIPPED_STEPS = 10
 LAPLACE_EPSILON = 1e-5
+PHASES = ("forward", "backward", "specific")
+# What a resumed run must keep: the network, its data and split, where it started. Rates,
+# the lengths of phases not yet finished, reporting and workers may change between runs.
+FIXED_ON_RESUME = ("width", "dictionary_size", "discriminator_width", "data", "heldout_fraction", "seed",
+                   "initial_weights", "initialize_faces")
 
 
 class ConfigError(ValueError):
@@ -613,11 +622,30 @@ class Training:
         self.averages = {name: {k: v.to(self.device) for k, v in average.items()} for name, average in state["averages"].items()}
         average = state.get("weight_average")
         self.weight_average = {name: tensor.to(self.device) for name, tensor in average.items()} if average else None
-        if state["phase"] in ("forward", "backward", "specific"):
+        if state["phase"] in PHASES:
             self.enter(state["phase"], state["optimizer_state"])
+            self._apply_changed_rates(state["config"])
         else:
             self.phase = state["phase"]
         return state["step"]
+
+    def _apply_changed_rates(self, saved: dict) -> None:
+        """A rate changed in the YAML since the checkpoint replaces the checkpoint's (which
+        the plateau rule may have halved) and starts the plateau count again."""
+        rates = {"network": "learning_rate", "dictionary": "dictionary_learning_rate"}
+        changed = False
+        for group in self.optimizer.param_groups:
+            name = rates[group["name"]]
+            if getattr(self.config, name) != saved[name]:
+                group["lr"] = getattr(self.config, name)
+                changed = True
+        if self.discriminator_optimizer is not None and self.config.learning_rate != saved["learning_rate"]:
+            for group in self.discriminator_optimizer.param_groups:
+                group["lr"] = self.config.learning_rate
+        if changed:
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer, factor=0.5, patience=self.config.plateau_patience)
+            self.window = []
 
 
 def initial_model(config: TrainConfig, image_size: int) -> DMDNet:
@@ -634,6 +662,26 @@ def initial_model(config: TrainConfig, image_size: int) -> DMDNet:
             f"and {found[2]} px, but this run trains width {wanted[0]}, {wanted[1]} items on {wanted[2]} px data: "
             "set width and dictionary_size to the checkpoint's and prepare the data at its size")
     return model
+
+
+def check_resume(config: TrainConfig, run_folder: Path) -> None:
+    """Refuses to resume the newest checkpoint in run_folder with settings it cannot continue
+    under (FIXED_ON_RESUME, or the length of a phase it has finished), in one line naming both."""
+    checkpoints = sorted(run_folder.glob(f"checkpoint_*/{STATE_FILE}"), key=os.path.getmtime)
+    if not checkpoints:
+        return
+    state = torch.load(checkpoints[-1], map_location="cpu", weights_only=True)
+    saved, step = state["config"], state["step"]
+    changed = [name for name in FIXED_ON_RESUME if saved[name] != getattr(config, name)]
+    finished = 0
+    for phase in PHASES:
+        finished += saved[f"{phase}_steps"]
+        if finished < step and saved[f"{phase}_steps"] != getattr(config, f"{phase}_steps"):
+            changed.append(f"{phase}_steps")
+    if changed:
+        was = ", ".join(f"{name} {saved[name]!r} -> {getattr(config, name)!r}" for name in changed)
+        raise ConfigError(f"{run_folder.parent} holds a run at step {step} that cannot resume with these settings ({was}): "
+                          "put them back, or give the YAML a new output folder")
 
 
 def train_loop(loop_config: dict) -> None:
@@ -714,6 +762,7 @@ def run(config: TrainConfig) -> Path:
     output.mkdir(parents=True, exist_ok=True)
     if config.initial_weights:
         initial_model(config, faces.size)  # a mismatch is reported here, not by every worker after retries
+    check_resume(config, output / RUN_NAME)
     _, heldout = split_identities(list(faces.identities), config.heldout_fraction)
     with atomic_path(output / "heldout_identities.txt") as temporary:
         temporary.write_text("".join(f"{identity}\n" for identity in heldout))

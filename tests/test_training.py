@@ -1,4 +1,5 @@
 """Training: what each phase changes, that a few steps learn, Ray Train resume, configs."""
+import dataclasses
 import json
 import os
 import signal
@@ -20,7 +21,8 @@ from dmdnet.data import PreparedFaces
 from dmdnet.files import default_file_mode
 from dmdnet.images import to_image
 from dmdnet.metrics import psnr
-from dmdnet.train import ConfigError, Training, TrainingFaces, TrainConfig, load_config, split_identities
+from dmdnet.train import (STATE_FILE, ConfigError, Training, TrainingFaces, TrainConfig, check_resume, load_config,
+                          split_identities)
 
 TINY = {"width": 4, "dictionary_size": 8, "batch_size": 2, "initialize_faces": 8, "references": 2, "heldout_fraction": 0.0}
 
@@ -255,6 +257,42 @@ def test_the_weight_average_follows_every_step_and_survives_a_checkpoint(heldout
     resumed.load(training.state(2))
     for name, average in training.weight_average.items():
         assert torch.equal(resumed.weight_average[name], average)
+
+
+def test_a_resume_takes_a_changed_rate_from_the_config_and_keeps_the_halved_one_otherwise(heldout_faces):
+    training, data = tiny_training(heldout_faces, forward_steps=1)
+    training.initialize_dictionary(data)
+    training.enter("backward")
+    training.step(data.batch(0, 2, references=False))
+    for group in training.optimizer.param_groups:
+        group["lr"] /= 2  # as the plateau rule would have
+    state = training.state(2)
+
+    same, _ = tiny_training(heldout_faces, forward_steps=1)
+    same.load(state)
+    assert {g["name"]: g["lr"] for g in same.optimizer.param_groups} == {"network": 1e-4, "dictionary": 1e-6}
+
+    changed, _ = tiny_training(heldout_faces, forward_steps=1, learning_rate=3e-5)
+    changed.load(state)
+    assert {g["name"]: g["lr"] for g in changed.optimizer.param_groups} == {"network": 3e-5, "dictionary": 1e-6}
+    assert changed.scheduler.num_bad_epochs == 0 and changed.window == []
+
+
+def test_a_resume_with_settings_the_run_cannot_continue_under_is_refused_before_ray(tmp_path, heldout_faces):
+    training, _ = tiny_training(heldout_faces, forward_steps=4, backward_steps=4, specific_steps=4)
+    checkpoint = tmp_path / "ray_train" / "checkpoint_1"
+    checkpoint.mkdir(parents=True)
+    state = training.state(6)  # in the backward phase: forward has finished
+    torch.save(state, checkpoint / STATE_FILE)
+    config = training.config
+
+    check_resume(dataclasses.replace(config, learning_rate=1e-5, backward_steps=2, specific_steps=9), tmp_path / "ray_train")
+    check_resume(config, tmp_path / "nothing_yet")
+    with pytest.raises(ConfigError) as refused:
+        check_resume(dataclasses.replace(config, width=8, forward_steps=5), tmp_path / "ray_train")
+    message = str(refused.value)
+    assert "\n" not in message and "step 6" in message
+    assert "width 4 -> 8" in message and "forward_steps 4 -> 5" in message and "new output folder" in message
 
 
 def write_config(folder: Path, **settings) -> Path:
