@@ -51,8 +51,9 @@ change between the two: a new learning rate replaces the checkpoint's (which the
 rule may have halved) and restarts the plateau count; the steps of a phase not yet
 finished may change (fewer than done ends it). Settings the run cannot continue under (the
 network, data, split, seed, start, a finished phase's length) are refused before Ray
-starts. The trained network is written to OUTPUT/model.safetensors under the authors' key names (fp16 by
-default), loadable by DMDNet.from_checkpoint and the film pipeline's --checkpoint.
+starts. The trained network is written to OUTPUT/model.safetensors under the authors'
+key names (fp16 by default), loadable by DMDNet.from_checkpoint and the film pipeline's
+--checkpoint.
 
 Samples: every face of the training identities in a seeded endless shuffle, degraded by
 Eq. 19 with its own draws; `horizontal_flip` (default on) mirrors each face and each
