@@ -31,15 +31,15 @@ def test_trained_model_on_unseen_faces_improves_structure_and_keeps_identity(hel
     assert scores["faces"] == len(PreparedFaces(heldout_faces)) > 40
     assert set(scores) == {"input", "generic", "specific", "faces"}
     for kind in ("generic", "specific"):
-        assert scores[kind]["ssim"] > scores["input"]["ssim"] + 0.01  # measured +0.021
-        assert scores[kind]["psnr"] > scores["input"]["psnr"] + 0.3  # measured +0.55; a broken loader costs 10 dB
+        assert scores[kind]["ssim"] > scores["input"]["ssim"] + 0.01  # measured +0.023
+        assert scores[kind]["psnr"] > scores["input"]["psnr"] + 0.4  # measured +0.62, +0.65; a broken loader costs 10 dB
         assert scores[kind]["identity"] > scores["input"]["identity"]
     assert scores["specific"]["identity"] > scores["generic"]["identity"]  # the references help
     for kind in ("input", "generic", "specific"):
         assert 0.2 < scores[kind]["identity"] < 1.0
 
 
-@pytest.mark.xfail(strict=True, reason="under-trained on CPU (16,200 steps, width 16): x4 PSNR is 0.55-0.7 dB above "
+@pytest.mark.xfail(strict=True, reason="under-trained on CPU (28,500 steps, width 16): x4 PSNR is 0.6-0.85 dB above "
                                        "the degraded input's, not 1 dB; see MODEL_CARD.md. Remove this mark when a "
                                        "better model passes.")
 def test_trained_model_restores_unseen_faces_1_db_above_the_degraded_input(x4_scores):
