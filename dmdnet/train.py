@@ -671,7 +671,8 @@ def check_resume(config: TrainConfig, run_folder: Path) -> None:
     checkpoints = sorted(run_folder.glob(f"checkpoint_*/{STATE_FILE}"), key=os.path.getmtime)
     if not checkpoints:
         return
-    state = torch.load(checkpoints[-1], map_location="cpu", weights_only=True)
+    # mmap: only the config and step are read, not the weights and optimiser state beside them
+    state = torch.load(checkpoints[-1], map_location="cpu", weights_only=True, mmap=True)
     saved, step = state["config"], state["step"]
     changed = [name for name in FIXED_ON_RESUME if saved[name] != getattr(config, name)]
     finished = 0
