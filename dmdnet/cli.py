@@ -6,6 +6,7 @@ model, the model's image_size for one trained here).
     python -m dmdnet dictionary REFS_DIR --ref-landmarks DIR --checkpoint DMDNet.pth -o actor.dict
     python -m dmdnet export --checkpoint DMDNet.pth -o dmdnet.onnx [--specific] [--tensorrt dmdnet.engine]
     python -m dmdnet evaluate --checkpoint CKPT --data PREPARED_DIR --scale 4|8 [--references K]
+    python -m dmdnet widen --checkpoint CKPT --width W -o WIDE.safetensors
 
 Landmark files hold 68 lines "x y" in iBUG order (pixels of the aligned face); a
 reference image `a.png` has its landmarks in `a.png.txt` (the authors' naming) or `a.txt`.
@@ -134,6 +135,17 @@ def command_export(args) -> None:
         print(f"built a TensorRT engine -> {args.tensorrt}")
 
 
+def command_widen(args) -> None:
+    from dmdnet.checkpoint import save_checkpoint
+    from dmdnet.widen import widen
+
+    model = DMDNet.from_checkpoint(args.checkpoint)
+    wide = widen(model, args.width, seed=args.seed)
+    save_checkpoint(wide, args.output)
+    print(f"widened {args.checkpoint} from width {model.width} to {args.width} "
+          f"({sum(p.numel() for p in wide.parameters()):,} weights) -> {args.output}")
+
+
 def parser() -> argparse.ArgumentParser:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     main = argparse.ArgumentParser(prog="python -m dmdnet", description=__doc__.split("\n\n")[0])
@@ -166,6 +178,13 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--tensorrt", type=Path, help="also build a TensorRT engine at this path")
     export.add_argument("--fp32", action="store_true", help="TensorRT engine without fp16")
     export.set_defaults(run=command_export)
+
+    widen = commands.add_parser("widen", help="a wider network computing what the checkpoint does, to fine-tune")
+    widen.add_argument("--checkpoint", type=Path, required=True)
+    widen.add_argument("--width", type=int, required=True, help="channels at the first scale, more than the checkpoint's")
+    widen.add_argument("--seed", type=int, default=0, help="for the new channels' random filters")
+    widen.add_argument("-o", "--output", type=Path, required=True, help="the .safetensors file")
+    widen.set_defaults(run=command_widen)
 
     add_evaluate_parser(commands, device_default=device)
     return main
