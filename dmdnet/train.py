@@ -5,6 +5,8 @@ branch); the paper's full text could not be read here, so the details below (k-m
 the VQ-VAE-style moving average, the query loss) are our choices and say so.
 
     python -m dmdnet.train config.yaml            (also under `ray job submit -- ...`)
+    python -m dmdnet.train config.yaml --snapshot MODEL.safetensors
+                                                  (the model at the newest checkpoint; no training)
 
 One run goes through four phases, each resumable from Ray Train checkpoints:
 
@@ -685,14 +687,20 @@ def initial_model(config: TrainConfig, image_size: int) -> DMDNet:
     return model
 
 
+def newest_checkpoint(run_folder: Path) -> Path | None:
+    """The state file of the newest Ray Train checkpoint in run_folder, if there is one."""
+    checkpoints = sorted(run_folder.glob(f"checkpoint_*/{STATE_FILE}"), key=os.path.getmtime)
+    return checkpoints[-1] if checkpoints else None
+
+
 def check_resume(config: TrainConfig, run_folder: Path) -> None:
     """Refuses to resume the newest checkpoint in run_folder with settings it cannot continue
     under (FIXED_ON_RESUME, or the length of a phase it has finished), in one line naming both."""
-    checkpoints = sorted(run_folder.glob(f"checkpoint_*/{STATE_FILE}"), key=os.path.getmtime)
-    if not checkpoints:
+    newest = newest_checkpoint(run_folder)
+    if newest is None:
         return
     # mmap: only the config and step are read, not the weights and optimiser state beside them
-    state = torch.load(checkpoints[-1], map_location="cpu", weights_only=True, mmap=True)
+    state = torch.load(newest, map_location="cpu", weights_only=True, mmap=True)
     saved, step = state["config"], state["step"]
     changed = [name for name in FIXED_ON_RESUME if saved[name] != getattr(config, name)]
     finished = 0
@@ -805,23 +813,46 @@ def run(config: TrainConfig) -> Path:
     result = trainer.fit()
     with result.checkpoint.as_directory() as folder:
         state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-    model = DMDNet(config.width, config.dictionary_size, faces.size)
+    path = save_model(config, state, faces.size, output / "model.safetensors")
+    print(f"dmdnet.train: {state['step']} steps done; model -> {path}", flush=True)
+    return path
+
+
+def save_model(config: TrainConfig, state: dict, image_size: int, path: Path) -> Path:
+    """The model of a checkpoint's state (its weight average where kept), as a .safetensors file."""
+    model = DMDNet(config.width, config.dictionary_size, image_size)
     model.load_state_dict(state.get("weight_average") or state["model"])
-    path = save_checkpoint(model, output / "model.safetensors", getattr(torch, config.save_dtype), metadata={
+    return save_checkpoint(model, path, getattr(torch, config.save_dtype), metadata={
         "format": "dmdnet-trained/1", "steps": str(state["step"]), "data": str(config.data),
         "config": json.dumps(dataclasses.asdict(config)),
     })
-    print(f"dmdnet.train: {state['step']} steps done; model -> {path}", flush=True)
+
+
+def snapshot(config: TrainConfig, path: Path) -> Path:
+    """Writes the model of the run's newest checkpoint to path, without training: a run in
+    progress (or stopped) can be evaluated or used, and later resumed where it was."""
+    newest = newest_checkpoint(Path(config.output) / RUN_NAME)
+    if newest is None:
+        raise ConfigError(f"{config.output} holds no checkpoint yet: train first (checkpoint_every steps write one)")
+    check_resume(config, newest.parents[1])  # a YAML edited since (another width, say) is named, not a traceback
+    state = torch.load(newest, map_location="cpu", weights_only=True)
+    path = save_model(config, state, PreparedFaces(config.data).size, path)
+    print(f"dmdnet.train: the model at step {state['step']} of {config.output} -> {path}", flush=True)
     return path
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dmdnet.train", description="Train DMDNet (see the module notes).")
     parser.add_argument("config", type=Path, help="training settings (YAML)")
+    parser.add_argument("--snapshot", type=Path, metavar="MODEL.safetensors",
+                        help="do not train: write the model of the run's newest checkpoint here")
     args = parser.parse_args(argv)
     from ray.train import TrainingFailedError
 
     try:
+        if args.snapshot:
+            snapshot(load_config(args.config), args.snapshot)
+            return 0
         run(load_config(args.config))
     except (ConfigError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

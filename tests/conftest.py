@@ -6,7 +6,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # Our own trained model (MODEL_CARD.md), shipped in the repository.
-TRAINED_MODEL = REPO / "weights" / "dmdnet-celeba256-w16.safetensors"
+TRAINED_MODEL = REPO / "weights" / "dmdnet-celeba256-w20.safetensors"
 ASSETS = Path(os.environ.get("FILM_RESTORE_ASSETS", REPO.parent / "shared")).resolve()
 
 

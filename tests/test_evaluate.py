@@ -39,7 +39,7 @@ def test_trained_model_on_unseen_faces_improves_structure_and_keeps_identity(hel
         assert 0.2 < scores[kind]["identity"] < 1.0
 
 
-@pytest.mark.xfail(strict=True, reason="under-trained on CPU (28,500 steps, width 16): x4 PSNR is 0.6-0.85 dB above "
+@pytest.mark.xfail(strict=True, reason="under-trained on CPU (33,500 steps, width 20): x4 PSNR is 0.6-0.9 dB above "
                                        "the degraded input's, not 1 dB; see MODEL_CARD.md. Remove this mark when a "
                                        "better model passes.")
 def test_trained_model_restores_unseen_faces_1_db_above_the_degraded_input(x4_scores):

@@ -21,8 +21,9 @@ from dmdnet.data import PreparedFaces
 from dmdnet.files import default_file_mode
 from dmdnet.images import to_image
 from dmdnet.metrics import psnr
-from dmdnet.train import (STATE_FILE, ConfigError, Training, TrainingFaces, TrainConfig, check_resume, load_config,
+from dmdnet.train import (RUN_NAME, STATE_FILE, ConfigError, Training, TrainingFaces, TrainConfig, check_resume, load_config,
                           split_identities, unsafe_bfloat16_convolutions)
+from dmdnet.train import main as train_main
 
 TINY = {"width": 4, "dictionary_size": 8, "batch_size": 2, "initialize_faces": 8, "references": 2, "heldout_fraction": 0.0}
 
@@ -272,6 +273,31 @@ def test_the_weight_average_follows_every_step_and_survives_a_checkpoint(heldout
     resumed.load(training.state(2))
     for name, average in training.weight_average.items():
         assert torch.equal(resumed.weight_average[name], average)
+
+
+def test_a_snapshot_writes_the_weight_average_of_the_newest_checkpoint_without_training(tmp_path, heldout_faces, capsys):
+    config = write_config(tmp_path, data=str(heldout_faces), output=str(tmp_path / "run"), weight_average_decay=0.75, **TINY)
+    model_path = tmp_path / "now.safetensors"
+    assert train_main([str(config), "--snapshot", str(model_path)]) == 1
+    assert capsys.readouterr().err.strip() == (f"error: {tmp_path / 'run'} holds no checkpoint yet: train first "
+                                               "(checkpoint_every steps write one)")
+    training, data = tiny_training(heldout_faces, weight_average_decay=0.75, learning_rate=1e-2)
+    training.initialize_dictionary(data)
+    training.enter("forward")
+    for step in range(2):
+        training.step(data.batch(step, 2, references=False))
+    for name, step in (("checkpoint_old", 1), ("checkpoint_new", 2)):
+        (tmp_path / "run" / RUN_NAME / name).mkdir(parents=True)
+        torch.save(training.state(step), tmp_path / "run" / RUN_NAME / name / STATE_FILE)
+        time.sleep(0.05)  # the newest by modification time
+    assert train_main([str(config), "--snapshot", str(model_path)]) == 0
+    assert "the model at step 2 of" in capsys.readouterr().out
+    saved = DMDNet.from_checkpoint(model_path).state_dict()
+    for name, average in training.weight_average.items():
+        torch.testing.assert_close(saved[name], average, rtol=2e-3, atol=1e-4)  # saved in float16
+    live = training.model.state_dict()
+    assert any(not torch.allclose(saved[name], live[name], rtol=2e-3, atol=1e-4) for name in live)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
 def test_a_resume_takes_a_changed_rate_from_the_config_and_keeps_the_halved_one_otherwise(heldout_faces):

@@ -70,12 +70,17 @@ def test_the_new_channels_learn(heldout_faces):
 
 
 def test_the_command_writes_a_wider_checkpoint_and_refuses_a_narrower_one(tmp_path):
+    width = DMDNet.from_checkpoint(TRAINED_MODEL).width
     output = tmp_path / "wide.safetensors"
-    widen_command = [sys.executable, "-m", "dmdnet", "widen", "--checkpoint", str(TRAINED_MODEL), "-o", str(output)]
-    done = subprocess.run([*widen_command, "--width", "20"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    refused_output = tmp_path / "refused.safetensors"
+
+    def widen_command(width: int, path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "dmdnet", "widen", "--checkpoint", str(TRAINED_MODEL), "--width", str(width),
+                               "-o", str(path)], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+    done = widen_command(width + 2, output)
     assert done.returncode == 0, done.stderr
-    assert DMDNet.from_checkpoint(output).width == 20
-    assert output.stat().st_size < 25e6  # the widest our 256 px model can grow within the repository's limit
-    refused = subprocess.run([*widen_command, "--width", "16"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 1
-    assert refused.stderr.strip() == "error: the new width must be larger than the model's 16, got 16"
+    assert DMDNet.from_checkpoint(output).width == width + 2
+    refused = widen_command(width, refused_output)
+    assert refused.returncode == 1 and not refused_output.exists()
+    assert refused.stderr.strip() == f"error: the new width must be larger than the model's {width}, got {width}"
