@@ -32,7 +32,7 @@ def test_trained_model_on_unseen_faces_improves_structure_and_keeps_identity(hel
     assert set(scores) == {"input", "generic", "specific", "faces"}
     for kind in ("generic", "specific"):
         assert scores[kind]["ssim"] > scores["input"]["ssim"] + 0.01  # measured +0.023
-        assert scores[kind]["psnr"] > scores["input"]["psnr"] + 0.4  # measured +0.62, +0.65; a broken loader costs 10 dB
+        assert scores[kind]["psnr"] > scores["input"]["psnr"] + 0.4  # measured +0.68, +0.64; a broken loader costs 10 dB
         assert scores[kind]["identity"] > scores["input"]["identity"]
     assert scores["specific"]["identity"] > scores["generic"]["identity"]  # the references help
     for kind in ("input", "generic", "specific"):
