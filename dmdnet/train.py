@@ -831,10 +831,11 @@ def save_model(config: TrainConfig, state: dict, image_size: int, path: Path) ->
 def snapshot(config: TrainConfig, path: Path) -> Path:
     """Writes the model of the run's newest checkpoint to path, without training: a run in
     progress (or stopped) can be evaluated or used, and later resumed where it was."""
-    newest = newest_checkpoint(Path(config.output) / RUN_NAME)
+    run_folder = Path(config.output) / RUN_NAME
+    newest = newest_checkpoint(run_folder)
     if newest is None:
         raise ConfigError(f"{config.output} holds no checkpoint yet: train first (checkpoint_every steps write one)")
-    check_resume(config, newest.parents[1])  # a YAML edited since (another width, say) is named, not a traceback
+    check_resume(config, run_folder)  # a YAML edited since (another width, say) is named, not a traceback
     state = torch.load(newest, map_location="cpu", weights_only=True)
     path = save_model(config, state, PreparedFaces(config.data).size, path)
     print(f"dmdnet.train: the model at step {state['step']} of {config.output} -> {path}", flush=True)
