@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dmdnet.model import COMPONENTS, CROP_EXTENT, IMAGE_SIZE, SCALES
+from dmdnet.model import COMPONENTS, CROP_EXTENT, IMAGE_SIZE, SCALES, DMDNet
 
 SPECTRAL_NORM = ("weight_orig", "weight_u", "weight_v")
 WRAPPER_KEYS = ("state_dict", "params_ema", "params", "model", "net")
@@ -140,8 +140,12 @@ def fold_spectral_norm(weight_orig: torch.Tensor, u: torch.Tensor, v: torch.Tens
     return weight_orig / sigma
 
 
-def load_authors_checkpoint(model_class, source, map_location="cpu"):
-    """Builds the network the checkpoint describes (its width and dictionary size) and loads it."""
+def load(source, map_location="cpu") -> DMDNet:
+    """The network a checkpoint describes (its width, dictionary and image size), loaded in eval mode.
+
+    source: a path to the authors' DMDNet.pth (or a trained model's .safetensors) or a state
+    dict under the authors' key names.
+    """
     state = read_state_dict(source, map_location)
     for required in ("E_lq.conv1.0.weight_orig", "le_256_mem_key"):
         if required not in state:
@@ -152,7 +156,7 @@ def load_authors_checkpoint(model_class, source, map_location="cpu"):
     dictionary_size, _, _, eye_crop = state["le_256_mem_key"].shape
     # The eye crop at stride 2 is 80 / 2 pixels of a 512 face: it gives the image size.
     image_size = round(eye_crop * 2 * IMAGE_SIZE / CROP_EXTENT["le"] / 8) * 8
-    model = model_class(width=width, dictionary_size=dictionary_size, image_size=image_size)
+    model = DMDNet(width=width, dictionary_size=dictionary_size, image_size=image_size)
     manifest = authors_manifest(model)
     missing = [name for name in manifest if name not in state]
     unexpected = [name for name in state if name not in manifest]
@@ -184,7 +188,7 @@ def load_authors_checkpoint(model_class, source, map_location="cpu"):
 
 
 def authors_state_dict(model, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """Our network's weights under the authors' key names, loadable by `load_authors_checkpoint`
+    """Our network's weights under the authors' key names, loadable by `load`
     (and by the authors' code): what a trained model is saved as.
 
     Spectral-normalised weights are stored as weight_orig = W with u = e_i (the row of W

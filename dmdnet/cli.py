@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import dmdnet
 from dmdnet.boxes import IMAGE_SIZE, component_boxes
 from dmdnet.checkpoint import CheckpointError
 from dmdnet.dictionary import SpecificDictionary
@@ -101,7 +102,7 @@ def command_restore(args) -> None:
         raise UsageError("give either --refs (with --ref-landmarks) or --dictionary, not both")
     if bool(args.refs) != bool(args.ref_landmarks):
         raise UsageError("--refs and --ref-landmarks go together")
-    model = DMDNet.from_checkpoint(args.checkpoint, map_location=args.device)
+    model = dmdnet.load(args.checkpoint, map_location=args.device)
     face = to_tensor([read_face(args.face, model.image_size)])
     boxes = torch.from_numpy(component_boxes(read_landmarks(args.landmarks), model.image_size)[None])
     with torch.inference_mode():
@@ -117,7 +118,7 @@ def command_restore(args) -> None:
 
 
 def command_dictionary(args) -> None:
-    model = DMDNet.from_checkpoint(args.checkpoint, map_location=args.device)
+    model = dmdnet.load(args.checkpoint, map_location=args.device)
     with torch.inference_mode():
         dictionary = build_dictionary(model, args.refs, args.ref_landmarks)
     dictionary.save(args.output)
@@ -127,7 +128,7 @@ def command_dictionary(args) -> None:
 def command_export(args) -> None:
     from dmdnet.export import build_tensorrt_engine, export_onnx
 
-    model = DMDNet.from_checkpoint(args.checkpoint)
+    model = dmdnet.load(args.checkpoint)
     export_onnx(model, args.output, specific=args.specific)
     print(f"exported the {'specific' if args.specific else 'generic'} graph -> {args.output}")
     if args.tensorrt:
@@ -139,7 +140,7 @@ def command_widen(args) -> None:
     from dmdnet.checkpoint import save_checkpoint
     from dmdnet.widen import widen
 
-    model = DMDNet.from_checkpoint(args.checkpoint)
+    model = dmdnet.load(args.checkpoint)
     wide = widen(model, args.width, seed=args.seed)
     save_checkpoint(wide, args.output)
     print(f"widened {args.checkpoint} from width {model.width} to {args.width} "

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import dmdnet
 from dmdnet.data import PreparedFaces
 from dmdnet.degradations import degrade_for_evaluation
 from dmdnet.images import to_image, to_tensor
@@ -120,7 +121,7 @@ def read_identities(path: Path) -> list[str]:
 def command_evaluate(args) -> None:
     import json
 
-    model = DMDNet.from_checkpoint(args.checkpoint, map_location=args.device)
+    model = dmdnet.load(args.checkpoint, map_location=args.device)
     faces = PreparedFaces(args.data)
     identities = read_identities(args.identities) if args.identities else None
     result = evaluate(model, faces, args.scale, args.references, Recogniser(args.models), identities, args.limit,

@@ -310,13 +310,6 @@ class DMDNet(nn.Module):
     def _forget_fingerprint(module: "DMDNet", _incompatible) -> None:
         module._fingerprint = None
 
-    @classmethod
-    def from_checkpoint(cls, path_or_state_dict, map_location="cpu") -> "DMDNet":
-        """Loads the authors' checkpoint (a path to DMDNet.pth or a state dict) in eval mode."""
-        from dmdnet.checkpoint import load_authors_checkpoint
-
-        return load_authors_checkpoint(cls, path_or_state_dict, map_location)
-
     @property
     def fingerprint(self) -> str:
         """sha256 of the weights as the network uses them (stable across file formats)."""

@@ -54,7 +54,7 @@ rule may have halved) and restarts the plateau count; the steps of a phase not y
 finished may change (fewer than done ends it). Settings the run cannot continue under (the
 network, data, split, seed, start, a finished phase's length) are refused before Ray
 starts. The trained network is written to OUTPUT/model.safetensors under the authors'
-key names (fp16 by default), loadable by DMDNet.from_checkpoint and the film pipeline's
+key names (fp16 by default), loadable by dmdnet.load and the film pipeline's
 --checkpoint.
 
 Samples: every face of the training identities in a seeded endless shuffle, degraded by
@@ -81,6 +81,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import dmdnet
 from dmdnet.boxes import mirrored_boxes
 from dmdnet.checkpoint import CheckpointError, save_checkpoint
 from dmdnet.data import PreparedFaces
@@ -674,7 +675,7 @@ class Training:
 def initial_model(config: TrainConfig, image_size: int) -> DMDNet:
     """The checkpoint a fine-tune starts from, checked against the configured network."""
     try:
-        model = DMDNet.from_checkpoint(config.initial_weights)
+        model = dmdnet.load(config.initial_weights)
     except CheckpointError as error:
         raise ConfigError(f"initial_weights: {error}") from error
     found = (model.width, model.dictionary_size, model.image_size)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import ray
 
-from dmdnet import DMDNet
+import dmdnet
 from film_restore import report as reports
 from film_restore.cast import Cast, CastStore
 from film_restore.cast.store import pack_id
@@ -215,7 +215,7 @@ def run(job: Job) -> dict:
     cast_key = digest([(a.name, [str(r.sha256) for r in store.references(a).used]) for a in cast.actors], cast.match_threshold)
     dictionaries, fingerprint, face_size = {}, None, None
     if not job.dry_run:
-        model = DMDNet.from_checkpoint(checkpoint)
+        model = dmdnet.load(checkpoint)
         fingerprint, face_size = model.fingerprint, model.image_size
         for actor in cast.actors:
             dictionaries[actor.name], _ = store.dictionary(store.references(actor), model)

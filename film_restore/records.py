@@ -11,6 +11,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from film_restore.align import AlignmentTransform
+    from film_restore.video import Picture
 
 
 def _frozen_array(value, shape: tuple, name: str) -> np.ndarray:
@@ -56,6 +57,14 @@ class Face:
     def __repr__(self) -> str:
         box = ", ".join(f"{value:.1f}" for value in self.box)
         return f"Face(box=({box}), score={self.score:.3f}, embedding={self.embedding.size}-d)"
+
+
+class Frame(NamedTuple):
+    """One decoded frame: its number from 0 in decode order, its timestamp and its picture."""
+
+    index: int
+    pts: int
+    picture: "Picture"
 
 
 class AlignedFace(NamedTuple):

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dmdnet import DMDNet, SpecificDictionary
+import dmdnet
+from dmdnet import SpecificDictionary
 from dmdnet.images import to_tensor
 
 # Faces per forward pass; bounds memory (activations are ~0.6 GB per face at full width on CPU).
@@ -22,7 +23,7 @@ class FaceRestorer:
     """
 
     def __init__(self, checkpoint, dictionaries: dict[str, Path], device: str = "cpu", batch: int = DEFAULT_BATCH):
-        self.model = DMDNet.from_checkpoint(checkpoint, map_location=device)
+        self.model = dmdnet.load(checkpoint, map_location=device)
         self.device = torch.device(device)
         self.batch = batch
         self.dictionaries = {}

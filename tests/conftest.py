@@ -59,9 +59,9 @@ def vectors():
 
 @pytest.fixture(scope="session")
 def small_model():
-    from dmdnet import DMDNet
+    import dmdnet
 
-    return DMDNet.from_checkpoint(small_state())
+    return dmdnet.load(small_state())
 
 
 # Identities of celeba_identities that dmdnet.train.split_identities holds out at the

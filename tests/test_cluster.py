@@ -238,6 +238,6 @@ def test_job_submit_trains_a_tiny_model(head, heldout_faces, tmp_path):
     assert "dmdnet.train: 4 steps done" in logs
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
-    from dmdnet import DMDNet
+    import dmdnet
 
-    assert DMDNet.from_checkpoint(tmp_path / "run" / "model.safetensors").image_size == 256
+    assert dmdnet.load(tmp_path / "run" / "model.safetensors").image_size == 256

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from conftest import asset, small_state
-from dmdnet import DMDNet, SpecificDictionary, component_boxes
+import dmdnet
+from dmdnet import SpecificDictionary, component_boxes
 from dmdnet.cli import read_face, read_landmarks
 from dmdnet.images import to_tensor
 
@@ -69,7 +70,7 @@ def test_stored_dictionary_round_trips(tmp_path, small_model, faces, dictionary)
 
 @torch.no_grad()
 def test_a_dictionary_of_another_model_is_refused(faces, dictionary):
-    other = DMDNet.from_checkpoint(small_state(seed=8))
+    other = dmdnet.load(small_state(seed=8))
     with pytest.raises(ValueError, match="rebuild it with this checkpoint"):
         other(*faces, dictionary)
 

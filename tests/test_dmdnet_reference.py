@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import asset, reference_module
+import dmdnet
 from dmdnet import DMDNet, component_boxes
 from dmdnet.checkpoint import authors_manifest
 from dmdnet.images import to_tensor
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.slow
 def full_model(vectors):
     manifest = json.loads(asset("dmdnet_reference/state_dict_manifest.json").read_text())
     state = reference_module().make_state(manifest, int(vectors["seed"]), float(vectors["gain"]))
-    return DMDNet.from_checkpoint(state)
+    return dmdnet.load(state)
 
 
 def test_our_network_declares_exactly_the_checkpoint_keys_and_shapes():

@@ -14,6 +14,7 @@ import torch
 
 from conftest import REPO
 
+import dmdnet
 from dmdnet import DMDNet
 from dmdnet.boxes import component_boxes, mirrored_boxes
 from dmdnet.checkpoint import authors_state_dict, save_checkpoint
@@ -226,7 +227,7 @@ def test_trained_weights_round_trip_through_the_authors_key_names(tmp_path):
     for dtype, tolerance in ((torch.float32, 1e-6), (torch.float16, 2e-3)):
         path = save_checkpoint(model, tmp_path / "model.safetensors", dtype)
         assert path.stat().st_mode & 0o777 == default_file_mode()  # readable by the cluster's other jobs
-        loaded = DMDNet.from_checkpoint(path)
+        loaded = dmdnet.load(path)
         assert loaded.image_size == 256 and loaded.width == 4
         for name, value in model.state_dict().items():
             torch.testing.assert_close(loaded.state_dict()[name], value, rtol=tolerance, atol=tolerance)
@@ -292,7 +293,7 @@ def test_a_snapshot_writes_the_weight_average_of_the_newest_checkpoint_without_t
         time.sleep(0.05)  # the newest by modification time
     assert train_main([str(config), "--snapshot", str(model_path)]) == 0
     assert "the model at step 2 of" in capsys.readouterr().out
-    saved = DMDNet.from_checkpoint(model_path).state_dict()
+    saved = dmdnet.load(model_path).state_dict()
     for name, average in training.weight_average.items():
         torch.testing.assert_close(saved[name], average, rtol=2e-3, atol=1e-4)  # saved in float16
     live = training.model.state_dict()
@@ -413,7 +414,7 @@ def test_ray_train_resumes_after_a_killed_worker_and_a_rerun_redoes_nothing(tmp_
         assert steps[restart] > 1 and (steps[restart] - 1) % config.checkpoint_every == 0
         assert steps[restart] - 1 <= killed[0]
         assert steps[-1] == config.total_steps and steps[restart:] == list(range(steps[restart], config.total_steps + 1))
-        model = DMDNet.from_checkpoint(path)
+        model = dmdnet.load(path)
         assert model.image_size == 256 and model.width == 4
         newest = max(Path(config.output, "ray_train").glob("checkpoint_*/state.pt"), key=os.path.getmtime)
         state = torch.load(newest, weights_only=True)

@@ -7,7 +7,7 @@ import torch
 
 from conftest import REPO, TRAINED_MODEL
 
-from dmdnet import DMDNet
+import dmdnet
 from dmdnet.data import PreparedFaces
 from dmdnet.degradations import degrade_for_evaluation
 from dmdnet.images import to_tensor
@@ -24,7 +24,7 @@ def real_batch(heldout_faces, count: int = 5):
 
 
 def test_the_widened_trained_model_restores_real_faces_exactly_as_before(heldout_faces):
-    narrow = DMDNet.from_checkpoint(TRAINED_MODEL).float()
+    narrow = dmdnet.load(TRAINED_MODEL).float()
     wide = widen(narrow, narrow.width + 4).eval()
     assert (wide.width, wide.dictionary_size, wide.image_size) == (narrow.width + 4, narrow.dictionary_size, narrow.image_size)
     assert sum(p.numel() for p in wide.parameters()) > 1.2 * sum(p.numel() for p in narrow.parameters())
@@ -39,7 +39,7 @@ def test_the_widened_trained_model_restores_real_faces_exactly_as_before(heldout
 
 
 def test_the_new_channels_learn(heldout_faces):
-    narrow = DMDNet.from_checkpoint(TRAINED_MODEL).float()
+    narrow = dmdnet.load(TRAINED_MODEL).float()
     wide = widen(narrow, narrow.width + 4).train()
     lq, boxes, truth = real_batch(heldout_faces, count=4)
     for parameter in wide.parameters():
@@ -70,7 +70,7 @@ def test_the_new_channels_learn(heldout_faces):
 
 
 def test_the_command_writes_a_wider_checkpoint_and_refuses_a_narrower_one(tmp_path):
-    width = DMDNet.from_checkpoint(TRAINED_MODEL).width
+    width = dmdnet.load(TRAINED_MODEL).width
     output = tmp_path / "wide.safetensors"
     refused_output = tmp_path / "refused.safetensors"
 
@@ -80,7 +80,7 @@ def test_the_command_writes_a_wider_checkpoint_and_refuses_a_narrower_one(tmp_pa
 
     done = widen_command(width + 2, output)
     assert done.returncode == 0, done.stderr
-    assert DMDNet.from_checkpoint(output).width == width + 2
+    assert dmdnet.load(output).width == width + 2
     refused = widen_command(width, refused_output)
     assert refused.returncode == 1 and not refused_output.exists()
     assert refused.stderr.strip() == f"error: the new width must be larger than the model's {width}, got {width}"

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from dmdnet import CheckpointError, DMDNet
+import dmdnet
+from dmdnet import CheckpointError
 from film_restore.cast.castfile import Cast, CastError
 from film_restore.cast.store import CastStore, find_faces, pack_id, read_photo
 from film_restore.faces import FaceAnalyzer
@@ -22,7 +23,7 @@ def open_store(args) -> tuple[Cast, CastStore]:
 
 def command_build(args) -> int:
     cast, store = open_store(args)
-    model = DMDNet.from_checkpoint(args.checkpoint, map_location=args.device)
+    model = dmdnet.load(args.checkpoint, map_location=args.device)
     for actor in cast.actors:
         analysed = store.references(actor)
         for reference in analysed.references:
