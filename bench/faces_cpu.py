@@ -7,7 +7,6 @@ Frames come from a real clip, letterboxed into 1280 x 720. Prints a markdown tab
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -15,11 +14,9 @@ import av
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from film_restore.face_models import Detector  # noqa: E402
-from film_restore.faces import FaceAnalyzer  # noqa: E402
-from film_restore.models import MODELS_ENV  # noqa: E402
+from film_restore.faces.detector import Detector
+from film_restore.faces import FaceAnalyzer
+from film_restore.models import MODELS_ENV
 
 FRAME_WIDTH, FRAME_HEIGHT = 1280, 720
 

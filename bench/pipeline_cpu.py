@@ -7,23 +7,18 @@ speed is in bench/dmdnet_cpu.py), then runs the pipeline in-process on a local R
   full        the same + restore, compose, encode (codec auto: x264) and join.
 Prints frames/s per run and per stage, and the stage that bounds the throughput.
 
-    FILM_RESTORE_ASSETS=../shared python bench/pipeline_cpu.py [--frames 120]
+    FILM_RESTORE_ASSETS=../shared python -m bench.pipeline_cpu [--frames 120]   (from the repository root:
+    the film and the cast are made with the tests' helpers)
 """
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-
-from conftest import ASSETS, save_small_checkpoint  # noqa: E402
-from media import make_film, write_references  # noqa: E402
-
-from film_restore.pipeline import Job, init_ray, run  # noqa: E402
+from film_restore.pipeline import Job, init_ray, run
+from tests.assets import ASSETS, save_small_checkpoint
+from tests.media import make_film, write_references
 
 CLIP = ASSETS / "media/clips/retalk_2.mp4"
 STAGES = ("scan", "analyse", "restore_and_encode", "join")

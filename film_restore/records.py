@@ -1,16 +1,19 @@
-"""Small typed records passed between film_restore's stages (faces now; frames, tracks, shots later).
+"""The records that flow one way through film_restore's stages, and across Ray as they are.
 
-Records are frozen dataclasses; their numpy arrays are private read-only copies, so a
-record cannot change after it is made. Coordinates are frame pixels unless a field
-says otherwise.
+    Frame -> Face -> Track (of TrackedFace) within a Shot; Shots grouped into Chunks;
+    Scan (the whole film's frames, shots, chunks) -> ChunkResult (what composing a chunk did).
+
+Records are frozen dataclasses (Frame and AlignedFace: named tuples); their numpy arrays
+are private read-only copies, so a record cannot change after it is made. Coordinates are
+frame pixels unless a field says otherwise. Only film_restore.workdir turns them into JSON.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from film_restore.align import AlignmentTransform
+    from film_restore.faces.align import AlignmentTransform
     from film_restore.video import Picture
 
 
@@ -139,3 +142,23 @@ class Track:
     @property
     def last_frame(self) -> int:
         return self.faces[-1].frame
+
+
+@dataclass(frozen=True)
+class Scan:
+    """The whole film as decoded once: every frame's timestamp, its shots and the chunks of work."""
+
+    frame_pts: tuple[int, ...]
+    shots: tuple[Shot, ...]
+    chunks: tuple[Chunk, ...]
+
+
+@dataclass
+class ChunkResult:
+    """What composing one chunk did: counts, and before/after thumbnails per track (JPEG, base64)."""
+
+    index: int
+    frames: int
+    faces: int
+    faces_by_actor: dict[str, int] = field(default_factory=dict)
+    samples: list[dict] = field(default_factory=list)

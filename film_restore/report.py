@@ -1,16 +1,12 @@
 """report.json (facts, shots, tracks, totals, timings) and report.html (before/after per actor)."""
 from __future__ import annotations
 
+import dataclasses
 import html
 from collections import Counter
 from pathlib import Path
 
-from dmdnet.files import atomic_path
-from film_restore.workdir import shots_to_json, write_json
-
-
-def default_path(job) -> Path:
-    return job.output.with_name(f"{job.output.stem}.report.json")
+from dmdnet.files import atomic_path, write_json
 
 
 def _video_facts(info) -> dict:
@@ -25,21 +21,24 @@ def _video_facts(info) -> dict:
     }
 
 
-def build(job, info, scan, tracks_by_chunk, results, cast, fingerprint, timings, content_hash) -> dict:
+def build(run, scan, tracks_by_chunk, results) -> dict:
+    """The report of a FilmRun (film_restore.pipeline.film) from its stages' results."""
+    job, info, cast = run.job, run.info, run.cast
     tracks = [track for index in sorted(tracks_by_chunk) for track in tracks_by_chunk[index]]
     faces_by_actor = Counter()
     for result in results:
         for actor, count in result.faces_by_actor.items():
             faces_by_actor[actor or None] += count
     report = {
-        "input": {**_video_facts(info), "sha256": content_hash, "frames": len(scan.frame_pts)},
+        "input": {**_video_facts(info), "sha256": run.keys.parts["input_sha256"], "frames": len(scan.frame_pts)},
         "output": None if job.dry_run else {"path": str(job.output), "codec": job.codec,
                                               "size_bytes": job.output.stat().st_size},
         "dry_run": job.dry_run,
-        "model_fingerprint": fingerprint,
+        "model_fingerprint": run.fingerprint,
+        "output_key": None if job.dry_run else run.keys.compose,
         "cast": {"path": str(cast.path), "match_threshold": cast.match_threshold,
                  "actors": [actor.name for actor in cast.actors]},
-        "shots": shots_to_json(scan.shots),
+        "shots": [dataclasses.asdict(shot) for shot in scan.shots],
         "tracks": [
             {"shot": t.shot, "first_frame": t.first_frame, "last_frame": t.last_frame, "actor": t.actor,
              "similarity": round(t.similarity, 4), "faces": len(t.faces)}
@@ -54,7 +53,7 @@ def build(job, info, scan, tracks_by_chunk, results, cast, fingerprint, timings,
             "faces_restored": sum(r.faces for r in results),
             "faces_restored_by_actor": [{"actor": a, "faces": n} for a, n in faces_by_actor.items()],
         },
-        "timings_s": {stage: round(seconds, 2) for stage, seconds in timings.items()},
+        "timings_s": {stage: round(seconds, 2) for stage, seconds in run.timings.items()},
         "samples": [sample for result in results for sample in result.samples],
     }
     return report

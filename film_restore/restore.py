@@ -9,9 +9,8 @@ import torch
 import dmdnet
 from dmdnet import SpecificDictionary
 from dmdnet.images import to_tensor
+from film_restore.settings import RESTORE_BATCH
 
-# Faces per forward pass; bounds memory (activations are ~0.6 GB per face at full width on CPU).
-DEFAULT_BATCH = 8
 
 
 class FaceRestorer:
@@ -22,7 +21,7 @@ class FaceRestorer:
     dictionary (or of nobody, actor None) get the generic dictionary only.
     """
 
-    def __init__(self, checkpoint, dictionaries: dict[str, Path], device: str = "cpu", batch: int = DEFAULT_BATCH):
+    def __init__(self, checkpoint, dictionaries: dict[str, Path], device: str = "cpu", batch: int = RESTORE_BATCH):
         self.model = dmdnet.load(checkpoint, map_location=device)
         self.device = torch.device(device)
         self.batch = batch
@@ -32,10 +31,6 @@ class FaceRestorer:
             if dictionary.fingerprint != self.model.fingerprint:
                 raise ValueError(f"the dictionary of {actor} ({path}) was built with another checkpoint: rebuild the cast")
             self.dictionaries[actor] = dictionary
-
-    @property
-    def fingerprint(self) -> str:
-        return self.model.fingerprint
 
     def restore(self, crops: np.ndarray, boxes: np.ndarray, actor: str | None) -> np.ndarray:
         """Restored faces, float32 N x S x S x 3 on the 0..255 scale (S: the model's image_size), from uint8 RGB crops and N x 4 x 4 boxes."""

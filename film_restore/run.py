@@ -14,12 +14,11 @@ import sys
 from pathlib import Path
 
 from dmdnet import CheckpointError
+from film_restore import settings
 from film_restore.cast import CastError
 from film_restore.models import ModelsError
 from film_restore.pipeline import Job, PipelineError, run
-from film_restore.video import VideoError
-
-CODECS = ("auto", "x264", "x265", "prores", "ffv1")
+from film_restore.video import CODECS, VideoError
 
 
 def parser() -> argparse.ArgumentParser:
@@ -31,15 +30,15 @@ def parser() -> argparse.ArgumentParser:
     arguments.add_argument("--models", type=Path, help="face models folder (default $FILM_RESTORE_MODELS)")
     arguments.add_argument("--workdir", type=Path, help="where chunk results are kept (default beside the output)")
     arguments.add_argument("--resume", action="store_true", help="reuse the finished work of an interrupted run")
-    arguments.add_argument("--codec", choices=CODECS, default="auto", help="auto keeps the input's codec family")
+    arguments.add_argument("--codec", choices=CODECS, default=settings.CODEC, help="auto keeps the input's codec family")
     arguments.add_argument("--report", type=Path, help="report.json path (default OUTPUT_STEM.report.json)")
     arguments.add_argument("--dry-run", action="store_true", help="shots, tracks and identities only; no restore")
-    arguments.add_argument("--chunk-frames", type=int, default=250, help="frames per unit of work (whole shots)")
+    arguments.add_argument("--chunk-frames", type=int, default=settings.CHUNK_FRAMES, help="frames per unit of work (whole shots)")
     return arguments
 
 
 def job_from_args(args) -> Job:
-    output = args.output or args.input.with_name(f"{args.input.stem}.restored{args.input.suffix}")
+    output = args.output or settings.default_output(args.input)
     return Job(
         input=args.input, cast=args.cast, output=output, checkpoint=args.checkpoint, models=args.models,
         workdir=args.workdir, resume=args.resume, codec=args.codec, report=args.report, dry_run=args.dry_run,

@@ -54,7 +54,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from film_restore.identity import Identifier, centroid
+from film_restore.faces.identity import Identifier, centroid
 from film_restore.records import Face, Shot, Track, TrackedFace
 
 MIN_IOU = 0.1               # boxes of one face in consecutive frames overlap far more (> 0.8 for talking heads)

@@ -41,6 +41,7 @@ import cv2
 import numpy as np
 
 from dmdnet.files import temporary_beside
+from film_restore.records import Frame
 
 __all__ = [
     "VideoError", "StreamSummary", "VideoInfo", "probe", "Picture", "read_frames",
@@ -593,7 +594,7 @@ def _read_sequential(path, first, last, pts_list):
             _check_pts(path, index, frame.pts, pts_list)
             if index < first:
                 continue
-            yield index, frame.pts, Picture.from_frame(frame)
+            yield Frame(index, frame.pts, Picture.from_frame(frame))
             if last is not None and index >= last:
                 return
         count = index + 1
@@ -680,7 +681,7 @@ def _read_seeking(path, first, last, pts_list):
                 index += 1
             if index >= len(pts_list) or pts != pts_list[index]:
                 return index
-            yield index, pts, Picture.from_frame(frame)
+            yield Frame(index, pts, Picture.from_frame(frame))
             if index >= last:
                 return None
         return first if index is None else index + 1

@@ -1,18 +1,17 @@
-"""The work folder: every stage's result stored under a key of everything it depends on.
+"""The work folder: every stage's result stored under its key (film_restore.keys), as JSON.
 
     WORKDIR/<film stem>-<input hash>/
         scan-<key>.json                      frame timestamps, shots, chunks
         analysis/<chunk>-<key>.json          the chunk's tracks and identities
         chunks/<chunk>-<key>.video (+ .json) the chunk's restored video (NUT or QuickTime) and totals
 
-A key hashes the input's content, the settings, the face models, the cast and (for
-restored chunks) the DMDNet fingerprint and dictionaries, so `--resume` reuses exactly
-the results that the same run would compute again. Files appear only when complete
-(written beside, then renamed), so a killed run leaves nothing half-written in use.
+This is the only place records become JSON; between stages they travel as they are. Files
+appear only when complete (written beside, then renamed), so a killed run leaves nothing
+half-written in use.
 """
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -20,16 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from dmdnet.files import file_sha256, write_json
-from film_restore.records import Chunk, Face, Shot, Track, TrackedFace
+from film_restore.records import Chunk, ChunkResult, Face, Scan, Shot, Track, TrackedFace
 
 
-def digest(*parts) -> str:
-    """Short stable hash of JSON-serialisable parts."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def input_hash(path: Path, cache_folder: Path) -> str:
-    """sha256 of the input's content, remembered by (path, size, mtime) so a film is read once."""
+def content_hash(path: Path, cache_folder: Path) -> str:
+    """sha256 of a file's content, remembered by (path, size, mtime) so a film is read once."""
     stat = path.stat()
     cache_file = cache_folder / "input-hashes.json"
     identity = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
@@ -49,8 +43,8 @@ def input_hash(path: Path, cache_folder: Path) -> str:
 class WorkFolder:
     """The folder of one film's results."""
 
-    def __init__(self, root: Path, film: Path, content_hash: str):
-        self.folder = root / f"{film.stem}-{content_hash[:16]}"
+    def __init__(self, root: Path, film: Path, input_sha256: str):
+        self.folder = root / f"{film.stem}-{input_sha256[:16]}"
 
     def start(self, resume: bool) -> None:
         """A fresh folder, or (resume) the existing one without leftovers of a killed run."""
@@ -60,38 +54,70 @@ class WorkFolder:
         for leftover in self.folder.rglob("*.tmp"):
             leftover.unlink()
 
-    def scan(self, key: str) -> Path:
-        return self.folder / f"scan-{key}.json"
+    def has_results(self) -> bool:
+        return self.folder.is_dir() and any(self.folder.rglob("*.json"))
 
-    def analysis(self, chunk: Chunk, key: str) -> Path:
-        return self.folder / "analysis" / f"{chunk.index:05d}-{key}.json"
+    def load_scan(self, key: str) -> Scan | None:
+        path = self._scan(key)
+        if not path.is_file():
+            return None
+        stored = json.loads(path.read_text())
+        shots = tuple(Shot(**item) for item in stored["shots"])
+        chunks = tuple(Chunk(item["index"], tuple(shots[i] for i in item["shots"])) for item in stored["chunks"])
+        return Scan(tuple(stored["frame_pts"]), shots, chunks)
+
+    def save_scan(self, key: str, scan: Scan) -> None:
+        write_json(self._scan(key), {
+            "frame_pts": list(scan.frame_pts),
+            "shots": [dataclasses.asdict(shot) for shot in scan.shots],
+            "chunks": [{"index": c.index, "shots": [s.index for s in c.shots]} for c in scan.chunks],
+        })
+
+    def load_tracks(self, chunk: Chunk, key: str) -> list[Track] | None:
+        path = self._analysis(chunk, key)
+        return read_tracks(path) if path.is_file() else None
+
+    def save_tracks(self, chunk: Chunk, key: str, tracks: list[Track]) -> None:
+        write_json(self._analysis(chunk, key), [
+            {"shot": t.shot, "actor": t.actor, "similarity": t.similarity, "faces": [_tracked_face_json(f) for f in t.faces]}
+            for t in tracks
+        ])
 
     def chunk_video(self, chunk: Chunk, key: str) -> Path:
         return self.folder / "chunks" / f"{chunk.index:05d}-{key}.video"
+
+    def load_chunk_result(self, chunk: Chunk, key: str) -> ChunkResult | None:
+        """The totals of a restored chunk whose video is complete, else None."""
+        video = self.chunk_video(chunk, key)
+        totals = video.with_suffix(".json")
+        if not (video.is_file() and totals.is_file()):
+            return None
+        return ChunkResult(**json.loads(totals.read_text()))
+
+    def save_chunk_result(self, chunk: Chunk, key: str, result: ChunkResult) -> None:
+        write_json(self.chunk_video(chunk, key).with_suffix(".json"), dataclasses.asdict(result))
 
     def remove_videos(self) -> None:
         """Drops the restored chunk videos once the output holds them (they are as large as the film)."""
         for video in (self.folder / "chunks").glob("*.video"):
             video.unlink()
 
+    def _scan(self, key: str) -> Path:
+        return self.folder / f"scan-{key}.json"
 
-def shots_to_json(shots) -> list[dict]:
-    return [{"index": s.index, "first_frame": s.first_frame, "last_frame": s.last_frame} for s in shots]
-
-
-def shots_from_json(items) -> list[Shot]:
-    return [Shot(item["index"], item["first_frame"], item["last_frame"]) for item in items]
+    def _analysis(self, chunk: Chunk, key: str) -> Path:
+        return self.folder / "analysis" / f"{chunk.index:05d}-{key}.json"
 
 
-def chunks_to_json(chunks) -> list[dict]:
-    return [{"index": c.index, "shots": [s.index for s in c.shots]} for c in chunks]
+def read_tracks(path: Path) -> list[Track]:
+    """The tracks of a chunk's analysis file."""
+    return [
+        Track(item["shot"], tuple(_tracked_face(f) for f in item["faces"]), item["actor"], item["similarity"])
+        for item in json.loads(path.read_text())
+    ]
 
 
-def chunks_from_json(items, shots: list[Shot]) -> list[Chunk]:
-    return [Chunk(item["index"], tuple(shots[i] for i in item["shots"])) for item in items]
-
-
-def _face_to_json(tracked: TrackedFace) -> dict:
+def _tracked_face_json(tracked: TrackedFace) -> dict:
     face = tracked.face
     return {
         "frame": tracked.frame,
@@ -104,20 +130,6 @@ def _face_to_json(tracked: TrackedFace) -> dict:
     }
 
 
-def _face_from_json(item: dict) -> TrackedFace:
+def _tracked_face(item: dict) -> TrackedFace:
     face = Face(item["box"], item["score"], item["keypoints"], item["landmarks"], item["embedding"])
     return TrackedFace(item["frame"], face, item["interpolated"])
-
-
-def tracks_to_json(tracks: list[Track]) -> list[dict]:
-    return [
-        {"shot": t.shot, "actor": t.actor, "similarity": t.similarity, "faces": [_face_to_json(f) for f in t.faces]}
-        for t in tracks
-    ]
-
-
-def tracks_from_json(items) -> list[Track]:
-    return [
-        Track(item["shot"], tuple(_face_from_json(f) for f in item["faces"]), item["actor"], item["similarity"])
-        for item in items
-    ]

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import yaml
 
-from film_restore import report as reports
+from film_restore import settings
 from film_restore.cast.castfile import NodeReader, compose_yaml
-from film_restore.run import CODECS
+from film_restore.video import CODECS
 
 SETTINGS = ("cast", "checkpoint", "models", "workdir", "codec", "chunk_frames", "resume")
 FILM_FIELDS = ("input", "output", *SETTINGS)
@@ -51,8 +51,8 @@ class Film:
     checkpoint: Path
     models: Path | None = None
     workdir: Path | None = None
-    codec: str = "auto"
-    chunk_frames: int = 250
+    codec: str = settings.CODEC
+    chunk_frames: int = settings.CHUNK_FRAMES
     resume: bool = True
 
     @property
@@ -62,12 +62,19 @@ class Film:
     @property
     def workroot(self) -> Path:
         """The work folder root the run uses (the pipeline's default when none is given)."""
-        return self.workdir or self.output.parent / f".{self.output.name}.work"
+        return self.workdir or settings.default_workroot(self.output)
+
+    def job(self):
+        """The pipeline's Job for this film (film_restore.pipeline.Job)."""
+        from film_restore.pipeline import Job
+
+        return Job(input=self.input, cast=self.cast, output=self.output, checkpoint=self.checkpoint, models=self.models,
+                   workdir=self.workroot, resume=self.resume, codec=self.codec, chunk_frames=self.chunk_frames)
 
     @property
     def report(self) -> Path:
         """The report the pipeline writes."""
-        return reports.default_path(self)
+        return settings.default_report(self.output)
 
 
 @dataclass(frozen=True)
@@ -119,7 +126,7 @@ class _ArchiveReader(NodeReader):
             values["checkpoint"] = Path(os.environ[CHECKPOINT_ENV]).expanduser().absolute()
         film_input = values["input"]
         if "output" not in values:
-            values["output"] = film_input.with_name(f"{film_input.stem}.restored{film_input.suffix}")
+            values["output"] = settings.default_output(film_input)
         if values["output"] == film_input:
             self.fail(node, f"{field}.output", f"{film_input} would overwrite the input: choose another output")
         return Film(index=index, line=node.start_mark.line + 1, **values)

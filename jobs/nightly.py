@@ -11,11 +11,11 @@ Each film runs as `python -m film_restore.run ...`:
   so concurrent films share one resource pool and a crash of one film cannot stop the others.
 
 A film is skipped when its output is complete for the same settings and model: after a
-success the runner writes OUTPUT_STEM.nightly.json beside the output with a key of the
-input's sha256, the cast (file, reference photos, threshold), the checkpoint's sha256, the
-face models, codec, chunk size and stage versions; the film is skipped when that key is the
-same now, the output has the recorded size and the pipeline's report (OUTPUT_STEM.report.json)
-names the same input sha256. Otherwise it runs with --resume (unless `resume: false`), which
+success the runner writes OUTPUT_STEM.nightly.json beside the output with the key the
+pipeline stored the restored chunks under (film_restore.keys: the input's sha256, the cast's
+reference photos and threshold, the checkpoint's sha256, the face models, the settings and
+stage versions); the film is skipped when that key is the same now, the output has the
+recorded size and the pipeline's report (OUTPUT_STEM.report.json) names the same key. Otherwise it runs with --resume (unless `resume: false`), which
 reuses the finished chunks of an interrupted run whose settings match.
 
 At most N films run at once (-j). One film's failure never stops the others. The summary is
@@ -65,39 +65,18 @@ def sidecar_path(film: Film) -> Path:
     return film.output.with_name(f"{film.output.stem}.nightly.json")
 
 
-def completion_parts(film: Film) -> dict:
-    """Everything the restored output depends on, as hashes and settings (raises with the reason)."""
+def completion_keys(film: Film):
+    """The keys the pipeline stores this film's results under (film_restore.keys); raises with the reason."""
     from film_restore.cast import Cast
     from film_restore.cast.store import pack_id
-    from dmdnet.files import file_sha256
+    from film_restore.keys import job_keys
     from film_restore.models import find_pack
-    from film_restore.pipeline import ANALYSIS_VERSION, COMPOSE_VERSION, SCAN_VERSION
-    from film_restore.workdir import input_hash
 
     if not film.input.is_file():
         raise FileNotFoundError(f"no input file at {film.input}")
     if not film.checkpoint.is_file():
         raise FileNotFoundError(f"no checkpoint file at {film.checkpoint}")
-    cast = Cast.load(film.cast)
-    return {
-        # cached by (path, size, mtime) in the work folder, where the pipeline finds it too
-        "input_sha256": input_hash(film.input, film.workroot),
-        "checkpoint_sha256": input_hash(film.checkpoint, film.workroot),
-        "cast": {
-            "file_sha256": file_sha256(cast.path),
-            "match_threshold": cast.match_threshold,
-            "actors": [[actor.name, [file_sha256(path) for path in actor.references]] for actor in cast.actors],
-        },
-        "face_models": pack_id(find_pack(film.models)),
-        "settings": {"codec": film.codec, "chunk_frames": film.chunk_frames},
-        "stage_versions": [SCAN_VERSION, ANALYSIS_VERSION, COMPOSE_VERSION],
-    }
-
-
-def completion_key(parts: dict) -> str:
-    from film_restore.workdir import digest
-
-    return digest(parts)
+    return job_keys(film.job(), pack_id(find_pack(film.models)), Cast.load(film.cast))
 
 
 def why_not_complete(film: Film, key: str, parts: dict) -> str | None:
@@ -118,8 +97,7 @@ def why_not_complete(film: Film, key: str, parts: dict) -> str | None:
     size = film.output.stat().st_size
     if record.get("output", {}).get("size_bytes") != size:
         return "the output changed since it was restored"
-    if report.get("dry_run") or (report.get("input") or {}).get("sha256") != parts["input_sha256"] \
-            or (report.get("output") or {}).get("size_bytes") != size:
+    if report.get("dry_run") or report.get("output_key") != key or (report.get("output") or {}).get("size_bytes") != size:
         return f"{film.report.name} does not describe this output"
     return None
 
@@ -144,8 +122,7 @@ def record_complete(film: Film, key: str, parts: dict, how: dict) -> None:
 def has_partial_work(film: Film, parts: dict) -> bool:
     from film_restore.workdir import WorkFolder
 
-    folder = WorkFolder(film.workroot, film.input, parts["input_sha256"]).folder
-    return folder.is_dir() and any(folder.rglob("*.json"))
+    return WorkFolder(film.workroot, film.input, parts["input_sha256"]).has_results()
 
 
 # --- running one film ------------------------------------------------------------------------------
@@ -261,8 +238,9 @@ def plan(film: Film, force: bool) -> Plan | Outcome:
     try:
         # the models folder the runner hashes is the one the run is given, wherever it runs
         film = dataclasses.replace(film, models=resolve_models_dir(film.models))
-        parts = completion_parts(film)
-        key = outcome.key = completion_key(parts)
+        keys = completion_keys(film)
+        parts, key = keys.parts, keys.compose
+        outcome.key = key
         why = why_not_complete(film, key, parts)
     except Exception as error:  # a missing or unreadable input, cast, checkpoint or models folder
         outcome.reason = " ".join(str(error).split()) or type(error).__name__

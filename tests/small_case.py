@@ -10,8 +10,8 @@ from pathlib import Path
 
 import av
 
-from conftest import asset, save_small_checkpoint
-from media import make_film, write_references
+from tests.assets import asset, save_small_checkpoint
+from tests.media import make_film, write_references
 
 CLIPS = ("media/clips/retalk_2.mp4", "media/clips/liveportrait_d10.mp4")
 FRAMES_PER_CLIP = 10

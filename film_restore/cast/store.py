@@ -24,8 +24,8 @@ from dmdnet import DMDNet
 from dmdnet.files import file_sha256, write_json
 from dmdnet.images import to_tensor
 from film_restore.cast.castfile import Actor, Cast
-from film_restore.faces import FaceAnalyzer
-from film_restore.identity import Identifier
+from film_restore.faces import FaceAnalyzer, align_face
+from film_restore.faces.identity import Identifier
 from film_restore.models import ModelPack
 from film_restore.records import AlignedFace, Face
 
@@ -181,7 +181,7 @@ class CastStore:
         if reference.sha256 not in self._faces:
             self._faces[reference.sha256] = reference_face(self.analyzer, read_photo(reference.path))
         image, face = self._faces[reference.sha256]
-        return self.analyzer.align(image, face, size)
+        return align_face(image, face, size)
 
     def identifier(self, cast: Cast) -> Identifier:
         """Identifier over the cast's actors; an actor without a usable reference is an error."""

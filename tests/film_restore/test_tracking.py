@@ -4,11 +4,10 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import asset
-from film_restore.align import estimate_similarity, ffhq_template
+from tests.assets import asset
+from film_restore.faces.align import estimate_similarity, ffhq_template
 from film_restore.cast.castfile import DEFAULT_MATCH_THRESHOLD
-from film_restore.faces import FaceAnalyzer
-from film_restore.identity import Identifier
+from film_restore.faces.identity import Identifier
 from film_restore.records import Face, Shot, Track, TrackedFace
 from film_restore.shots import find_shots, frame_signature
 from film_restore.tracking import identify_tracks, smooth_track, smooth_values, track_shot
@@ -30,11 +29,6 @@ def _decode(name: str, frames) -> list[np.ndarray]:
             if index >= max(wanted):
                 break
     return out
-
-
-@pytest.fixture(scope="module")
-def analyzer():
-    return FaceAnalyzer.from_models_dir(asset("models"))
 
 
 @pytest.fixture(scope="module")

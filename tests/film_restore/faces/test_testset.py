@@ -5,9 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import asset
+from tests.assets import asset
 from dmdnet.boxes import component_boxes
-from film_restore.align import FFHQ_TEMPLATE_512
+from film_restore.faces.align import FFHQ_TEMPLATE_512
 from film_restore.faces import FaceAnalyzer
 
 # The references are 512 px faces that fill the image; the detector needs context around them.

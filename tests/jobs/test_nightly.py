@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, asset
-from media import make_film
-from small_case import CLIPS, FRAMES_PER_CLIP, SIZE, decoded_frames, make_case
+from tests.assets import REPO, asset
+from tests.media import make_film
+from tests.small_case import CLIPS, FRAMES_PER_CLIP, SIZE, decoded_frames, make_case
 
 
 def nightly(archive: Path, *arguments) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from film_restore.align import WARP_INTERPOLATION
+from film_restore.faces.align import WARP_INTERPOLATION
 from film_restore.records import AlignedFace
 from film_restore.validation import check_points, check_rgb_image
 

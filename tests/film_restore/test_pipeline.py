@@ -17,11 +17,11 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO, asset, save_small_checkpoint
-from film_restore.blend import frame_matte
+from tests.assets import REPO, asset, save_small_checkpoint
+from film_restore.paste import frame_matte
 from film_restore.faces import align_face
-from film_restore.workdir import tracks_from_json
-from media import make_film, write_references
+from film_restore.workdir import read_tracks
+from tests.media import make_film, write_references
 
 CLIPS = ("media/clips/retalk_2.mp4", "media/clips/liveportrait_d10.mp4", "media/clips/retalk_3.mp4")
 FRAMES_PER_CLIP = 24
@@ -103,7 +103,7 @@ def test_output_keeps_frames_timestamps_audio_and_every_pixel_outside_faces(setu
     assert audio_packets(full_run) == audio_packets(setup["film"])
 
     analysis = sorted((setup["folder"] / "work").rglob("analysis/*.json"))
-    tracks = [track for path in analysis for track in tracks_from_json(json.loads(path.read_text()))]
+    tracks = [track for path in analysis for track in read_tracks(path)]
     faces_in_frame = {}
     for track in tracks:
         for tracked in track.faces:

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO, asset, save_small_checkpoint
+from tests.assets import REPO, asset, save_small_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
+from tests.assets import REPO
 
 import dmdnet
 from dmdnet import DMDNet

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import asset
+from tests.assets import asset
 from film_restore.records import Shot
 from film_restore.shots import (
     SIGNATURE_SIZE, chunk_shots, find_cuts, find_shots, frame_differences, frame_signature,

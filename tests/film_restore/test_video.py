@@ -7,10 +7,10 @@ import av
 import numpy as np
 import pytest
 
-from conftest import asset
+from tests.assets import asset
 from film_restore import video
 from film_restore.video import ChunkWriter, Picture, VideoError, check_output, join, probe, read_frames
-from media import make_film
+from tests.media import make_film
 
 CLIPS = ("retalk_2.mp4", "liveportrait_d0.mp4", "retalk_3.mp4")
 BT709 = (1, 1, 1, 1)  # colorspace, color_range (limited), primaries, transfer

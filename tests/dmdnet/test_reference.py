@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import asset, reference_module
+from tests.assets import asset, reference_module
 import dmdnet
 from dmdnet import DMDNet, component_boxes
 from dmdnet.checkpoint import authors_manifest

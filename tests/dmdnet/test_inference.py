@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import asset, small_state
+from tests.assets import asset, small_state
 import dmdnet
 from dmdnet import SpecificDictionary, component_boxes
 from dmdnet.cli import read_face, read_landmarks

@@ -8,11 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO, asset, save_small_checkpoint
+from tests.assets import REPO, asset, save_small_checkpoint
 from film_restore.cast import Cast, CastError
 from film_restore.cast.store import find_faces, reference_face
-from film_restore.faces import FaceAnalyzer
-from film_restore.identity import Identifier
+from film_restore.faces.identity import Identifier
 
 HELD_OUT = 3
 
@@ -76,11 +75,6 @@ def degrade(image: np.ndarray, seed: int) -> np.ndarray:
 
 def rgb(path: Path) -> np.ndarray:
     return np.ascontiguousarray(cv2.imread(str(path))[:, :, ::-1])
-
-
-@pytest.fixture(scope="module")
-def analyzer():
-    return FaceAnalyzer.from_models_dir(asset("models"))
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""FaceAnalyzer: detection, 68 landmarks and identity of every face in a frame, and alignment for DMDNet."""
+"""FaceAnalyzer: detection, 68 landmarks and identity of every face in a frame; align_face for DMDNet."""
 import os
 from typing import Sequence
 
@@ -6,22 +6,24 @@ import cv2
 import numpy as np
 
 from dmdnet.boxes import component_boxes
-from film_restore.align import TEMPLATE_SIZE, AlignmentTransform, alignment_transform, warp_to_crop
-from film_restore.face_models import CPU_PROVIDERS, Detector, Landmarker68, Recogniser
+from film_restore.faces.align import TEMPLATE_SIZE, AlignmentTransform, alignment_transform, warp_to_crop
+from film_restore.faces.detector import Detector
+from film_restore.faces.landmarker import Landmarker68
+from film_restore.faces.onnx import CPU_PROVIDERS
+from film_restore.faces.recogniser import Recogniser
 from film_restore.models import find_pack
 from film_restore.records import AlignedFace, Face
+from film_restore.settings import DETECTOR_SIZE
 from film_restore.validation import check_box, check_rgb_image
 
 
 class FaceAnalyzer:
-    """Finds faces in uint8 RGB frames and aligns them to the FFHQ 512 template.
+    """Finds faces in uint8 RGB frames: box, 5 keypoints, 68 landmarks and identity embedding of each.
 
-    Landmarks are found on the aligned 512 crop, where every face is upright and of the
-    same size, with the detector box mapped into the crop as the landmarker's box. On the
-    117 labelled faces of the DMDNet test set (compact pack) that is as accurate as
-    re-detecting on the crop or a fixed template box (mean error 4.9% of the outer-eye
-    distance for all three; 4.7% against 4.9% for faces rolled by 30 degrees), and it
-    needs no second detection.
+    Landmarks are found on the aligned template crop, where every face is upright and of
+    the same size, with the detector box mapped into the crop as the landmarker's box: as
+    accurate as a second detection on the crop (tests/film_restore/faces check it on the
+    labelled DMDNet test set), without its cost.
     """
 
     def __init__(self, detector: Detector, landmarker: Landmarker68, recogniser: Recogniser):
@@ -31,7 +33,7 @@ class FaceAnalyzer:
 
     @classmethod
     def from_models_dir(cls, models_dir: str | os.PathLike | None = None,
-                        providers: Sequence[str] = CPU_PROVIDERS, detector_size: int = 640) -> "FaceAnalyzer":
+                        providers: Sequence[str] = CPU_PROVIDERS, detector_size: int = DETECTOR_SIZE) -> "FaceAnalyzer":
         """An analyzer on the model pack in models_dir (else $FILM_RESTORE_MODELS, else ~/.insightface/models/buffalo_l)."""
         pack = find_pack(models_dir)
         return cls(
@@ -60,10 +62,6 @@ class FaceAnalyzer:
         crop = warp_to_crop(frame, transform, cv2.INTER_LINEAR)
         crop_landmarks = self.landmarker.landmarks(crop, _box_in_crop(box, transform))
         return transform.to_frame(crop_landmarks).astype(np.float32)
-
-    def align(self, frame: np.ndarray, face: Face, size: int = TEMPLATE_SIZE) -> AlignedFace:
-        """See align_face (alignment needs no model; the method is here for convenience)."""
-        return align_face(frame, face, size)
 
 
 def align_face(frame: np.ndarray, face: Face, size: int = TEMPLATE_SIZE) -> AlignedFace:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import small_state
+from tests.assets import small_state
 import dmdnet
 from dmdnet import CheckpointError, DMDNet
 

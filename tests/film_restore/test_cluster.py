@@ -24,8 +24,8 @@ import pytest
 import ray
 import yaml
 
-from conftest import REPO
-from small_case import decoded_frames, make_case
+from tests.assets import REPO
+from tests.small_case import decoded_frames, make_case
 
 CONFIG = REPO / "ray_cluster.yaml"
 SCHEMA = Path(ray.__file__).parent / "autoscaler" / "ray-schema.json"

@@ -3,10 +3,10 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import asset
-from film_restore.align import alignment_transform, ffhq_template, warp_to_crop
-from film_restore.blend import face_matte, frame_matte, paste_back
-from film_restore.faces import FaceAnalyzer
+from tests.assets import asset
+from film_restore.faces.align import alignment_transform, ffhq_template, warp_to_crop
+from film_restore.paste import face_matte, frame_matte, paste_back
+from film_restore.faces import align_face
 
 # Faces a person sees at once in each photo (counted by eye); heads seen from behind
 # and people hidden behind others are not counted.
@@ -19,13 +19,8 @@ def _read_rgb(path) -> np.ndarray:
     return np.ascontiguousarray(cv2.imread(str(path))[..., ::-1])
 
 
-@pytest.fixture(scope="module")
-def analyzer():
-    return FaceAnalyzer.from_models_dir(asset("models"))
-
-
 def _aligned_faces(analyzer, frame):
-    return [analyzer.align(frame, face) for face in analyzer.analyze(frame)]
+    return [align_face(frame, face) for face in analyzer.analyze(frame)]
 
 
 def _union_matte(frame, aligned_faces):
@@ -103,13 +98,13 @@ def test_overlapping_faces_larger_on_top_whatever_the_order(analyzer):
 def test_landmarks_are_consistent_between_frame_and_crop(analyzer):
     frame = _read_rgb(asset("media/photos/06.png"))
     for face in analyzer.analyze(frame):
-        aligned = analyzer.align(frame, face)
+        aligned = align_face(frame, face)
         assert aligned.crop.shape == (512, 512, 3) and aligned.boxes.shape == (4, 4)
         assert np.allclose(aligned.transform.to_frame(aligned.landmarks), face.landmarks, atol=1e-2)
         # Aligned faces sit on the template: outer eye corners near the template's eyes.
         eyes = aligned.landmarks[[36, 39]].mean(axis=0), aligned.landmarks[[42, 45]].mean(axis=0)
         assert np.linalg.norm(np.array(eyes) - ffhq_template()[:2], axis=1).max() <= 20
-        small = analyzer.align(frame, face, size=256)
+        small = align_face(frame, face, size=256)
         assert small.crop.shape == (256, 256, 3)
         assert np.abs(small.boxes * 2 - aligned.boxes).max() <= 2
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO, asset
+from tests.assets import REPO, asset
 from dmdnet.degradations import (
     DegradationParams,
     add_noise,

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import HELDOUT_IDENTITIES, REPO, TRAINED_MODEL, asset, save_small_checkpoint
+from tests.assets import HELDOUT_IDENTITIES, REPO, TRAINED_MODEL, asset, save_small_checkpoint
 
 from dmdnet.data import PreparedFaces
 

@@ -6,11 +6,13 @@ import onnxruntime
 import pytest
 from onnx import TensorProto, helper
 
-from conftest import asset
-from film_restore.align import alignment_transform, ffhq_template
-from film_restore.blend import face_matte, paste_back
-from film_restore.face_models import Detector, Landmarker68, Recogniser
-from film_restore.faces import FaceAnalyzer
+from tests.assets import asset
+from film_restore.faces.align import alignment_transform, ffhq_template
+from film_restore.paste import face_matte, paste_back
+from film_restore.faces.detector import Detector
+from film_restore.faces.landmarker import Landmarker68
+from film_restore.faces.recogniser import Recogniser
+from film_restore.faces import FaceAnalyzer, align_face
 from film_restore.models import DEFAULT_MODELS_DIR, MODELS_ENV, ModelsError, find_pack, resolve_models_dir
 from film_restore.records import Face
 
@@ -19,11 +21,6 @@ def _models_folder(folder, names):
     for name in names:
         (folder / name).symlink_to(asset("models") / name)
     return folder
-
-
-@pytest.fixture(scope="module")
-def analyzer():
-    return FaceAnalyzer.from_models_dir(asset("models"))
 
 
 @pytest.fixture(scope="module")
@@ -138,9 +135,9 @@ def test_bad_frames_are_refused(analyzer, bad_frame, message):
 
 def test_bad_arguments_are_refused(analyzer, frame):
     face = analyzer.analyze(frame)[0]
-    aligned = analyzer.align(frame, face)
+    aligned = align_face(frame, face)
     with pytest.raises(ValueError, match="needs a Face"):
-        analyzer.align(frame, face.box)
+        align_face(frame, face.box)
     with pytest.raises(ValueError, match="keypoints must be 5 x 2"):
         alignment_transform(np.zeros((4, 2)))
     with pytest.raises(ValueError, match="not all the same point"):

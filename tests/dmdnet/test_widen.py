@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import torch
 
-from conftest import REPO, TRAINED_MODEL
+from tests.assets import REPO, TRAINED_MODEL
 
 import dmdnet
 from dmdnet.data import PreparedFaces

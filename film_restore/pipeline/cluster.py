@@ -1,0 +1,123 @@
+"""The pipeline's stages on Ray: the cluster joined or started, stage actors and tasks, their metrics.
+
+With no cluster address it starts an embedded local Ray; under `ray job submit` (or with
+RAY_ADDRESS set) it joins that cluster unchanged. Actors are named by stage in the Ray
+dashboard (`film_restore.analyse-0-PID`, `film_restore.restore-0-PID`, ...) and
+`ray.util.metrics` counters report frames, faces and chunks done per film.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import ray
+
+from film_restore.compose import Composer
+from film_restore.pipeline.job import PipelineError
+from film_restore.records import Chunk, ChunkResult, Scan, Track
+from film_restore.restore import FaceRestorer
+from film_restore.stages import FaceTracker, Scanner
+from film_restore.video import VideoInfo
+
+
+def init_ray() -> None:
+    """Joins the cluster named by RAY_ADDRESS (ray job submit sets it), else starts a local Ray."""
+    if ray.is_initialized():
+        return
+    dashboard = os.environ.get("FILM_RESTORE_DASHBOARD", "1") != "0"
+    ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=dashboard, log_to_driver=True,
+             configure_logging=False)
+
+
+def counter(name: str, description: str):
+    from ray.util.metrics import Counter
+
+    return Counter(name, description=description, tag_keys=("film",))
+
+
+def get(reference):
+    """ray.get, raising a failed task's own exception (its one-line message) rather than Ray's wrapper."""
+    try:
+        return ray.get(reference)
+    except ray.exceptions.RayTaskError as error:
+        if isinstance(error.cause, Exception):
+            raise error.cause from None
+        raise
+
+
+def as_completed(pending: dict) -> Iterator[tuple[object, object]]:
+    """(item, result) for each {reference: item} as its task finishes; the last one leaves `pending` empty."""
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        item = pending.pop(done[0])
+        yield item, get(done[0])
+
+
+def cpu_workers(wanted: int) -> int:
+    return max(1, min(wanted, int(ray.available_resources().get("CPU", 1))))
+
+
+def restore_gpus() -> int:
+    """How many restore actors ask for a GPU each: FILM_RESTORE_GPUS, else the cluster's GPUs now.
+
+    FILM_RESTORE_GPUS is for autoscaling clusters whose GPU workers are not up yet: the actors'
+    requests (num_gpus=1 each) make the autoscaler start them. 0 restores on CPU.
+    """
+    wanted = os.environ.get("FILM_RESTORE_GPUS", "").strip()
+    if wanted:
+        if not wanted.isdigit():
+            raise PipelineError(f"FILM_RESTORE_GPUS={wanted!r}: expected a number of GPUs (0 or more)")
+        return int(wanted)
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+@ray.remote
+def scan_task(path: str, chunk_frames: int, film: str) -> Scan:
+    frames = counter("film_restore_frames_decoded", "frames decoded by the scan")
+    done = [0]
+
+    def progress(count: int) -> None:
+        frames.inc(count - done[0], tags={"film": film})
+        done[0] = count
+
+    return Scanner(chunk_frames)(Path(path), progress)
+
+
+@ray.remote
+class AnalyseActor:
+    def __init__(self, models_dir: str, identifier, detector_size: int):
+        self.tracker = FaceTracker(models_dir, identifier, detector_size)
+
+    def analyse(self, path: str, chunk: Chunk, frame_pts) -> list[Track]:
+        return self.tracker(Path(path), chunk, frame_pts)
+
+
+@ray.remote
+class RestoreActor:
+    def __init__(self, checkpoint: str, dictionaries: dict[str, str], batch: int, film: str):
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            # Ray pins workers to one thread (OMP_NUM_THREADS=1); on a CPU node the restorer
+            # is the bottleneck and the compose tasks mostly wait for it.
+            torch.set_num_threads(os.cpu_count() or 1)
+        self.restorer = FaceRestorer(checkpoint, dictionaries, device=device, batch=batch)
+        self.faces = counter("film_restore_faces_restored", "faces restored by DMDNet")
+        self.film = film
+
+    def restore(self, crops, boxes, actor):
+        self.faces.inc(len(crops), tags={"film": self.film})
+        return self.restorer.restore(crops, boxes, actor)
+
+
+@ray.remote
+def compose_task(info: VideoInfo, codec: str, restorer, face_size: int, chunk: Chunk, tracks: list[Track],
+                 frame_pts, output: str, film: str) -> ChunkResult:
+    composer = Composer(info, codec, lambda crops, boxes, actor: ray.get(restorer.restore.remote(crops, boxes, actor)),
+                        face_size)
+    result = composer(chunk, tracks, frame_pts, Path(output))
+    counter("film_restore_chunks_done", "chunks restored and encoded").inc(1, tags={"film": film})
+    counter("film_restore_frames_done", "frames restored and encoded").inc(result.frames, tags={"film": film})
+    return result

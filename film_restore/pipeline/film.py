@@ -1,0 +1,182 @@
+"""One film's run: the state its stages share (job, video facts, cast, models, keys, work folder)
+and the stages in order: scan, analyse, restore + compose + encode per chunk, join, report."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import ray
+
+import dmdnet
+from film_restore import report as reports
+from film_restore.cast import Cast, CastStore
+from film_restore.cast.store import pack_id
+from film_restore.faces import FaceAnalyzer
+from film_restore.keys import job_keys
+from film_restore.models import find_pack
+from film_restore.pipeline.cluster import (
+    AnalyseActor,
+    RestoreActor,
+    as_completed,
+    compose_task,
+    cpu_workers,
+    get,
+    init_ray,
+    restore_gpus,
+    scan_task,
+)
+from film_restore.pipeline.job import Job, PipelineError
+from film_restore.pipeline.progress import Progress
+from film_restore.records import ChunkResult, Scan, Track
+from film_restore.video import check_output, join, probe
+from film_restore.workdir import WorkFolder
+
+
+def resolve_checkpoint(job: Job) -> Path:
+    checkpoint = job.checkpoint or os.environ.get("FILM_RESTORE_CHECKPOINT")
+    if not checkpoint:
+        raise PipelineError("no DMDNet checkpoint: pass --checkpoint DMDNet.pth or set FILM_RESTORE_CHECKPOINT")
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise PipelineError(
+            f"no checkpoint file at {checkpoint}: download DMDNet.pth from the csxmli2016/DMDNet GitHub release v1"
+        )
+    return checkpoint
+
+
+class FilmRun:
+    """Everything known about one film before its stages run; each stage method adds its result."""
+
+    def __init__(self, job: Job):
+        started = time.perf_counter()
+        self.job = job = job.absolute()
+        self.film = job.input.name
+        self.progress = Progress(self.film)
+        if job.input.resolve() == job.output.resolve():
+            raise PipelineError(f"the output {job.output} would overwrite the input: choose another -o")
+        if not job.dry_run and not job.output.parent.is_dir():
+            raise PipelineError(f"the output folder {job.output.parent} does not exist: create it or choose another -o")
+        self.info = probe(job.input)
+        if not job.dry_run:
+            for warning in check_output(job.output, self.info, job.codec).warnings:
+                self.progress.say(f"note: {warning}")
+        # Resolved once (flag, then environment); a dry run restores nothing and needs none.
+        self.job = job = dataclasses.replace(job, checkpoint=None if job.dry_run else resolve_checkpoint(job))
+        self.cast = Cast.load(job.cast)
+        self.pack = find_pack(job.models)
+        face_models = pack_id(self.pack)
+        store = CastStore(CastStore.default_folder(self.cast), FaceAnalyzer.from_models_dir(self.pack.directory), face_models)
+        self.identifier = store.identifier(self.cast)
+        self.dictionaries: dict[str, Path] = {}
+        self.fingerprint = self.face_size = None
+        if job.checkpoint is not None:
+            model = dmdnet.load(job.checkpoint)
+            self.fingerprint, self.face_size = model.fingerprint, model.image_size
+            for actor in self.cast.actors:
+                self.dictionaries[actor.name], _ = store.dictionary(store.references(actor), model)
+        self.keys = job_keys(job, face_models, self.cast)
+        self.work = WorkFolder(job.workroot, job.input, self.keys.parts["input_sha256"])
+        self.timings = {"cast": time.perf_counter() - started}
+        self._started = started
+
+    def run(self) -> dict:
+        """Restores the film (or analyses it, dry run); returns the report."""
+        self.work.start(self.job.resume)
+        init_ray()
+        scan = self._timed("scan", self.scan)
+        self.progress.say(f"{len(scan.frame_pts)} frames, {len(scan.shots)} shots, {len(scan.chunks)} chunks")
+        tracks = self._timed("analyse", lambda: self.analyse(scan))
+        results = []
+        if not self.job.dry_run:
+            results = self._timed("restore_and_encode", lambda: self.compose(scan, tracks))
+            self._timed("join", lambda: join([self.work.chunk_video(c, self.keys.compose) for c in scan.chunks],
+                                             self.job.input, self.job.output, self.info, frame_pts=scan.frame_pts))
+            self.work.remove_videos()
+        self.timings["total"] = time.perf_counter() - self._started
+        report = reports.build(self, scan, tracks, results)
+        reports.write(report, self.job.report_path)
+        self.progress.say("dry run: report written" if self.job.dry_run else f"done -> {self.job.output}")
+        return report
+
+    def _timed(self, stage: str, work):
+        mark = time.perf_counter()
+        result = work()
+        self.timings[stage] = time.perf_counter() - mark
+        return result
+
+    def scan(self) -> Scan:
+        scan = self.work.load_scan(self.keys.scan)
+        if scan is None:
+            self.progress.say("scanning", final=False)
+            scan = get(scan_task.options(name="film_restore.scan").remote(str(self.job.input), self.job.chunk_frames, self.film))
+            self.work.save_scan(self.keys.scan, scan)
+        return scan
+
+    def analyse(self, scan: Scan) -> dict[int, list[Track]]:
+        key = self.keys.analysis
+        tracks = {}
+        for chunk in scan.chunks:
+            stored = self.work.load_tracks(chunk, key)
+            if stored is not None:
+                tracks[chunk.index] = stored
+        missing = [chunk for chunk in scan.chunks if chunk.index not in tracks]
+        if not missing:
+            return tracks
+        actors = [
+            AnalyseActor.options(name=f"film_restore.analyse-{i}-{os.getpid()}").remote(
+                str(self.pack.directory), self.identifier, self.job.detector_size
+            )
+            for i in range(cpu_workers(len(missing)))
+        ]
+        pending = {actors[number % len(actors)].analyse.remote(str(self.job.input), chunk, scan.frame_pts): chunk
+                   for number, chunk in enumerate(missing)}
+        for chunk, chunk_tracks in as_completed(pending):
+            self.work.save_tracks(chunk, key, chunk_tracks)
+            tracks[chunk.index] = chunk_tracks
+            self.progress.say(f"analysed {len(tracks)}/{len(scan.chunks)} chunks", final=not pending)
+        for actor in actors:
+            ray.kill(actor)
+        return tracks
+
+    def compose(self, scan: Scan, tracks: dict[int, list[Track]]) -> list[ChunkResult]:
+        key = self.keys.compose
+        results = {}
+        for chunk in scan.chunks:
+            stored = self.work.load_chunk_result(chunk, key)
+            if stored is not None:
+                results[chunk.index] = stored
+        missing = [chunk for chunk in scan.chunks if chunk.index not in results]
+        if missing:
+            gpus = restore_gpus()
+            restorers = [
+                RestoreActor.options(name=f"film_restore.restore-{i}-{os.getpid()}", **({"num_gpus": 1} if gpus else {})).remote(
+                    str(self.job.checkpoint), {a: str(p) for a, p in self.dictionaries.items()}, self.job.restore_batch, self.film
+                )
+                for i in range(max(1, min(gpus, len(missing))))
+            ]
+            pending = {}
+            for number, chunk in enumerate(missing):
+                video = self.work.chunk_video(chunk, key)
+                video.parent.mkdir(parents=True, exist_ok=True)
+                reference = compose_task.options(name=f"film_restore.compose-{chunk.index}").remote(
+                    self.info, self.job.codec, restorers[number % len(restorers)], self.face_size, chunk,
+                    tracks[chunk.index], scan.frame_pts, str(video), self.film,
+                )
+                pending[reference] = chunk
+            frames_done = sum(r.frames for r in results.values())
+            for chunk, result in as_completed(pending):
+                self.work.save_chunk_result(chunk, key, result)
+                results[chunk.index] = result
+                frames_done += result.frames
+                self.progress.say(f"restored {len(results)}/{len(scan.chunks)} chunks, "
+                                  f"{frames_done}/{len(scan.frame_pts)} frames", final=not pending)
+            for restorer in restorers:
+                ray.kill(restorer)
+        return [results[chunk.index] for chunk in scan.chunks]
+
+
+def run(job: Job) -> dict:
+    """Restores one film (or analyses it, dry run); returns the report."""
+    return FilmRun(job).run()

@@ -1,0 +1,47 @@
+"""One film to restore, as the command line (or an archive job) gives it."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from film_restore import settings
+
+
+class PipelineError(RuntimeError):
+    """A run that could not complete; the message says which stage and why."""
+
+
+@dataclass(frozen=True)
+class Job:
+    input: Path
+    cast: Path
+    output: Path
+    checkpoint: Path | None
+    models: Path | None = None
+    workdir: Path | None = None
+    resume: bool = False
+    codec: str = settings.CODEC
+    report: Path | None = None
+    dry_run: bool = False
+    chunk_frames: int = settings.CHUNK_FRAMES
+    detector_size: int = settings.DETECTOR_SIZE
+    restore_batch: int = settings.RESTORE_BATCH
+
+    @property
+    def workroot(self) -> Path:
+        return self.workdir or settings.default_workroot(self.output)
+
+    @property
+    def report_path(self) -> Path:
+        return self.report or settings.default_report(self.output)
+
+    def absolute(self) -> "Job":
+        """Every path absolute: tasks on other nodes (and other working directories) get the same file.
+
+        On a cluster the input, cast (and its .store), checkpoint, models, work folder and output
+        must be on storage mounted at the same path on every node (see RUNBOOK.md).
+        """
+        fields = ("input", "cast", "output", "checkpoint", "models", "workdir", "report")
+        return dataclasses.replace(self, **{f: Path(getattr(self, f)).expanduser().absolute()
+                                            for f in fields if getattr(self, f) is not None})

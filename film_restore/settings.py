@@ -1,0 +1,27 @@
+"""Every default of a run in one place: the command line, the pipeline and the archive jobs read them here."""
+from __future__ import annotations
+
+from pathlib import Path
+
+# Frames per unit of work (and of resume); chunks hold whole shots, so they can be longer.
+CHUNK_FRAMES = 250
+# Side of the square the face detector letterboxes each frame into.
+DETECTOR_SIZE = 640
+# Faces per forward pass of the restorer; bounds memory (about 0.6 GB per face at full width on CPU).
+RESTORE_BATCH = 8
+CODEC = "auto"
+
+
+def default_output(film: Path) -> Path:
+    """INPUT_STEM.restored.EXT beside the input."""
+    return film.with_name(f"{film.stem}.restored{film.suffix}")
+
+
+def default_workroot(output: Path) -> Path:
+    """The hidden work folder beside the output: .OUTPUT_NAME.work"""
+    return output.parent / f".{output.name}.work"
+
+
+def default_report(output: Path) -> Path:
+    """OUTPUT_STEM.report.json beside the output (report.html beside it)."""
+    return output.with_name(f"{output.stem}.report.json")
