@@ -71,8 +71,7 @@ FLAT_CONTRAST = 0.02      # grey-level spread (of 1) below which a thumbnail cou
 def frame_signature(rgb: np.ndarray) -> np.ndarray:
     """The per-frame descriptor find_shots works on (SIGNATURE_SIZE float32), for a uint8 RGB frame.
 
-    About 0.3 ms for a 1080p frame on one CPU core: everything but the first resize works
-    on 64 x 64 pixels.
+    Cheap at any frame size: everything but the first resize works on 64 x 64 pixels.
     """
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:

@@ -35,17 +35,7 @@ not pulled back). Time is the real frame number, so a skipped frame is no proble
 25 fps it passes a 1 Hz head movement whole (99%), a 2 Hz one at 92% amplitude and damps
 4 Hz (fast lip movement) to 42%, while white detector noise keeps under 1% of its
 second-difference (frame-to-frame jitter) energy.
-
-Measured on the shared talking-head clips with the compact models (first 78-150 frames of
-retalk_1/2/3, liveportrait_d0/d9/d10; faces 205-300 px wide): the energy of the 5
-keypoints' second difference fell by 79-90%, the frame-to-frame jitter (std of the
-second difference) of the alignment's similarity transform (scale, angle, translation) by
-65-81%, and keypoints moved 0.3-1.25 px from the raw detections on average (landmarks
-0.4-1.5 px, mouth landmarks 0.4-1.8 px). Sigma 1.5 keeps a little closer to the
-detections (0.2-1.0 px) but leaves about 1.5 times the jitter (73-85% removed); sigma 2.5
-removes 84-94% but moves points 0.4-1.6 px and keeps only 83% of a 2 Hz movement. A local
-line (Gaussian sigma 1) removes as much jitter as sigma 2 quadratic but damps 2 Hz motion
-to 88% and 4 Hz to 60% (quadratic: 92% and 42%), with the same deviation.
+The measurements behind SMOOTH_SIGMA are in BENCHMARKS.md (track smoothing).
 """
 from __future__ import annotations
 
@@ -66,7 +56,7 @@ MAX_MISSING = 3             # frames a track may go unseen and still continue
 MIN_TRACK_DETECTIONS = 3
 SHORT_TRACK_MIN_SCORE = 0.7
 
-SMOOTH_SIGMA = 2.0          # frames (see the module docstring for the measurements behind it)
+SMOOTH_SIGMA = 2.0          # frames (BENCHMARKS.md: track smoothing)
 SMOOTH_RADIUS = 6           # frames each side (3 sigma)
 SMOOTH_DEGREE = 2           # local quadratic
 
@@ -225,7 +215,7 @@ def smooth_track(track: Track, sigma: float = SMOOTH_SIGMA, radius: int = SMOOTH
     """The track with its boxes, keypoints and landmarks smoothed along time (zero lag).
 
     Embeddings, scores and the interpolated flags are kept; a track of fewer than 3
-    faces is returned as it is. The module docstring gives the measured effect.
+    faces is returned as it is.
     """
     if sigma <= 0 or radius < 1 or degree < 0:
         raise ValueError(f"smoothing needs sigma > 0, radius >= 1 and degree >= 0, got {sigma}, {radius}, {degree}")
