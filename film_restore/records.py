@@ -14,7 +14,6 @@ import numpy as np
 
 if TYPE_CHECKING:
     from film_restore.faces.align import AlignmentTransform
-    from film_restore.video import Picture
 
 
 def _frozen_array(value, shape: tuple, name: str) -> np.ndarray:
@@ -63,11 +62,12 @@ class Face:
 
 
 class Frame(NamedTuple):
-    """One decoded frame: its number from 0 in decode order, its timestamp and its picture."""
+    """One decoded frame: its number from 0 in decode order, its timestamp and its picture
+    (a film_restore.video.Picture, in the film's own pixel format)."""
 
     index: int
     pts: int
-    picture: "Picture"
+    picture: object
 
 
 class AlignedFace(NamedTuple):
