@@ -16,8 +16,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from dmdnet.files import file_sha256, write_json
 from film_restore.records import Chunk, ChunkResult, Face, Scan, Shot, Track, TrackedFace
 
@@ -125,7 +123,8 @@ def _tracked_face_json(tracked: TrackedFace) -> dict:
         "box": list(face.box),
         "score": face.score,
         "keypoints": face.keypoints.tolist(),
-        "landmarks": np.round(face.landmarks, 3).tolist(),
+        # Exact (float32 -> JSON -> float32 is lossless): a resumed run composes what a fresh one does.
+        "landmarks": face.landmarks.tolist(),
         "embedding": face.embedding.tolist(),
     }
 

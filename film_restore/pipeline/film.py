@@ -116,11 +116,7 @@ class FilmRun:
 
     def analyse(self, scan: Scan) -> dict[int, list[Track]]:
         key = self.keys.analysis
-        tracks = {}
-        for chunk in scan.chunks:
-            stored = self.work.load_tracks(chunk, key)
-            if stored is not None:
-                tracks[chunk.index] = stored
+        tracks = _stored(scan, lambda chunk: self.work.load_tracks(chunk, key))
         missing = [chunk for chunk in scan.chunks if chunk.index not in tracks]
         if not missing:
             return tracks
@@ -142,11 +138,7 @@ class FilmRun:
 
     def compose(self, scan: Scan, tracks: dict[int, list[Track]]) -> list[ChunkResult]:
         key = self.keys.compose
-        results = {}
-        for chunk in scan.chunks:
-            stored = self.work.load_chunk_result(chunk, key)
-            if stored is not None:
-                results[chunk.index] = stored
+        results = _stored(scan, lambda chunk: self.work.load_chunk_result(chunk, key))
         missing = [chunk for chunk in scan.chunks if chunk.index not in results]
         if missing:
             gpus = restore_gpus()
@@ -175,6 +167,12 @@ class FilmRun:
             for restorer in restorers:
                 ray.kill(restorer)
         return [results[chunk.index] for chunk in scan.chunks]
+
+
+def _stored(scan: Scan, load) -> dict:
+    """The results the work folder already holds (a resumed run's), by chunk index."""
+    found = {chunk.index: load(chunk) for chunk in scan.chunks}
+    return {index: result for index, result in found.items() if result is not None}
 
 
 def run(job: Job) -> dict:
