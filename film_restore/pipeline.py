@@ -22,7 +22,7 @@ from film_restore import report as reports
 from film_restore.cast import Cast, CastStore
 from film_restore.cast.store import pack_id
 from film_restore.faces import FaceAnalyzer
-from film_restore.models import find_pack
+from film_restore.models import find_pack, resolve_checkpoint
 from film_restore.restore import FaceRestorer
 from film_restore.stages import Analyser, ChunkResult, Composer, Scan, Scanner
 from film_restore.video import VideoInfo, check_output, join, probe
@@ -160,7 +160,7 @@ def _absolute_paths(job: Job) -> Job:
     On a cluster the input, cast (and its .store), checkpoint, models, work folder and output
     must be on storage mounted at the same path on every node (see RUNBOOK.md).
     """
-    fields = ("input", "cast", "output", "checkpoint", "models", "workdir", "report")
+    fields = ("input", "cast", "output", "checkpoint", "workdir", "report")  # models may be a pack name: resolved later
     return dataclasses.replace(job, **{f: Path(getattr(job, f)).expanduser().absolute()
                                        for f in fields if getattr(job, f) is not None})
 
@@ -179,18 +179,6 @@ def _restore_gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
-def resolve_checkpoint(job: Job) -> Path:
-    checkpoint = job.checkpoint or os.environ.get("FILM_RESTORE_CHECKPOINT")
-    if not checkpoint:
-        raise PipelineError("no DMDNet checkpoint: pass --checkpoint DMDNet.pth or set FILM_RESTORE_CHECKPOINT")
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise PipelineError(
-            f"no checkpoint file at {checkpoint}: download DMDNet.pth from the csxmli2016/DMDNet GitHub release v1"
-        )
-    return checkpoint
-
-
 def run(job: Job) -> dict:
     """Restores one film (or analyses it, dry run); returns the report."""
     job = _absolute_paths(job)
@@ -198,6 +186,7 @@ def run(job: Job) -> dict:
     timings = {}
     film = job.input.name
     progress = Progress(film)
+    resolved = None  # the checkpoint, and where it came from (for the report)
     if job.input.resolve() == job.output.resolve():
         raise PipelineError(f"the output {job.output} would overwrite the input: choose another -o")
     if not job.dry_run and not job.output.parent.is_dir():
@@ -206,7 +195,10 @@ def run(job: Job) -> dict:
     if not job.dry_run:
         for warning in check_output(job.output, info, job.codec).warnings:
             progress.say(f"note: {warning}")
-        checkpoint = resolve_checkpoint(job)
+        resolved = resolve_checkpoint(job.checkpoint)
+        if resolved.note:
+            progress.say(f"note: {resolved.note}")
+        checkpoint = resolved.path
     cast = Cast.load(job.cast)
     pack = find_pack(job.models)
     face_models = pack_id(pack)
@@ -250,6 +242,7 @@ def run(job: Job) -> dict:
         work.remove_videos()
     timings["total"] = time.perf_counter() - started
     report = reports.build(job, info, scan, tracks, results, cast, fingerprint, timings, content)
+    report["checkpoint"] = resolved and resolved.to_json()
     reports.write(report, job.report or reports.default_path(job))
     progress.say("dry run: report written" if job.dry_run else f"done -> {job.output}")
     return report
