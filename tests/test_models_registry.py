@@ -216,28 +216,29 @@ def test_run_without_model_flags_fetches_verifies_and_restores(publisher, tmp_pa
 
     case = make_case(tmp_path / "case")
     environment = {**os.environ, MODELS_ENV: "compact", "FILM_RESTORE_DASHBOARD": "0"}
+    output = tmp_path / "restored.mkv"
 
-    def run(name, **extra):
-        output = tmp_path / f"{name}.mkv"
-        command = [sys.executable, "-m", "film_restore.run", str(case["film"]), "--cast", str(case["cast"]),
-                   "-o", str(output), "--codec", "ffv1"]
-        return output, subprocess.run(command, cwd=REPO, env={**environment, **extra}, capture_output=True, text=True)
+    def command(*arguments, **extra):
+        return subprocess.run([sys.executable, "-m", *map(str, arguments)], cwd=REPO, env={**environment, **extra},
+                              capture_output=True, text=True)
 
-    output, first = run("first")
+    first = command("film_restore.run", case["film"], "--cast", case["cast"], "-o", output, "--codec", "ffv1")
     assert first.returncode == 0, first.stderr[-3000:]
     assert sorted(publisher.names()) == sorted(["DMDNet.pth", *(d.name for d in COMPACT.downloads)])
-    report = json.loads(output.with_name("first.report.json").read_text())
+    report = json.loads(output.with_name("restored.report.json").read_text())
     assert report["checkpoint"] == {"path": str(location(DMDNET)), "source": "cache"}
     assert report["totals"]["faces_restored"] > 0 and output.is_file()
 
+    # Used again (by the cast command: no film to decode), offline: nothing is downloaded.
     count = len(publisher.requests)
-    output, second = run("second", **{OFFLINE_ENV: "1"})
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert len(publisher.requests) == count and "fetching" not in second.stderr
+    again = command("film_restore.cast", "build", case["cast"], **{OFFLINE_ENV: "1"})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(publisher.requests) == count and "fetching" not in again.stderr
 
-    output, offline = run("offline", **{OFFLINE_ENV: "1", HOME_ENV: str(tmp_path / "empty")})
+    offline = command("film_restore.run", case["film"], "--cast", case["cast"], "-o", tmp_path / "offline.mkv",
+                      **{OFFLINE_ENV: "1", HOME_ENV: str(tmp_path / "empty")})
     error = offline.stderr.strip().splitlines()[-1]
-    assert offline.returncode == 1 and not output.exists()
+    assert offline.returncode == 1 and not (tmp_path / "offline.mkv").exists()
     assert error.startswith("error: compact is not in the cache") and f"{publisher.url}/scrfd_2.5g.onnx" in error
-    assert "demonstration model" in offline.stderr  # the checkpoint fell back before the face models failed
+    assert "note: restoring with the demonstration model" in offline.stderr  # the checkpoint's fallback, one line
     assert len(publisher.requests) == count
