@@ -53,9 +53,12 @@ def command_verify(args) -> int:
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="python -m film_restore.models", description=__doc__.split("\n\n")[0])
     commands = main.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="every model: source, size, sha256, licence, whether it is cached").set_defaults(run=command_list)
-    for name, run, help_text in (("fetch", command_fetch, f"fetch models (default: {' '.join(DEFAULT_FETCH)}); corrupt ones again"),
-                                 ("verify", command_verify, "check cached models against their sha256 (default: all cached)")):
+    listing = commands.add_parser("list", help="every model: source, size, sha256, licence, whether it is cached")
+    listing.set_defaults(run=command_list)
+    for name, run, help_text in (
+        ("fetch", command_fetch, f"fetch models (default: {' '.join(DEFAULT_FETCH)}); corrupt ones again"),
+        ("verify", command_verify, "check cached models against their sha256 (default: all cached)"),
+    ):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("names", nargs="*", metavar="NAME", help=", ".join(MODELS))
         command.set_defaults(run=run)

@@ -84,7 +84,8 @@ def manual(model: Model) -> str:
         return f"or download {url} yourself and pass --checkpoint FILE"
     if model.zipped:
         return f"or download {url} yourself, unzip it into a folder and pass --models DIR"
-    return f"or download its {len(model.downloads)} files ({url} ...; see `python -m film_restore.models list`) into a folder and pass --models DIR"
+    return (f"or download its {len(model.downloads)} files ({url} ...; `python -m film_restore.models list` "
+            f"names them) into a folder and pass --models DIR")
 
 
 def ensure(model: Model, log=say, repair: bool = False) -> Path:
