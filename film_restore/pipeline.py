@@ -242,7 +242,7 @@ def run(job: Job) -> dict:
         work.remove_videos()
     timings["total"] = time.perf_counter() - started
     report = reports.build(job, info, scan, tracks, results, cast, fingerprint, timings, content)
-    report["checkpoint"] = resolved and resolved.to_json()
+    report["checkpoint"] = resolved.to_json() if resolved else None
     reports.write(report, job.report or reports.default_path(job))
     progress.say("dry run: report written" if job.dry_run else f"done -> {job.output}")
     return report

@@ -16,7 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from conftest import REPO, TRAINED_MODEL, asset, save_small_checkpoint
-from film_restore.models import CHECKPOINT_ENV, MODELS, MODELS_ENV, ModelsError, find_pack, resolve_checkpoint, resolve_models
+from film_restore.models import (CHECKPOINT_ENV, MODELS, MODELS_ENV, ModelsError, Resolved, find_pack, resolve_checkpoint,
+                                 resolve_models)
 from film_restore.models.__main__ import main as models_main
 from film_restore.models.fetch import HOME_ENV, OFFLINE_ENV, Corrupt, Unavailable, ensure, location
 from film_restore.models.registry import BASE_URL_ENV
@@ -189,6 +190,15 @@ def test_flag_then_environment_then_cache(publisher, published, tmp_path, monkey
     monkeypatch.setenv(MODELS_ENV, "compact")
     assert resolve_models().path == location(COMPACT)
     assert resolve_models(asset("models")).source == "flag"
+    # With nothing given, a buffalo_l that insightface unpacked itself is used rather than fetched again
+    # (the path is what is tested: stand-in files).
+    insightface = tmp_path / "insightface"
+    insightface.mkdir()
+    for name in MODELS["buffalo_l"].contents:
+        (insightface / name).write_bytes(b"stand-in")
+    monkeypatch.setattr("film_restore.models.resolve.INSIGHTFACE_BUFFALO_L", insightface)
+    monkeypatch.delenv(MODELS_ENV)
+    assert resolve_models() == Resolved(insightface, "insightface")
     assert publisher.requests and not any(name == "DMDNet.pth" for name in publisher.names())
 
 

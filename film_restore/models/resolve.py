@@ -47,11 +47,13 @@ def resolve_checkpoint(explicit=None, log=say) -> Resolved:
     """The DMDNet checkpoint: --checkpoint, else $FILM_RESTORE_CHECKPOINT, else the cache (fetched), else weights/."""
     given = _given(explicit, CHECKPOINT_ENV)
     if given is not None:
-        if not given.path.is_file():
-            where = "--checkpoint" if given.source == "flag" else CHECKPOINT_ENV
-            raise ModelsError(f"no checkpoint file at {given.path} ({where}): give the path of DMDNet.pth, "
+        text, source = given
+        path = Path(text).expanduser().absolute()
+        if not path.is_file():
+            where = "--checkpoint" if source == "flag" else CHECKPOINT_ENV
+            raise ModelsError(f"no checkpoint file at {path} ({where}): give the path of DMDNet.pth, "
                               f"or leave it out to fetch the authors' model")
-        return given
+        return Resolved(path, source)
     try:
         return Resolved(ensure(registry.model(registry.CHECKPOINT_MODEL), log), "cache")
     except Unavailable as error:
@@ -67,10 +69,10 @@ def resolve_models(explicit=None, log=say) -> Resolved:
     """The face models folder: --models, else $FILM_RESTORE_MODELS (a folder or a pack name), else buffalo_l."""
     given = _given(explicit, MODELS_ENV)
     if given is not None:
-        name = str(explicit if given.source == "flag" else os.environ[MODELS_ENV]).strip()
-        if name in registry.FACE_PACKS and not Path(name).exists():
-            return Resolved(ensure(registry.model(name), log), "cache")
-        return given
+        text, source = given
+        if text in registry.FACE_PACKS and not Path(text).exists():
+            return Resolved(ensure(registry.model(text), log), "cache")
+        return Resolved(Path(text).expanduser().absolute(), source)
     default = registry.model(registry.FACE_PACKS[0])
     insightface = INSIGHTFACE_BUFFALO_L.expanduser()
     if not fetched(default) and all((insightface / name).is_file() for name in default.contents):
@@ -82,9 +84,9 @@ def resolve_models_dir(models_dir=None) -> Path:
     return resolve_models(models_dir).path
 
 
-def _given(explicit, variable: str) -> Resolved | None:
+def _given(explicit, variable: str) -> tuple[str, str] | None:
+    """The value given by the flag, else by the environment variable, and which ("flag", "environment")."""
     if explicit not in (None, ""):
-        return Resolved(Path(explicit).expanduser().absolute(), "flag")
-    if os.environ.get(variable, "").strip():
-        return Resolved(Path(os.environ[variable].strip()).expanduser().absolute(), "environment")
-    return None
+        return str(explicit), "flag"
+    text = os.environ.get(variable, "").strip()
+    return (text, "environment") if text else None
