@@ -63,7 +63,7 @@ def time_stages(analyzer: FaceAnalyzer, frames: list[np.ndarray]) -> dict[str, l
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", help=f"models folder (default: ${MODELS_ENV}, else ~/.insightface/models/buffalo_l)")
+    parser.add_argument("--models", help=f"models folder or pack name (default: ${MODELS_ENV}, else buffalo_l, fetched)")
     parser.add_argument("--clip", required=True, type=Path, help="video to take frames from")
     parser.add_argument("--frames", type=int, default=20, help="frames to time (default 20)")
     parser.add_argument("--detector", help="detector file name in the models folder, instead of the pack's choice")

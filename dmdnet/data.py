@@ -366,7 +366,7 @@ def main(argv=None) -> int:
     command.add_argument("src_dir", type=Path, metavar="SRC_DIR")
     command.add_argument("out_dir", type=Path, metavar="OUT_DIR")
     command.add_argument("--size", type=int, choices=SIZES, required=True, help="crop side in pixels")
-    command.add_argument("--models", default=None, help="face models folder (default $FILM_RESTORE_MODELS, else ~/.insightface/models/buffalo_l)")
+    command.add_argument("--models", default=None, help="face models folder or pack name (default $FILM_RESTORE_MODELS, else buffalo_l, fetched)")
     command.add_argument("--min-face", type=int, default=None, help="shortest accepted face box side in photo pixels (default 3/16 of --size)")
     command.add_argument("--detector-size", type=int, default=DEFAULT_DETECTOR_SIZE,
                          help="detector input side (default 640; 320 is ~4x faster on photos of at most 320 px)")

@@ -35,6 +35,7 @@ def build(run, scan, tracks_by_chunk, results) -> dict:
                                               "size_bytes": job.output.stat().st_size},
         "dry_run": job.dry_run,
         "model_fingerprint": run.fingerprint,
+        "checkpoint": run.checkpoint and run.checkpoint.to_json(),
         "output_key": None if job.dry_run else run.keys.compose,
         "cast": {"path": str(cast.path), "match_threshold": cast.match_threshold,
                  "actors": [actor.name for actor in cast.actors]},

@@ -26,8 +26,9 @@ def parser() -> argparse.ArgumentParser:
     arguments.add_argument("input", type=Path, help="the film")
     arguments.add_argument("--cast", type=Path, required=True, help="cast.yaml: actors and reference photos")
     arguments.add_argument("-o", "--output", type=Path, help="default: INPUT_STEM.restored.EXT beside the input")
-    arguments.add_argument("--checkpoint", type=Path, help="DMDNet.pth (default $FILM_RESTORE_CHECKPOINT)")
-    arguments.add_argument("--models", type=Path, help="face models folder (default $FILM_RESTORE_MODELS)")
+    arguments.add_argument("--checkpoint", type=Path, help="DMDNet.pth (default $FILM_RESTORE_CHECKPOINT, else fetched)")
+    arguments.add_argument("--models", type=Path,
+                           help="face models folder or pack name (default $FILM_RESTORE_MODELS, else buffalo_l, fetched)")
     arguments.add_argument("--workdir", type=Path, help="where chunk results are kept (default beside the output)")
     arguments.add_argument("--resume", action="store_true", help="reuse the finished work of an interrupted run")
     arguments.add_argument("--codec", choices=CODECS, default=settings.CODEC, help="auto keeps the input's codec family")

@@ -1,8 +1,8 @@
 """archive.yaml: the films of a nightly run, validated with the line and field of every problem.
 
     defaults:                        # optional; a film's own fields win
-      checkpoint: /mnt/archive/models/DMDNet.pth
-      models: /mnt/archive/models/buffalo_l
+      checkpoint: /mnt/archive/models/DMDNet.pth   # default: as the run's (environment, else the cache)
+      models: /mnt/archive/models/buffalo_l        # default: as the run's (environment, else the cache)
       workdir: /mnt/archive/work      # one work folder for all films (each film has its own inside)
       codec: auto                     # auto | x264 | x265 | prores | ffv1
       chunk_frames: 250
@@ -20,7 +20,6 @@ with the reason, the other films still run.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +31,6 @@ from film_restore.video import CODECS
 
 SETTINGS = ("cast", "checkpoint", "models", "workdir", "codec", "chunk_frames", "resume")
 FILM_FIELDS = ("input", "output", *SETTINGS)
-CHECKPOINT_ENV = "FILM_RESTORE_CHECKPOINT"
 
 
 class ArchiveError(ValueError):
@@ -48,7 +46,7 @@ class Film:
     input: Path
     cast: Path
     output: Path
-    checkpoint: Path
+    checkpoint: Path | None = None
     models: Path | None = None
     workdir: Path | None = None
     codec: str = settings.CODEC
@@ -120,10 +118,6 @@ class _ArchiveReader(NodeReader):
         for required in ("input", "cast"):
             if required not in values:
                 self.fail(node, f"{field}.{required}", "missing" + (" (give it here or in defaults)" if required == "cast" else ""))
-        if "checkpoint" not in values:
-            if not os.environ.get(CHECKPOINT_ENV):
-                self.fail(node, f"{field}.checkpoint", f"missing: give DMDNet.pth here or in defaults, or set {CHECKPOINT_ENV}")
-            values["checkpoint"] = Path(os.environ[CHECKPOINT_ENV]).expanduser().absolute()
         film_input = values["input"]
         if "output" not in values:
             values["output"] = settings.default_output(film_input)

@@ -232,12 +232,13 @@ class Plan:
 
 def plan(film: Film, force: bool) -> Plan | Outcome:
     """The film's Plan, or its Outcome when it is complete (skipped) or cannot run (failed)."""
-    from film_restore.models import resolve_models_dir
+    from film_restore.models import resolve_checkpoint, resolve_models_dir
 
     outcome = Outcome(str(film.input), str(film.output), "failed")
     try:
-        # the models folder the runner hashes is the one the run is given, wherever it runs
-        film = dataclasses.replace(film, models=resolve_models_dir(film.models))
+        # the models the runner hashes are the ones the run is given, wherever it runs
+        film = dataclasses.replace(film, models=resolve_models_dir(film.models),
+                                   checkpoint=film.checkpoint or resolve_checkpoint().path)
         keys = completion_keys(film)
         parts, key = keys.parts, keys.compose
         outcome.key = key

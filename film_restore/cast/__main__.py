@@ -11,7 +11,7 @@ from dmdnet import CheckpointError
 from film_restore.cast.castfile import Cast, CastError
 from film_restore.cast.store import CastStore, find_faces, pack_id, read_photo
 from film_restore.faces import FaceAnalyzer
-from film_restore.models import ModelsError, find_pack
+from film_restore.models import ModelsError, find_pack, resolve_checkpoint
 
 
 def open_store(args) -> tuple[Cast, CastStore]:
@@ -23,7 +23,10 @@ def open_store(args) -> tuple[Cast, CastStore]:
 
 def command_build(args) -> int:
     cast, store = open_store(args)
-    model = dmdnet.load(args.checkpoint, map_location=args.device)
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    if checkpoint.note:
+        print(f"note: {checkpoint.note}", file=sys.stderr)
+    model = dmdnet.load(checkpoint.path, map_location=args.device)
     for actor in cast.actors:
         analysed = store.references(actor)
         for reference in analysed.references:
@@ -63,9 +66,9 @@ def parser() -> argparse.ArgumentParser:
     identify = commands.add_parser("identify", help="print one JSON line per face found in the images")
     for command in (build, identify):
         command.add_argument("cast", type=Path, help="cast.yaml")
-        command.add_argument("--models", type=Path, help="face models folder (default $FILM_RESTORE_MODELS)")
+        command.add_argument("--models", type=Path, help="face models folder or pack name (default $FILM_RESTORE_MODELS, else buffalo_l, fetched)")
         command.add_argument("--store", type=Path, help="where actors' results are kept (default CAST.store/)")
-    build.add_argument("--checkpoint", type=Path, required=True, help="DMDNet.pth")
+    build.add_argument("--checkpoint", type=Path, help="DMDNet.pth (default $FILM_RESTORE_CHECKPOINT, else fetched)")
     build.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     build.set_defaults(run=command_build)
     identify.add_argument("images", type=Path, nargs="+")

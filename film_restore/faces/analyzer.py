@@ -34,7 +34,7 @@ class FaceAnalyzer:
     @classmethod
     def from_models_dir(cls, models_dir: str | os.PathLike | None = None,
                         providers: Sequence[str] = CPU_PROVIDERS, detector_size: int = DETECTOR_SIZE) -> "FaceAnalyzer":
-        """An analyzer on the model pack in models_dir (else $FILM_RESTORE_MODELS, else ~/.insightface/models/buffalo_l)."""
+        """An analyzer on the model pack in models_dir (else $FILM_RESTORE_MODELS, else buffalo_l from the cache, fetched on first use)."""
         pack = find_pack(models_dir)
         return cls(
             Detector(pack.detector, providers, input_size=detector_size),

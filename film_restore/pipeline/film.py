@@ -15,7 +15,7 @@ from film_restore.cast import Cast, CastStore
 from film_restore.cast.store import pack_id
 from film_restore.faces import FaceAnalyzer
 from film_restore.keys import job_keys
-from film_restore.models import find_pack
+from film_restore.models import find_pack, resolve_checkpoint
 from film_restore.pipeline.cluster import (
     AnalyseActor,
     RestoreActor,
@@ -34,18 +34,6 @@ from film_restore.video import check_output, join, probe
 from film_restore.workdir import WorkFolder
 
 
-def resolve_checkpoint(job: Job) -> Path:
-    checkpoint = job.checkpoint or os.environ.get("FILM_RESTORE_CHECKPOINT")
-    if not checkpoint:
-        raise PipelineError("no DMDNet checkpoint: pass --checkpoint DMDNet.pth or set FILM_RESTORE_CHECKPOINT")
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise PipelineError(
-            f"no checkpoint file at {checkpoint}: download DMDNet.pth from the csxmli2016/DMDNet GitHub release v1"
-        )
-    return checkpoint
-
-
 class FilmRun:
     """Everything known about one film before its stages run; each stage method adds its result."""
 
@@ -62,8 +50,11 @@ class FilmRun:
         if not job.dry_run:
             for warning in check_output(job.output, self.info, job.codec).warnings:
                 self.progress.say(f"note: {warning}")
-        # Resolved once (flag, then environment); a dry run restores nothing and needs none.
-        self.job = job = dataclasses.replace(job, checkpoint=None if job.dry_run else resolve_checkpoint(job))
+        # Resolved once (flag, environment, cache, shipped model); a dry run restores nothing and needs none.
+        self.checkpoint = None if job.dry_run else resolve_checkpoint(job.checkpoint)
+        if self.checkpoint is not None and self.checkpoint.note:
+            self.progress.say(f"note: {self.checkpoint.note}")
+        self.job = job = dataclasses.replace(job, checkpoint=self.checkpoint and self.checkpoint.path)
         self.cast = Cast.load(job.cast)
         self.pack = find_pack(job.models)
         face_models = pack_id(self.pack)

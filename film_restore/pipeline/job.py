@@ -42,6 +42,6 @@ class Job:
         On a cluster the input, cast (and its .store), checkpoint, models, work folder and output
         must be on storage mounted at the same path on every node (see RUNBOOK.md).
         """
-        fields = ("input", "cast", "output", "checkpoint", "models", "workdir", "report")
+        fields = ("input", "cast", "output", "checkpoint", "workdir", "report")  # models may name a pack: resolved later
         return dataclasses.replace(self, **{f: Path(getattr(self, f)).expanduser().absolute()
                                             for f in fields if getattr(self, f) is not None})

@@ -48,11 +48,9 @@ def test_cluster_config_validates_against_rays_schema():
     assert gpu_types and all(t["min_workers"] == 0 and t["max_workers"] >= 1 for t in gpu_types)
     setup = "\n".join(config["setup_commands"])
     assert "./install.sh" in setup and "/mnt/archive" in setup
-    assert any(path.endswith("film_restore_models") for path in config["file_mounts"])
+    assert setup.index("python -m film_restore.models fetch dmdnet buffalo_l") > setup.index("./install.sh")
     for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
-        joined = "\n".join(commands)
-        for variable in ("FILM_RESTORE_CHECKPOINT", "FILM_RESTORE_MODELS", "FILM_RESTORE_GPUS"):
-            assert variable in joined
+        assert "FILM_RESTORE_GPUS" in "\n".join(commands)
 
 
 def free_port() -> int:

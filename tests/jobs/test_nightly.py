@@ -119,8 +119,7 @@ def test_archive_errors_name_the_line_and_field(tmp_path, monkeypatch, text, whe
 
 def test_invalid_archive_is_one_line_error_and_exit_status_2(tmp_path):
     archive = tmp_path / "archive.yaml"
-    archive.write_text("films:\n  - input: a.mkv\n    cast: c.yaml\n")
+    archive.write_text("films:\n  - input: a.mkv\n")
     result = nightly(archive)
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: {archive}:2: films[0].checkpoint: missing: give DMDNet.pth here " \
-                                    "or in defaults, or set FILM_RESTORE_CHECKPOINT"
+    assert result.stderr.strip() == f"error: {archive}:2: films[0].cast: missing (give it here or in defaults)"

@@ -1,4 +1,6 @@
 """Model packs, the model classes' conventions, and clear errors for bad input."""
+from pathlib import Path
+
 import cv2
 import numpy as np
 import onnx
@@ -13,7 +15,7 @@ from film_restore.faces.detector import Detector
 from film_restore.faces.landmarker import Landmarker68
 from film_restore.faces.recogniser import Recogniser
 from film_restore.faces import FaceAnalyzer, align_face
-from film_restore.models import DEFAULT_MODELS_DIR, MODELS_ENV, ModelsError, find_pack, resolve_models_dir
+from film_restore.models import MODELS_ENV, ModelsError, find_pack, resolve_models_dir
 from film_restore.records import Face
 
 def _models_folder(folder, names):
@@ -49,7 +51,7 @@ def test_missing_model_file_is_named_with_its_source(tmp_path):
 
 def test_partial_buffalo_l_names_its_missing_file(tmp_path):
     (tmp_path / "det_10g.onnx").write_bytes(b"stand-in")
-    with pytest.raises(ModelsError, match=r"1k3d68\.onnx is missing .*buffalo_l.*FaceAnalysis\(name='buffalo_l'\)"):
+    with pytest.raises(ModelsError, match=r"1k3d68\.onnx is missing .*buffalo_l pack.*/v0\.7/buffalo_l\.zip .*fetch buffalo_l"):
         find_pack(tmp_path)
 
 
@@ -67,12 +69,11 @@ def test_empty_or_absent_models_folder(tmp_path):
         find_pack(tmp_path / "absent")
 
 
-def test_models_folder_comes_from_argument_then_environment_then_default(tmp_path, monkeypatch):
-    monkeypatch.delenv(MODELS_ENV, raising=False)
-    assert resolve_models_dir() == DEFAULT_MODELS_DIR.expanduser()
+def test_models_folder_comes_from_argument_then_environment(tmp_path, monkeypatch):
+    # then the cache, fetched on first use: test_models_registry.py
     monkeypatch.setenv(MODELS_ENV, str(tmp_path))
     assert resolve_models_dir() == tmp_path
-    assert resolve_models_dir("~/elsewhere") == DEFAULT_MODELS_DIR.expanduser().parents[2] / "elsewhere"
+    assert resolve_models_dir("~/elsewhere") == Path("~/elsewhere").expanduser()
     monkeypatch.setenv(MODELS_ENV, str(asset("models")))
     assert FaceAnalyzer.from_models_dir().recogniser.model_path.name == "mobilefacenet_128.onnx"
 
