@@ -32,7 +32,8 @@ Which face, and which photos are skipped (each with its reason, never silently):
 Output (no pickle anywhere):
 - OUT_DIR/<identity>/<stem>.png: the aligned crops, RGB;
 - OUT_DIR/<identity>/faces.json: the identity's record: settings (size, face models id,
-  minimum face, the finder's own settings such as the detector size), every source photo with its sha256, per face the source,
+  minimum face, the finder's own settings such as the detector size), every source
+  photo with its sha256, per face the source,
   68 landmarks and the 5 detector keypoints (crop pixels, 3 decimals), the 4 x 4 component
   boxes (rows left eye, right eye, nose, mouth; x1, y1, x2, y2; crop pixels), the face's
   side in the photo, the enlargement of the crop (crop pixels per photo pixel), the
@@ -78,7 +79,7 @@ DEFAULT_DETECTOR_SIZE = 640
 
 
 class PrepareError(Exception):
-    """A prepare that cannot run (bad arguments, missing face stack or models), as one line."""
+    """A prepare that cannot run (bad arguments or output folder), as one line."""
 
 
 def default_min_face(size: int) -> int:
