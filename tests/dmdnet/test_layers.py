@@ -4,7 +4,7 @@ import ast
 import subprocess
 import sys
 
-from conftest import REPO
+from tests.assets import REPO
 
 BLOCK_FILM_RESTORE = """
 import importlib.abc, pkgutil, sys
