@@ -4,14 +4,14 @@
         [--min-face PX] [--detector-size PX]
 
 SRC_DIR holds one folder per identity (SRC_DIR/<identity>/*.jpg|png|...). Every photo's
-one main face is found with film_restore's face stack (detection, 68 landmarks,
-identity embedding), aligned to the FFHQ template at size x size, and kept with its
-landmarks and DMDNet component boxes at that size. film_restore is imported only by the
-prepare command, so dmdnet stays a standalone library.
+one main face is found by a face stack (detection, 68 landmarks, identity embedding;
+dmdnet.face_stack: prepare() takes its FaceFinder, the command uses the installed one,
+such as film_restore's, with --models and --detector-size), aligned to the FFHQ template
+at size x size, and kept with its landmarks and DMDNet component boxes at that size.
 
 Which face, and which photos are skipped (each with its reason, never silently):
-- unreadable file; no face found (a photo that is itself a tight face crop is searched
-  again inside a black border, as film_restore.cast.store.find_faces does);
+- unreadable file; no face found (film_restore's stack searches a photo that is itself a
+  tight face crop again inside a black border);
 - faces are ranked by the shorter side of the detector box; the largest must be at least
   --min-face photo pixels, default 3/16 of the crop size (48 px at 256, 96 at 512): below
   that, the crop would enlarge the photo about 3x or more and the "high-quality"
@@ -32,7 +32,8 @@ Which face, and which photos are skipped (each with its reason, never silently):
 Output (no pickle anywhere):
 - OUT_DIR/<identity>/<stem>.png: the aligned crops, RGB;
 - OUT_DIR/<identity>/faces.json: the identity's record: settings (size, face models id,
-  minimum face, detector size), every source photo with its sha256, per face the source,
+  minimum face, the finder's own settings such as the detector size), every source
+  photo with its sha256, per face the source,
   68 landmarks and the 5 detector keypoints (crop pixels, 3 decimals), the 4 x 4 component
   boxes (rows left eye, right eye, nose, mouth; x1, y1, x2, y2; crop pixels), the face's
   side in the photo, the enlargement of the crop (crop pixels per photo pixel), the
@@ -63,6 +64,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from dmdnet.face_stack import FaceFinder, FaceStackError, installed_face_stack
 from dmdnet.files import file_sha256, write_image, write_json
 
 FORMAT = "dmdnet-prepared-faces/1"
@@ -77,7 +79,7 @@ DEFAULT_DETECTOR_SIZE = 640
 
 
 class PrepareError(Exception):
-    """A prepare that cannot run (bad arguments, missing face stack or models), as one line."""
+    """A prepare that cannot run (bad arguments or output folder), as one line."""
 
 
 def default_min_face(size: int) -> int:
@@ -89,78 +91,52 @@ def _points(array, decimals: int = 3) -> list:
     return np.round(np.asarray(array, dtype=np.float64), decimals).tolist()
 
 
-class _FaceStack:
-    """film_restore's analyzer and the face selection rules, imported only when prepare runs."""
+def _main_face(finder: FaceFinder, path: Path, size: int, min_face: int) -> tuple[dict | None, np.ndarray | None, str | None, str | None]:
+    """(face record, crop, skip kind, skip reason) for one photo, by the rules of the module notes."""
+    try:
+        image, faces = finder.faces_in_photo(path)
+    except ValueError:
+        return None, None, "unreadable", "not a readable image"
+    if not faces:
+        return None, None, "no face", "no face found"
 
-    def __init__(self, models_dir, detector_size: int):
-        try:
-            from film_restore.align import ffhq_template
-            from film_restore.cast.store import find_faces, pack_id, read_photo
-            from film_restore.faces import FaceAnalyzer, align_face
-            from film_restore.models import ModelsError, find_pack
-        except ImportError as error:
-            raise PrepareError(
-                f"prepare needs film_restore, the project's face stack (detection, landmarks, alignment), "
-                f"which could not be imported ({error}): install this project (pip install -e .) "
-                "or run from its repository"
-            ) from error
-        try:
-            pack = find_pack(models_dir)
-            self.analyzer = FaceAnalyzer.from_models_dir(models_dir, detector_size=detector_size)
-        except ModelsError as error:
-            raise PrepareError(str(error)) from error
-        self.models_id = pack_id(pack)
-        self.models_name = pack.name
-        self._find_faces, self._read_photo, self._align = find_faces, read_photo, align_face
-        self._template = ffhq_template
+    def side(face):
+        return float(min(face.box[2] - face.box[0], face.box[3] - face.box[1]))
 
-    def face(self, path: Path, size: int, min_face: int) -> tuple[dict | None, np.ndarray | None, str | None, str | None]:
-        """(face record, crop, skip kind, skip reason) for one photo."""
-        try:
-            photo = self._read_photo(path)
-        except ValueError:
-            return None, None, "unreadable", "not a readable image"
-        image, faces, _ = self._find_faces(self.analyzer, photo)
-        if not faces:
-            return None, None, "no face", "no face found"
-
-        def side(face):
-            return float(min(face.box[2] - face.box[0], face.box[3] - face.box[1]))
-
-        faces = sorted(faces, key=side, reverse=True)
-        largest = side(faces[0])
-        if largest < min_face:
-            return None, None, "small face", f"face only {largest:.1f} px (needs {min_face})"
-        similar = [f for f in faces if side(f) >= SECOND_FACE_FRACTION * largest]
-        others = [f for f in similar[1:] if float(f.embedding @ similar[0].embedding) < SAME_PERSON_SIMILARITY]
-        if others:
-            return None, None, "ambiguous", f"{len(others) + 1} people's faces of similar size: unclear which is the identity"
-        # Copies of one face (mirrored borders, reflections): the one nearest the photo's centre.
-        centre = np.array(image.shape[1::-1], dtype=np.float64) / 2
-        main = min(similar, key=lambda f: float(np.hypot(*((np.array(f.box[:2]) + f.box[2:]) / 2 - centre))))
-        aligned = self._align(image, main, size)
-        landmarks = aligned.landmarks.astype(np.float64)
-        template = self._template(size)
-        eyes = np.stack([landmarks[36:42].mean(axis=0), landmarks[42:48].mean(axis=0)])
-        eye_error = float(np.linalg.norm(eyes - template[:2], axis=1).max())
-        if eye_error > MAX_EYE_ERROR * size:
-            return None, None, "landmarks", (
-                f"68-point eyes {eye_error:.0f} px from the aligned eyes (limit {MAX_EYE_ERROR * size:.0f}): landmark fit failed")
-        boxes = np.asarray(aligned.boxes)
-        if boxes.min() < 0 or boxes.max() > size or (boxes[:, 2:] <= boxes[:, :2]).any():
-            return None, None, "boxes", f"component boxes {boxes.tolist()} fall outside the {size} px crop"
-        record = {
-            "landmarks": _points(landmarks),
-            "keypoints": _points(aligned.transform.to_crop(main.keypoints)),
-            "boxes": boxes.astype(int).tolist(),
-            "face_side": round(side(main), 1),
-            "enlargement": round(aligned.transform.scale, 4),
-            "score": round(float(main.score), 4),
-            "eye_error": round(eye_error, 2),
-            "faces_in_photo": len(faces),
-            "embedding": _points(main.embedding, 6),
-        }
-        return record, aligned.crop, None, None
+    faces = sorted(faces, key=side, reverse=True)
+    largest = side(faces[0])
+    if largest < min_face:
+        return None, None, "small face", f"face only {largest:.1f} px (needs {min_face})"
+    similar = [f for f in faces if side(f) >= SECOND_FACE_FRACTION * largest]
+    others = [f for f in similar[1:] if float(f.embedding @ similar[0].embedding) < SAME_PERSON_SIMILARITY]
+    if others:
+        return None, None, "ambiguous", f"{len(others) + 1} people's faces of similar size: unclear which is the identity"
+    # Copies of one face (mirrored borders, reflections): the one nearest the photo's centre.
+    centre = np.array(image.shape[1::-1], dtype=np.float64) / 2
+    main = min(similar, key=lambda f: float(np.hypot(*((np.array(f.box[:2]) + f.box[2:]) / 2 - centre))))
+    aligned = finder.align(image, main, size)
+    landmarks = aligned.landmarks.astype(np.float64)
+    template = finder.template(size)
+    eyes = np.stack([landmarks[36:42].mean(axis=0), landmarks[42:48].mean(axis=0)])
+    eye_error = float(np.linalg.norm(eyes - template[:2], axis=1).max())
+    if eye_error > MAX_EYE_ERROR * size:
+        return None, None, "landmarks", (
+            f"68-point eyes {eye_error:.0f} px from the aligned eyes (limit {MAX_EYE_ERROR * size:.0f}): landmark fit failed")
+    boxes = np.asarray(aligned.boxes)
+    if boxes.min() < 0 or boxes.max() > size or (boxes[:, 2:] <= boxes[:, :2]).any():
+        return None, None, "boxes", f"component boxes {boxes.tolist()} fall outside the {size} px crop"
+    record = {
+        "landmarks": _points(landmarks),
+        "keypoints": _points(aligned.keypoints),
+        "boxes": boxes.astype(int).tolist(),
+        "face_side": round(side(main), 1),
+        "enlargement": round(aligned.enlargement, 4),
+        "score": round(float(main.score), 4),
+        "eye_error": round(eye_error, 2),
+        "faces_in_photo": len(faces),
+        "embedding": _points(main.embedding, 6),
+    }
+    return record, aligned.crop, None, None
 
 
 def _identity_folders(src: Path) -> list[Path]:
@@ -172,8 +148,8 @@ def _photos(folder: Path) -> list[Path]:
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in PHOTO_SUFFIXES)
 
 
-def _settings(size: int, models_id: str, min_face: int, detector_size: int) -> dict:
-    return {"size": size, "face_models": models_id, "min_face": min_face, "detector_size": detector_size,
+def _settings(size: int, finder: FaceFinder, min_face: int) -> dict:
+    return {"size": size, "face_models": finder.models_id, "min_face": min_face, **finder.settings,
             "second_face_fraction": SECOND_FACE_FRACTION, "same_person_similarity": SAME_PERSON_SIMILARITY,
             "max_eye_error": MAX_EYE_ERROR}
 
@@ -194,7 +170,7 @@ def _complete_record(folder: Path, settings: dict, sources: dict[str, str]) -> d
     return record
 
 
-def _prepare_identity(stack: _FaceStack, source_folder: Path, out_folder: Path, settings: dict,
+def _prepare_identity(finder: FaceFinder, source_folder: Path, out_folder: Path, settings: dict,
                       sources: dict[str, str], paths: list[Path]) -> dict:
     out_folder.mkdir(parents=True, exist_ok=True)
     (out_folder / RECORD_NAME).unlink(missing_ok=True)
@@ -206,7 +182,7 @@ def _prepare_identity(stack: _FaceStack, source_folder: Path, out_folder: Path, 
                             "reason": f"same output name {name} as {names[name]}"})
             continue
         names[name] = path.name
-        face, crop, kind, reason = stack.face(path, settings["size"], settings["min_face"])
+        face, crop, kind, reason = _main_face(finder, path, settings["size"], settings["min_face"])
         if face is None:
             skipped.append({"file": path.name, "kind": kind, "reason": reason})
             continue
@@ -222,10 +198,8 @@ def _prepare_identity(stack: _FaceStack, source_folder: Path, out_folder: Path, 
     return record
 
 
-def prepare(src_dir, out_dir, size: int, models_dir=None, min_face: int | None = None,
-            detector_size: int = DEFAULT_DETECTOR_SIZE, log=print) -> dict:
-    """Align every identity folder's photos into out_dir (see the module notes); returns the index."""
-    src, out = Path(src_dir), Path(out_dir)
+def _checked(src: Path, out: Path, size: int, min_face: int | None) -> tuple[int, list[Path]]:
+    """(minimum face, identity folders) of a prepare that can run, else PrepareError."""
     if size not in SIZES:
         raise PrepareError(f"--size must be one of {SIZES}, got {size}")
     min_face = default_min_face(size) if min_face is None else int(min_face)
@@ -246,10 +220,17 @@ def prepare(src_dir, out_dir, size: int, models_dir=None, min_face: int | None =
             previous_size = None
         if previous_size not in (None, size):
             raise PrepareError(f"{out} holds faces prepared at {previous_size} px: prepare {size} px faces into another folder")
+    return min_face, identity_folders
 
+
+def prepare(src_dir, out_dir, size: int, finder: FaceFinder, min_face: int | None = None, log=print) -> dict:
+    """Align every identity folder's photos into out_dir with the finder's faces (see the
+    module notes); returns the index."""
+    src, out = Path(src_dir), Path(out_dir)
+    min_face, identity_folders = _checked(src, out, size, min_face)
+    index_path = out / INDEX_NAME
     started = time.monotonic()
-    stack = _FaceStack(models_dir, detector_size)
-    settings = _settings(size, stack.models_id, min_face, detector_size)
+    settings = _settings(size, finder, min_face)
     out.mkdir(parents=True, exist_ok=True)
     index_path.unlink(missing_ok=True)   # from here until the end the folder reads as unfinished
 
@@ -261,7 +242,7 @@ def prepare(src_dir, out_dir, size: int, models_dir=None, min_face: int | None =
         photos += len(paths)
         record = _complete_record(out / folder.name, settings, sources)
         if record is None:
-            record = _prepare_identity(stack, folder, out / folder.name, settings, sources, paths)
+            record = _prepare_identity(finder, folder, out / folder.name, settings, sources, paths)
         else:
             reused += 1
         if record["faces"]:
@@ -274,8 +255,8 @@ def prepare(src_dir, out_dir, size: int, models_dir=None, min_face: int | None =
     index = {
         "format": FORMAT,
         "size": size,
-        "face_models": stack.models_id,
-        "face_models_pack": stack.models_name,
+        "face_models": finder.models_id,
+        "face_models_pack": finder.models_name,
         "settings": settings,
         "source": str(src.resolve()),
         "counts": {"identities": len(identities), "identities_without_faces": len(identity_folders) - len(identities),
@@ -372,8 +353,10 @@ def main(argv=None) -> int:
                          help="detector input side (default 640; 320 is ~4x faster on photos of at most 320 px)")
     args = parser.parse_args(argv)
     try:
-        prepare(args.src_dir, args.out_dir, args.size, args.models, args.min_face, args.detector_size)
-    except PrepareError as error:
+        _checked(args.src_dir, args.out_dir, args.size, args.min_face)  # bad arguments are named before models load
+        finder = installed_face_stack("prepare").face_finder(args.models, args.detector_size)
+        prepare(args.src_dir, args.out_dir, args.size, finder, args.min_face)
+    except (PrepareError, FaceStackError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -9,7 +9,7 @@ face's identity and name) and restored twice: with the generic dictionary only, 
 specific dictionary of the person's first K other photos (by name). Prints one JSON
 object: for the degraded input and both restorations, the mean PSNR (RGB), SSIM (BT.601
 Y) against the ground truth, and the identity similarity: cosine of the face's embedding
-(the model pack's recogniser, on the crop's 5 keypoints) with the normalised mean
+(the face stack's recogniser, dmdnet.face_stack, on the crop's 5 keypoints) with the normalised mean
 embedding of the person's other ground-truth photos. `faces` is the number evaluated.
 """
 from __future__ import annotations
@@ -24,30 +24,13 @@ import torch
 import dmdnet
 from dmdnet.data import PreparedFaces
 from dmdnet.degradations import degrade_for_evaluation
+from dmdnet.face_stack import Embed, installed_face_stack
 from dmdnet.images import to_image, to_tensor
 from dmdnet.metrics import psnr, ssim
 from dmdnet.model import DMDNet
 
 KINDS = ("input", "generic", "specific")
 BATCH = 8
-
-
-class Recogniser:
-    """film_restore's recogniser on the model pack, imported only here (dmdnet stays standalone)."""
-
-    def __init__(self, models_dir=None):
-        try:
-            from film_restore.face_models import Recogniser as PackRecogniser
-            from film_restore.models import ModelsError, find_pack
-        except ImportError as error:
-            raise ValueError(f"evaluate needs film_restore's face models for identity ({error}): install this project") from error
-        try:
-            self._recogniser = PackRecogniser(find_pack(models_dir).recogniser)
-        except ModelsError as error:
-            raise ValueError(str(error)) from error
-
-    def __call__(self, image: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
-        return self._recogniser.embedding(image, keypoints)
 
 
 def face_seed(identity: str, name: str) -> int:
@@ -62,9 +45,9 @@ def evaluation_faces(faces: PreparedFaces, identities=None, limit: int | None = 
     return items[:limit] if limit is not None else items
 
 
-def evaluate(model: DMDNet, faces: PreparedFaces, scale: int, references: int, embed,
+def evaluate(model: DMDNet, faces: PreparedFaces, scale: int, references: int, embed: Embed,
              identities=None, limit: int | None = None, log=None) -> dict:
-    """The JSON-ready summary of the module notes. embed(image, keypoints) -> unit embedding."""
+    """The JSON-ready summary of the module notes; embed(image, keypoints) -> unit identity embedding."""
     if faces.size != model.image_size:
         raise ValueError(f"the data is prepared at {faces.size} px but the model restores {model.image_size} px faces: "
                          f"prepare the data with --size {model.image_size}")
@@ -124,7 +107,8 @@ def command_evaluate(args) -> None:
     model = dmdnet.load(args.checkpoint, map_location=args.device)
     faces = PreparedFaces(args.data)
     identities = read_identities(args.identities) if args.identities else None
-    result = evaluate(model, faces, args.scale, args.references, Recogniser(args.models), identities, args.limit,
+    embed = installed_face_stack("evaluate").recogniser(args.models)
+    result = evaluate(model, faces, args.scale, args.references, embed, identities, args.limit,
                       log=lambda message: print(message, file=sys.stderr, flush=True))
     print(json.dumps(result))
 

@@ -24,11 +24,12 @@ def heldout_faces(tmp_path_factory):
     import shutil
 
     from dmdnet.data import prepare
+    from film_restore.training_faces import face_finder
 
     root = tmp_path_factory.mktemp("heldout")
     for identity in HELDOUT_IDENTITIES:
         shutil.copytree(asset(f"datasets/celeba_identities/{identity}"), root / "src" / identity)
-    prepare(root / "src", root / "prepared", 256, asset("models"), detector_size=320, log=lambda _: None)
+    prepare(root / "src", root / "prepared", 256, face_finder(asset("models"), detector_size=320), log=lambda _: None)
     return root / "prepared"
 
 

@@ -234,13 +234,15 @@ def test_prepare_aligns_crops_with_landmarks_and_boxes(prepared):
 
 
 def test_prepare_rerun_skips_complete_identities_and_redoes_changed_ones(prepared, tmp_path):
-    from dmdnet.data import PreparedFaces, prepare
+    from dmdnet.data import DEFAULT_DETECTOR_SIZE, PreparedFaces, prepare
+    from film_restore.training_faces import face_finder
 
     out = tmp_path / "out"
     shutil.copytree(prepared["out"], out)
     lines = []
     started = time.monotonic()
-    index = prepare(prepared["source"], out, 256, asset("models"), log=lines.append)
+    finder = face_finder(asset("models"), DEFAULT_DETECTOR_SIZE)  # timed as the command times it
+    index = prepare(prepared["source"], out, 256, finder, log=lines.append)
     assert time.monotonic() - started < max(3.0, prepared["seconds"] / 3)
     assert "3 of 3 identities already complete" in lines[0]
     assert index == json.loads((prepared["out"] / "index.json").read_text())
@@ -255,7 +257,7 @@ def test_prepare_rerun_skips_complete_identities_and_redoes_changed_ones(prepare
     first = sorted((source / "7203").glob("*.jpg"))[0]
     shutil.copy(first, source / "7203" / "copy.jpg")
     lines.clear()
-    index = prepare(source, out, 256, asset("models"), log=lines.append)
+    index = prepare(source, out, 256, finder, log=lines.append)
     assert "1 of 3 identities already complete" in lines[0]
     assert "copy.png" in index["identities"]["7203"]
     assert len(PreparedFaces(out)) == len(PreparedFaces(prepared["out"])) + 1
@@ -264,15 +266,16 @@ def test_prepare_rerun_skips_complete_identities_and_redoes_changed_ones(prepare
 def test_prepare_errors_are_one_line(tmp_path, prepared):
     result = run_prepare_cli("prepare", tmp_path / "absent", tmp_path / "out", "--size", "256")
     assert result.returncode == 2 and result.stderr.startswith("error: no folder at")
-    # Without film_restore the command says so (dmdnet itself never imports it).
+    # The command finds film_restore's face stack by its entry point (dmdnet never imports
+    # it): a stack that cannot be imported, and none installed, are each named in one line.
     result = run_prepare_cli("prepare", prepared["source"], tmp_path / "out", "--size", "256",
                              env_code="sys.modules['film_restore'] = None; ")
-    assert result.returncode == 2 and "needs film_restore" in result.stderr
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "prepare needs a face stack" in result.stderr and "film_restore, cannot be imported" in result.stderr
+    result = run_prepare_cli("prepare", prepared["source"], tmp_path / "out", "--size", "256",
+                             env_code="import importlib.metadata as m; m.entry_points = lambda **_: []; ")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "none is installed" in result.stderr and "pip install film-restore" in result.stderr
+    assert not (tmp_path / "out").exists()
     result = run_prepare_cli("prepare", prepared["source"], prepared["out"], "--size", "512", "--models", asset("models"))
     assert result.returncode == 2 and "prepared at 256 px" in result.stderr
-
-
-def test_dmdnet_data_modules_do_not_import_film_restore():
-    code = ("import sys, dmdnet.data, dmdnet.degradations, dmdnet.metrics; "
-            "assert not [m for m in sys.modules if m.startswith('film_restore')]")
-    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
