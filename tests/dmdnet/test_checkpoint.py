@@ -95,7 +95,7 @@ def test_pickled_code_is_never_executed(tmp_path, monkeypatch):
 
 
 def test_a_256_pixel_network_loads_with_its_geometry():
-    from conftest import reference_module
+    from tests.assets import reference_module
     from dmdnet.checkpoint import authors_manifest
 
     manifest = {name: list(entry[1]) for name, entry in authors_manifest(DMDNet(8, 16, image_size=256)).items()}

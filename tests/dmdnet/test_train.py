@@ -200,7 +200,7 @@ def test_flipped_samples_mirror_faces_and_references_and_keep_the_degradations(h
 
 
 def test_heldout_split_is_stable_and_keeps_the_test_identities_out():
-    from conftest import HELDOUT_IDENTITIES, asset
+    from tests.assets import HELDOUT_IDENTITIES, asset
 
     identities = sorted(p.name for p in asset("datasets/celeba_identities").iterdir() if p.is_dir())
     train, heldout = split_identities(identities, 0.1)

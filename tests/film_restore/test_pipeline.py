@@ -177,7 +177,7 @@ def test_bad_input_is_one_line_error_with_no_output(setup, problem, tmp_path):
 @pytest.mark.slow
 def test_full_size_network_restores_a_short_film(setup, tmp_path):
     """The authors' full-size architecture (seeded weights) through the whole pipeline."""
-    from conftest import reference_module, save_state
+    from tests.assets import reference_module, save_state
 
     manifest = json.loads(asset("dmdnet_reference/state_dict_manifest.json").read_text())
     checkpoint = save_state(reference_module().make_state(manifest, 1234, 1.5), tmp_path / "DMDNet.pth")
@@ -199,7 +199,7 @@ def test_full_size_network_restores_a_short_film(setup, tmp_path):
 
 def test_our_trained_256_model_restores_a_short_film(setup, tmp_path):
     """The shipped 256 px model: faces are aligned, restored and pasted back at its size."""
-    from conftest import TRAINED_MODEL
+    from tests.assets import TRAINED_MODEL
 
     film = tmp_path / "short.mkv"
     make_film(film, [asset(CLIPS[0])], 6, size=(512, 512), with_audio=True)
