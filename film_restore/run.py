@@ -17,9 +17,7 @@ from dmdnet import CheckpointError
 from film_restore.cast import CastError
 from film_restore.models import ModelsError
 from film_restore.pipeline import Job, PipelineError, run
-from film_restore.video import VideoError
-
-CODECS = ("auto", "x264", "x265", "prores", "ffv1")
+from film_restore.video import CODECS, VideoError
 
 
 def parser() -> argparse.ArgumentParser:
