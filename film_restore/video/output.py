@@ -3,6 +3,7 @@
 the output container, atomically."""
 from __future__ import annotations
 
+import errno
 import math
 import os
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from dmdnet.files import temporary_beside
 from film_restore.video.encoding import CODEC_NAME, EncoderChoice, choose_encoder
 from film_restore.video.formats import RANGE_FULL, VideoError, av_error, open_input
 from film_restore.video.probe import VideoInfo, probe
+from film_restore.video.streams import StreamRoute, SubtitleConverter, route_streams
 
 # Video codecs each output container family takes (codec names as FFmpeg reports them).
 _CONTAINER_VIDEO = {
@@ -26,20 +28,28 @@ _CONTAINER_VIDEO = {
 _FORMAT_FAMILY = {"mp4": "mp4", "m4v": "mp4", "mov": "mov", "mkv": "matroska"}
 # Time base of each container's timestamps (None: keeps the stream's own).
 _CONTAINER_CLOCK = {"matroska": Fraction(1, 1000)}
+# errno values that mean the output's storage, not its content, failed.
+_STORAGE_ERRORS = {errno.ENOENT, errno.EACCES, errno.EROFS, errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO}
 # Statistics tags that describe the old encoding and would be wrong on the output.
 _STALE_TAGS = ("bps", "number_of_frames", "number_of_bytes", "duration", "_statistics", "encoder")
 
 
 @dataclass(frozen=True)
 class OutputPlan:
-    """What :func:`join` will write: container format, encoder, copied and dropped streams, warnings."""
+    """What :func:`join` will write: container format, encoder, each other stream's route, dropped streams, warnings, start timecode."""
 
     path: Path
     format: str
     encoder: EncoderChoice
-    copied_streams: tuple[int, ...]
+    routes: tuple[StreamRoute, ...]
     dropped_streams: tuple[tuple[int, str], ...]
     warnings: tuple[str, ...]
+    timecode: str | None = None
+
+    @property
+    def copied_streams(self) -> tuple[int, ...]:
+        """The input streams copied packet for packet (not converted)."""
+        return tuple(route.index for route in self.routes if route.convert_to is None)
 
 
 def _output_format(output_path: Path, info: VideoInfo) -> tuple[Path, str]:
@@ -53,65 +63,37 @@ def _output_format(output_path: Path, info: VideoInfo) -> tuple[Path, str]:
     return output_path, family
 
 
-def _dry_mux(family: str, template) -> str | None:
-    """None if the muxer writes a header with a copy of this stream, else the reason it gives."""
-    import io
-
-    try:
-        container = av.open(io.BytesIO(), "w", format=family)
-    except av.FFmpegError as error:
-        return str(error)
-    try:
-        container.add_stream_from_template(template)
-        container.start_encoding()
-        return None
-    except (av.FFmpegError, ValueError, TypeError, NotImplementedError) as error:
-        return str(error).replace("\n", " ")
-    finally:
-        try:
-            container.close()
-        except Exception:
-            pass
-
-
 def check_output(output_path, info: VideoInfo, codec: str = "auto") -> OutputPlan:
     """Check early that the output can be written: VideoError naming the fix if not.
 
     The output container is the output path's extension (the input's if it has none).
     Refused: the same path as the input; a video codec the container does not carry
     (FFV1 only in .mkv; ProRes in .mov or .mkv; H.264/HEVC in .mp4, .mov, .mkv); an audio
-    or subtitle stream of the input the container cannot store. Data streams the muxer
-    refuses (e.g. QuickTime timecode into .mkv) are dropped and listed. Warns when the
-    container cannot store the input's timestamps exactly (Matroska keeps milliseconds).
+    or subtitle stream the container cannot store even converted (the error names the
+    containers that take it). Text subtitles are converted where they cannot be copied
+    (mov_text <-> SubRip), the start timecode is kept (see :mod:`.streams`), data streams
+    the muxer refuses are dropped and listed. Warns when the container cannot store the
+    input's timestamps exactly (Matroska keeps milliseconds).
     """
     output_path = Path(output_path)
     choice = choose_encoder(info, codec)
     if output_path.exists() and info.path.exists() and os.path.samefile(output_path, info.path):
         raise VideoError(f"the output {output_path} is the input: choose another output path")
     output_path, family = _output_format(output_path, info)
+    if not output_path.parent.is_dir():
+        raise VideoError(f"the output folder {output_path.parent} does not exist: create it or choose another output path")
     video_codec = CODEC_NAME[choice.codec]
     allowed = _CONTAINER_VIDEO.get(family)
     if allowed is not None and video_codec not in allowed:
         raise VideoError(f"{choice.encoder} video cannot go into .{output_path.suffix.lstrip('.')} "
                          f"({family} takes {', '.join(sorted(allowed))}): name the output .mkv, or choose another codec")
-    copied, dropped, warnings = [], [], []
-    if choice.note:
-        warnings.append(choice.note)
+    warnings = [choice.note] if choice.note else []
     with open_input(info.path) as container:
-        for stream in container.streams:
-            if stream.index == info.stream_index:
-                continue
-            reason = _dry_mux(family, stream)
-            if reason is None:
-                copied.append(stream.index)
-            elif stream.type in ("data", "attachment"):
-                dropped.append((stream.index, f"{stream.type} stream #{stream.index} cannot go into {family}: {reason}"))
-            else:
-                name = stream.codec_context.name if stream.codec_context is not None else "?"
-                raise VideoError(f"{stream.type} stream #{stream.index} ({name}) cannot go into .{output_path.suffix.lstrip('.')} "
-                                 f"({reason}): name the output .mkv")
+        routes, dropped, timecode = route_streams(container, info.stream_index, family, output_path.suffix.lower())
+        written = {route.index for route in routes} | {info.stream_index}
         starts = [stream.start_time * stream.time_base for stream in container.streams
-                  if stream.start_time is not None and (stream.index in copied or stream.index == info.stream_index)]
+                  if stream.start_time is not None and stream.index in written]
+    warnings += [f"{route.describe()}: {route.codec} cannot go into {family}" for route in routes if route.convert_to]
     clock = _CONTAINER_CLOCK.get(family)
     if clock is not None and (info.time_base / clock).denominator != 1:
         warnings.append(f"{family} stores timestamps in units of {clock} s; the film's time base is {info.time_base}, "
@@ -121,7 +103,7 @@ def check_output(output_path, info: VideoInfo, codec: str = "auto") -> OutputPla
                         "(synchronisation kept)")
     for index, reason in dropped:
         warnings.append(reason)
-    return OutputPlan(output_path, family, choice, tuple(copied), tuple(dropped), tuple(warnings))
+    return OutputPlan(output_path, family, choice, tuple(routes), tuple(dropped), tuple(warnings), timecode)
 
 
 def _clean_metadata(metadata: dict) -> dict:
@@ -166,10 +148,11 @@ def join(chunk_paths: Sequence, input_path, output_path, info: VideoInfo | None 
     share codec, size, pixel format and codec headers (they do when written by
     :class:`ChunkWriter` with the same codec), start with a keyframe and follow each other
     in time. frame_pts (the scan's) makes join check that the chunks hold exactly those
-    frames. Other streams (audio, subtitles, data, attachments) are copied packet for
-    packet, with their metadata, language and dispositions; the container's metadata and
-    chapters are copied too; the video stream keeps the input's stream metadata, sample
-    aspect ratio and colour tags (from info, whatever the chunk container kept).
+    frames. Other streams go as :func:`check_output` routes them (copied packet for packet,
+    or text subtitles converted), with their metadata, language and dispositions; the
+    container's metadata, chapters and start timecode are kept; the video stream keeps the
+    input's stream metadata, frame rate, sample aspect ratio and colour tags (from info,
+    whatever the chunk container kept). A muxer failure names the output step that failed.
 
     Atomic: written to a temporary file beside the output and renamed on success; on any
     error nothing is at output_path (an older file there is left as it was) and the input
@@ -187,8 +170,9 @@ def join(chunk_paths: Sequence, input_path, output_path, info: VideoInfo | None 
     plan = check_output(output_path, info, codec)
     output_path = plan.path
     temp = temporary_beside(output_path)
+    steps = _OutputSteps(output_path)
     try:
-        _write_output(chunk_paths, input_path, temp, info, plan, frame_pts)
+        _write_output(chunk_paths, input_path, temp, info, plan, frame_pts, steps)
         os.replace(temp, output_path)
     except BaseException as error:
         try:
@@ -196,7 +180,7 @@ def join(chunk_paths: Sequence, input_path, output_path, info: VideoInfo | None 
         except FileNotFoundError:
             pass
         if isinstance(error, av.FFmpegError):
-            raise av_error(output_path, "writing the output", error) from None
+            raise steps.failure(error) from None
         raise
     return plan
 
@@ -222,40 +206,87 @@ def _chunk_signature(chunk_paths, info):
     return signatures[0]
 
 
-def _write_output(chunk_paths, input_path, temp, info, plan, frame_pts):
+class _OutputSteps:
+    """Names the step of writing the output in progress, so that a muxer failure says which one failed."""
+
+    def __init__(self, output_path: Path):
+        self.output_path = output_path
+        self.step = "creating the file"
+
+    def failure(self, error: Exception) -> VideoError:
+        message = str(error).replace("\n", " ")
+        fix = ("check that the output folder exists, is writable and has room" if isinstance(error, OSError)
+               and error.errno in _STORAGE_ERRORS else "name the output .mkv (it takes the most streams), or leave out the stream named")
+        return VideoError(f"writing the output {self.output_path.name} failed while {self.step} ({message}); "
+                          f"the input is fine: {fix}")
+
+
+def _add_video(output, source, template, info, plan):
+    """The output's video stream: the chunks' codec with the input's timing, colour, aspect and tags."""
+    in_video = source.streams[info.stream_index]
+    out_video = output.add_stream_from_template(template)
+    out_video.time_base = info.time_base
+    context = out_video.codec_context
+    if info.average_rate:
+        context.framerate = info.average_rate  # the muxers' timecode needs the frame rate
+    if plan.format in ("mp4", "mov") and plan.encoder.codec == "x265":
+        context.codec_tag = "hvc1"  # parameter sets are out of band; QuickTime plays only hvc1
+    context.colorspace, context.color_primaries, context.color_trc = info.colorspace, info.color_primaries, info.color_trc
+    context.color_range = RANGE_FULL if info.pix_fmt.startswith("yuvj") else info.color_range
+    if info.sample_aspect_ratio:
+        context.sample_aspect_ratio = info.sample_aspect_ratio
+    out_video.metadata.update(_clean_metadata(dict(in_video.metadata)))
+    out_video.disposition = in_video.disposition
+    if plan.timecode:
+        out_video.metadata["timecode"] = plan.timecode  # a tmcd track in MOV/MP4, a tag elsewhere
+        if plan.format in ("matroska", "mxf"):
+            output.metadata["timecode"] = plan.timecode
+    return out_video
+
+
+def _add_other(output, stream, route):
+    """(output stream, converter or None) for one routed input stream, with its tags and dispositions."""
+    converter = None
+    if route.convert_to is None:
+        copy = output.add_stream_from_template(stream)
+        copy.time_base = stream.time_base
+    else:
+        converter = SubtitleConverter(stream, output, route.convert_to)
+        copy = converter.stream
+    copy.metadata.update(_clean_metadata(dict(stream.metadata)))
+    copy.disposition = stream.disposition
+    return copy, converter
+
+
+def _write_output(chunk_paths, input_path, temp, info, plan, frame_pts, steps):
     source = open_input(input_path)
     first_chunk = av.open(str(chunk_paths[0]))
     output = None
     try:
-        in_video = source.streams[info.stream_index]
         output = av.open(str(temp), "w", format=plan.format)
         output.metadata.update(_clean_metadata(dict(source.metadata)))
         template = first_chunk.streams.video[0]
-        out_video = output.add_stream_from_template(template)
-        out_video.time_base = info.time_base
-        context = out_video.codec_context
-        if plan.format in ("mp4", "mov") and plan.encoder.codec == "x265":
-            context.codec_tag = "hvc1"  # parameter sets are out of band; QuickTime plays only hvc1
-        context.colorspace, context.color_primaries, context.color_trc = info.colorspace, info.color_primaries, info.color_trc
-        context.color_range = RANGE_FULL if info.pix_fmt.startswith("yuvj") else info.color_range
-        if info.sample_aspect_ratio:
-            context.sample_aspect_ratio = info.sample_aspect_ratio
-        out_video.metadata.update(_clean_metadata(dict(in_video.metadata)))
-        out_video.disposition = in_video.disposition
-        mapping = {}
-        for index in plan.copied_streams:
-            stream = source.streams[index]
-            copy = output.add_stream_from_template(stream)
-            copy.time_base = stream.time_base
-            copy.metadata.update(_clean_metadata(dict(stream.metadata)))
-            copy.disposition = stream.disposition
-            mapping[index] = copy
+        out_video = _add_video(output, source, template, info, plan)
+        outputs, converters, names = {}, {}, {}
+        for route in plan.routes:
+            outputs[route.index], converters[route.index] = _add_other(output, source.streams[route.index], route)
+            names[route.index] = f"output stream #{outputs[route.index].index} ({route.describe()})"
         chapters = source.chapters()
         if chapters:
             output.set_chapters(chapters)
+        steps.step = "writing the header (streams: video " + ", ".join(
+            [plan.encoder.encoder] + [route.describe() for route in plan.routes]) + ")"
+        output.start_encoding()
+
+        def mux_other(packet):
+            steps.step = f"writing {names[packet.stream_index]} at {_seconds(packet)}"
+            converter = converters[packet.stream_index]
+            for written in (converter.convert(packet) if converter else [packet]):
+                written.stream = outputs[packet.stream_index]
+                output.mux(written)
 
         video_time_base = template.time_base
-        others = [source.streams[index] for index in plan.copied_streams]
+        others = [source.streams[route.index] for route in plan.routes]
         other_packets = _input_packets(source, others, input_path) if others else iter(())
         video_packets = _chunk_packets(chunk_paths, input_path)
 
@@ -279,8 +310,9 @@ def _write_output(chunk_paths, input_path, temp, info, plan, frame_pts):
                 raise VideoError(f"output frame {count} from chunk {chunk_paths[number].name} has pts {pts_input}, "
                                  f"the film has {expected}: encode the missing or wrong chunks again")
             while pending_other is not None and key(pending_other) <= key(packet):
-                _mux_copy(output, pending_other, mapping)
+                mux_other(pending_other)
                 pending_other = next(other_packets, None)
+            steps.step = f"writing the video from chunk {chunk_paths[number].name} at {_seconds(packet)}"
             packet.stream = out_video
             output.mux(packet)
             previous = pts_input
@@ -288,8 +320,9 @@ def _write_output(chunk_paths, input_path, temp, info, plan, frame_pts):
         if frame_pts is not None and count != len(frame_pts):
             raise VideoError(f"the chunks hold {count} frames, the film {len(frame_pts)}: encode the missing chunks")
         while pending_other is not None:
-            _mux_copy(output, pending_other, mapping)
+            mux_other(pending_other)
             pending_other = next(other_packets, None)
+        steps.step = "finishing the file (the container's index and trailer)"
         output.close()
         output = None
     finally:
@@ -302,6 +335,11 @@ def _write_output(chunk_paths, input_path, temp, info, plan, frame_pts):
         source.close()
 
 
+def _seconds(packet) -> str:
+    stamp = packet.pts if packet.pts is not None else packet.dts
+    return "the start" if stamp is None else f"{float(stamp * packet.time_base):.3f} s"
+
+
 def _input_packets(source, streams, path):
     try:
         for packet in source.demux(*streams):
@@ -312,8 +350,3 @@ def _input_packets(source, streams, path):
             yield packet
     except av.FFmpegError as error:
         raise av_error(path, "reading the other streams", error) from None
-
-
-def _mux_copy(output, packet, mapping):
-    packet.stream = mapping[packet.stream_index]
-    output.mux(packet)

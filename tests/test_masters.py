@@ -1,0 +1,110 @@
+"""Archive masters through chunk encoding and join: every stream, the timecode, chapters and tags kept, stream by stream."""
+import resource
+import signal
+
+import av
+import pytest
+
+from film_restore.video import ChunkWriter, VideoError, check_output, join, probe, read_frames
+from masters import CHAPTERS, CUES, TIMECODE, chapters, cues, make_master, packets
+
+EXPECTED_CUES = [(start / 1000, end / 1000, text) for start, end, text in CUES]
+EXPECTED_CHAPTERS = [(start / 1000, title) for start, _, title in CHAPTERS]
+
+
+def restore(master, output, folder, codec="auto"):
+    """Encode the master's frames as two chunks and join them into output; the join's plan."""
+    info = probe(master)
+    frames = list(read_frames(master))
+    middle = len(frames) // 2
+    chunk_paths = []
+    for number, part in enumerate((frames[:middle], frames[middle:])):
+        chunk_paths.append(folder / f"chunk{number}.chunk")
+        with ChunkWriter(chunk_paths[-1], info, codec) as writer:
+            for frame in part:
+                writer.write(frame.picture, frame.pts)
+    return join(chunk_paths, master, output, info, frame_pts=[frame.pts for frame in frames])
+
+
+def streams(path):
+    with av.open(str(path)) as container:
+        return [(stream.type, stream.codec_context.name if stream.codec_context else None) for stream in container.streams]
+
+
+def timecode(path):
+    with av.open(str(path)) as container:
+        places = [container.streams.video[0].metadata] + [stream.metadata for stream in container.streams.data]
+        return {value for metadata in places + [container.metadata] for key, value in metadata.items() if key.lower() == "timecode"}
+
+
+@pytest.fixture(scope="module")
+def mov_master(tmp_path_factory):
+    return make_master(tmp_path_factory.mktemp("mov") / "master.mov")
+
+
+def test_mov_master_with_timecode_keeps_every_stream_in_mov(mov_master, tmp_path):
+    assert streams(mov_master)[:4] == [("video", "prores"), ("audio", "pcm_s24le"), ("audio", "aac"), ("subtitle", "mov_text")]
+    assert TIMECODE in timecode(mov_master) and any(stream[0] == "data" for stream in streams(mov_master))  # the tmcd track
+    output = tmp_path / "restored.mov"
+    plan = restore(mov_master, output, tmp_path)
+    assert plan.timecode == TIMECODE and plan.copied_streams == (1, 2, 3) and not plan.dropped_streams
+    with av.open(str(output)) as container:
+        video = container.streams.video[0]
+        assert video.codec_context.name == "prores" and video.codec_context.pix_fmt == "yuv422p10le"
+        assert video.metadata["timecode"] == TIMECODE
+        tmcd = [stream for stream in container.streams.data if "timecode" in stream.metadata]
+        assert len(tmcd) == 1 and tmcd[0].metadata["timecode"] == TIMECODE  # one tmcd track, written by the muxer
+        assert container.metadata["title"] == "Archive master"
+    for index in (1, 2):  # PCM 24-bit and AAC byte for byte
+        assert packets(output, index) == packets(mov_master, index)
+    assert cues(output) == cues(mov_master) == EXPECTED_CUES
+    assert chapters(output) == chapters(mov_master) == EXPECTED_CHAPTERS
+    assert [frame.pts for frame in read_frames(output)] == [frame.pts for frame in read_frames(mov_master)]
+
+
+def test_mov_master_to_mkv_converts_subtitles_and_keeps_the_timecode_tag(mov_master, tmp_path):
+    output = tmp_path / "restored.mkv"
+    plan = check_output(output, probe(mov_master))
+    assert [(route.index, route.convert_to) for route in plan.routes] == [(1, None), (2, None), (3, "subrip")]
+    assert any("converted to subrip" in warning for warning in plan.warnings)
+    restore(mov_master, output, tmp_path)
+    assert [kind for kind in streams(output)] == [("video", "prores"), ("audio", "pcm_s24le"), ("audio", "aac"), ("subtitle", "srt")]
+    assert timecode(output) == {TIMECODE}
+    for index in (1, 2):
+        assert packets(output, index) == packets(mov_master, index)
+    assert cues(output) == EXPECTED_CUES
+    assert chapters(output) == EXPECTED_CHAPTERS
+    with av.open(str(output)) as container:
+        assert container.metadata["title"] == "Archive master"
+        assert container.streams.subtitles[0].metadata["language"] == "eng"
+
+
+def test_subrip_subtitles_become_mov_text_in_mov(tmp_path):
+    master = make_master(tmp_path / "master.mkv", container="matroska", subtitles="subrip", audio=(("pcm_s24le", "stereo"),))
+    output = tmp_path / "restored.mov"
+    plan = restore(master, output, tmp_path)
+    assert [(route.codec, route.convert_to) for route in plan.routes] == [("pcm_s24le", None), ("srt", "mov_text")]
+    assert streams(output)[:3] == [("video", "prores"), ("audio", "pcm_s24le"), ("subtitle", "mov_text")]
+    assert cues(output) == cues(master) == EXPECTED_CUES
+    assert TIMECODE in timecode(output) and chapters(output) == EXPECTED_CHAPTERS
+    assert packets(output, 1) == packets(master, 1)
+
+
+def test_output_failures_name_the_output_step_not_the_input(mov_master, tmp_path):
+    with pytest.raises(VideoError, match="the output folder .* does not exist: create it"):
+        check_output(tmp_path / "missing" / "restored.mov", probe(mov_master))
+    # A disk that fills up while the output is written (a file size limit on this process).
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, limits[1]))
+    try:
+        with pytest.raises(VideoError) as refused:
+            restore(mov_master, tmp_path / "restored.mov", tmp_path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, previous)
+    message = str(refused.value)
+    assert message.startswith("writing the output restored.mov failed while ") and "File too large" in message
+    assert "the input is fine: check that the output folder exists, is writable and has room" in message
+    assert "damaged" not in message and "\n" not in message
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["chunk0.chunk", "chunk1.chunk"]  # no partial output
