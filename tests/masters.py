@@ -7,6 +7,7 @@ timecode tag elsewhere), audio tracks, text subtitles (``CUES``) and chapters. T
 """
 from __future__ import annotations
 
+import struct
 from fractions import Fraction
 
 import av
@@ -37,8 +38,12 @@ def _pictures(count, width, height):
 def make_master(path, *, container: str = "mov", encoder: str = "prores_ks", pix_fmt: str = "yuv422p10le",
                 options: dict | None = None, size=(64, 64), frames: int = 12, rate: int = 25,
                 audio=(("pcm_s24le", "stereo"), ("aac", "stereo")), subtitles: str | None = "mov_text",
-                timecode: str | None = TIMECODE, chapters: bool = True, colour: dict | None = None):
-    """Write a master film to path and return path. colour: codec-context colour tags of the video."""
+                timecode: str | None = TIMECODE, chapters: bool = True, colour: dict | None = None, pgs: bool = False):
+    """Write a master film to path and return path.
+
+    colour: codec-context colour tags of the video; pgs: add a Blu-ray (PGS) bitmap subtitle
+    stream with one display set per cue (Matroska only).
+    """
     width, height = size
     output = av.open(str(path), "w", format=container)
     output.metadata["title"] = "Archive master"
@@ -61,6 +66,10 @@ def make_master(path, *, container: str = "mov", encoder: str = "prores_ks", pix
         text.time_base = Fraction(1, 1000)
         text.codec_context.subtitle_header = ASS_HEADER
         text.metadata["language"] = "eng"
+    bitmaps = None
+    if pgs:
+        bitmaps = output.add_mux_stream("hdmv_pgs_subtitle")
+        bitmaps.time_base = Fraction(1, 1000)
     if chapters:
         output.set_chapters([{"id": number + 1, "start": start, "end": end, "time_base": Fraction(1, 1000),
                               "metadata": {"title": title}} for number, (start, end, title) in enumerate(CHAPTERS)])
@@ -90,8 +99,22 @@ def make_master(path, *, container: str = "mov", encoder: str = "prores_ks", pix
             packet = text.codec_context.encode_subtitle(cue)
             packet.stream, packet.time_base = text, text.time_base
             output.mux(packet)
+    for start, end, _ in CUES if bitmaps is not None else ():
+        packet = av.Packet(_pgs_display_set(start * 90))
+        packet.stream, packet.time_base = bitmaps, bitmaps.time_base
+        packet.pts = packet.dts = start
+        packet.duration = end - start
+        output.mux(packet)
     output.close()
     return path
+
+
+def _pgs_display_set(pts_90khz: int) -> bytes:
+    """A minimal PGS display set: a presentation composition segment and an end segment."""
+    def segment(kind, data):
+        return b"PG" + struct.pack(">IIBH", pts_90khz, pts_90khz, kind, len(data)) + data
+    composition = struct.pack(">HHBHBBBB", 64, 64, 0x10, 0, 0x80, 0, 0, 0)
+    return segment(0x16, composition) + segment(0x80, b"")
 
 
 def packets(path, index) -> list[bytes]:

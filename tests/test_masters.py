@@ -1,4 +1,5 @@
 """Archive masters through chunk encoding and join: every stream, the timecode, chapters and tags kept, stream by stream."""
+import re
 import resource
 import signal
 
@@ -88,6 +89,25 @@ def test_subrip_subtitles_become_mov_text_in_mov(tmp_path):
     assert cues(output) == cues(master) == EXPECTED_CUES
     assert TIMECODE in timecode(output) and chapters(output) == EXPECTED_CHAPTERS
     assert packets(output, 1) == packets(master, 1)
+
+
+def test_ass_subtitles_become_mov_text_in_mp4_and_pgs_is_refused_naming_mkv(tmp_path):
+    master = make_master(tmp_path / "master.mkv", container="matroska", encoder="libx264", pix_fmt="yuv420p",
+                         audio=(("aac", "stereo"),), subtitles="ass", pgs=True, frames=10)
+    info = probe(master)
+    message = "subtitle stream #3 (pgssub) cannot go into .mp4 ('mp4' format does not support 'pgssub' codec); .mkv takes it: name the output .mkv"
+    with pytest.raises(VideoError, match=re.escape(message)):
+        check_output(tmp_path / "restored.mp4", info)
+    restored = tmp_path / "restored.mkv"  # the same master into .mkv: everything copied, PGS byte for byte
+    plan = restore(master, restored, tmp_path)
+    assert plan.copied_streams == (1, 2, 3) and packets(restored, 3) == packets(master, 3) and cues(restored) == EXPECTED_CUES
+    without_pgs = make_master(tmp_path / "text only.mkv", container="matroska", encoder="libx264", pix_fmt="yuv420p",
+                              audio=(("aac", "stereo"),), subtitles="ass", frames=10)
+    output = tmp_path / "restored.mp4"
+    plan = restore(without_pgs, output, tmp_path)
+    assert [(route.codec, route.convert_to) for route in plan.routes] == [("aac", None), ("ssa", "mov_text")]
+    assert streams(output)[:3] == [("video", "h264"), ("audio", "aac"), ("subtitle", "mov_text")]
+    assert cues(output) == EXPECTED_CUES and packets(output, 1) == packets(without_pgs, 1)
 
 
 def test_output_failures_name_the_output_step_not_the_input(mov_master, tmp_path):
