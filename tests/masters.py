@@ -38,10 +38,12 @@ def _pictures(count, width, height):
 def make_master(path, *, container: str = "mov", encoder: str = "prores_ks", pix_fmt: str = "yuv422p10le",
                 options: dict | None = None, size=(64, 64), frames: int = 12, rate: int = 25,
                 audio=(("pcm_s24le", "stereo"), ("aac", "stereo")), subtitles: str | None = "mov_text",
-                timecode: str | None = TIMECODE, chapters: bool = True, colour: dict | None = None, pgs: bool = False):
+                timecode: str | None = TIMECODE, chapters: bool = True, colour: dict | None = None, pgs: bool = False,
+                rotation: int | None = None):
     """Write a master film to path and return path.
 
-    colour: codec-context colour tags of the video; pgs: add a Blu-ray (PGS) bitmap subtitle
+    colour: codec-context colour tags of the video; rotation: a display matrix rotating by
+    that many degrees counter-clockwise; pgs: add a Blu-ray (PGS) bitmap subtitle
     stream with one display set per cue (Matroska only).
     """
     width, height = size
@@ -51,6 +53,8 @@ def make_master(path, *, container: str = "mov", encoder: str = "prores_ks", pix
     video.width, video.height, video.pix_fmt = width, height, pix_fmt
     for name, value in (colour or {}).items():
         setattr(video.codec_context, name, value)
+    if rotation is not None:
+        video.set_display_rotation(rotation)
     if timecode:
         video.metadata["timecode"] = timecode
         if container != "mov":

@@ -6,6 +6,7 @@ import signal
 import av
 import pytest
 
+from film_restore.video.display import display_metadata
 from film_restore.video import ChunkWriter, VideoError, check_output, join, probe, read_frames
 from masters import CHAPTERS, CUES, TIMECODE, chapters, cues, make_master, packets
 
@@ -108,6 +109,43 @@ def test_ass_subtitles_become_mov_text_in_mp4_and_pgs_is_refused_naming_mkv(tmp_
     assert [(route.codec, route.convert_to) for route in plan.routes] == [("aac", None), ("ssa", "mov_text")]
     assert streams(output)[:3] == [("video", "h264"), ("audio", "aac"), ("subtitle", "mov_text")]
     assert cues(output) == EXPECTED_CUES and packets(output, 1) == packets(without_pgs, 1)
+
+
+HDR10_PARAMETERS = "log-level=error:master-display=G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,1):max-cll=1000,400"
+BT2020 = {"color_primaries": 9, "color_trc": 16, "colorspace": 9, "color_range": 1}  # BT.2020, PQ, BT.2020 NCL, limited
+
+
+def first_frame(path):
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+        context = container.streams.video[0].codec_context
+        tags = {name: int(getattr(context, name)) for name in BT2020}
+        return tags, display_metadata(frame), frame.rotation
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_hdr10_hevc_keeps_colour_mastering_display_light_level_and_rotation(suffix, tmp_path):
+    master = make_master(tmp_path / "hdr10.mp4", container="mp4", encoder="libx265", pix_fmt="yuv420p10le", frames=10,
+                         options={"x265-params": HDR10_PARAMETERS}, colour=BT2020, rotation=90,
+                         audio=(("aac", "stereo"),), subtitles=None, timecode=None, chapters=False)
+    tags, display, rotation = first_frame(master)
+    assert tags == BT2020 and rotation == 90
+    assert display.mastering_display == ((34000, 16000), (13250, 34500), (7500, 3000), (15635, 16450), (10000000, 1))
+    assert display.content_light == (1000, 400) and probe(master).display == display
+    output = tmp_path / f"restored{suffix}"
+    plan = restore(master, output, tmp_path)
+    assert plan.encoder.encoder == "libx265" and not plan.encoder.note
+    assert first_frame(output) == (tags, display, rotation)
+    assert probe(output).pix_fmt == "yuv420p10le" and packets(output, 1) == packets(master, 1)
+
+
+def test_hdr_film_to_prores_says_the_mastering_metadata_is_not_kept(tmp_path):
+    master = make_master(tmp_path / "hdr10.mp4", container="mp4", encoder="libx265", pix_fmt="yuv422p10le", frames=4,
+                         options={"x265-params": HDR10_PARAMETERS}, colour=BT2020, audio=(), subtitles=None, timecode=None,
+                         chapters=False)
+    plan = check_output(tmp_path / "restored.mov", probe(master), "prores")
+    assert plan.warnings == ("prores_ks cannot carry the film's HDR mastering display and light level metadata "
+                             "(colour tags kept): use codec x265 to keep them",)
 
 
 def test_output_failures_name_the_output_step_not_the_input(mov_master, tmp_path):

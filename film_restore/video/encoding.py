@@ -72,10 +72,15 @@ def choose_encoder(info: VideoInfo, codec: str = "auto") -> EncoderChoice:
             raise VideoError(f"codec {codec} cannot keep the film's {info.pix_fmt} (it takes {allowed}): "
                              "use codec='ffv1' (lossless, any format) or 'auto'")
     pix_fmt = info.pix_fmt
+    hdr = info.display.encoder_parameters(chosen) if chosen in ("x264", "x265") else ""
+    if info.display.hdr and not hdr:
+        note = "; ".join(filter(None, [note, f"{_ENCODERS[chosen]} cannot carry the film's HDR mastering display and light "
+                                       "level metadata (colour tags kept): use codec x265 to keep them"]))
     if chosen == "x264":
-        options = {"crf": str(X264_CRF), "preset": PRESET, "x264-params": "bframes=0:open-gop=0"}
+        options = {"crf": str(X264_CRF), "preset": PRESET, "x264-params": ":".join(filter(None, ["bframes=0:open-gop=0", hdr]))}
     elif chosen == "x265":
-        options = {"crf": str(X265_CRF), "preset": PRESET, "x265-params": "bframes=0:open-gop=0:log-level=error"}
+        options = {"crf": str(X265_CRF), "preset": PRESET,
+                   "x265-params": ":".join(filter(None, ["bframes=0:open-gop=0:log-level=error", hdr]))}
     elif chosen == "prores":
         options = {"profile": "4444" if pix_fmt.startswith("yuv444") else "hq", "vendor": "apl0"}
     else:

@@ -237,6 +237,8 @@ def _add_video(output, source, template, info, plan):
         context.sample_aspect_ratio = info.sample_aspect_ratio
     out_video.metadata.update(_clean_metadata(dict(in_video.metadata)))
     out_video.disposition = in_video.disposition
+    if info.display.display_matrix:
+        out_video.set_display_matrix(info.display.display_matrix)
     if plan.timecode:
         out_video.metadata["timecode"] = plan.timecode  # a tmcd track in MOV/MP4, a tag elsewhere
         if plan.format in ("matroska", "mxf"):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import av
 
+from film_restore.video.display import DisplayMetadata, display_metadata
 from film_restore.video.formats import PIX_FMTS, VideoError, open_input, positive_fraction, unsupported_format, video_stream
 
 
@@ -24,7 +25,7 @@ class StreamSummary:
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What the header says about a film (fast to get: no frame is decoded).
+    """What the headers and the first frame say about a film (fast to get: one frame is decoded).
 
     time_base: the video stream's time base; every pts here is an integer in it.
     average_rate: frames per second (the container's average; None if unknown); a
@@ -34,6 +35,7 @@ class VideoInfo:
     colorspace, color_range, color_primaries, color_trc: FFmpeg's enum values
     (AVColorSpace, AVColorRange, AVColorPrimaries, AVColorTransferCharacteristic; 2 and 0
     mean unspecified). container: FFmpeg's demuxer name (e.g. "mov,mp4,m4a,3gp,3g2,mj2").
+    display: HDR mastering display, content light level and display matrix (rotation).
     """
 
     path: Path
@@ -53,6 +55,7 @@ class VideoInfo:
     container: str
     stream_index: int
     other_streams: tuple[StreamSummary, ...] = field(default=())
+    display: DisplayMetadata = field(default=DisplayMetadata())
 
     @property
     def chroma_subsampling(self) -> tuple[int, int] | None:
@@ -69,11 +72,13 @@ def probe(path) -> VideoInfo:
         stream = video_stream(container, path)
         context = stream.codec_context
         pix_fmt = context.pix_fmt
-        if pix_fmt is None:  # some codecs only tell after decoding a frame
-            try:
-                pix_fmt = next(container.decode(stream)).format.name
-            except (StopIteration, av.FFmpegError):
-                raise VideoError(f"{path.name}: its video stream has no decodable frame: repair or re-export it") from None
+        try:
+            first = next(container.decode(stream))
+        except (StopIteration, av.FFmpegError):
+            first = None
+        if first is None and pix_fmt is None:  # some codecs only tell after decoding a frame
+            raise VideoError(f"{path.name}: its video stream has no decodable frame: repair or re-export it")
+        pix_fmt = pix_fmt or first.format.name
         if pix_fmt not in PIX_FMTS:
             raise unsupported_format(pix_fmt, path.name)
         rate = positive_fraction(stream.average_rate) or positive_fraction(stream.guessed_rate)
@@ -104,4 +109,5 @@ def probe(path) -> VideoInfo:
             colorspace=int(context.colorspace), color_range=int(context.color_range),
             color_primaries=int(context.color_primaries), color_trc=int(context.color_trc),
             sample_aspect_ratio=positive_fraction(context.sample_aspect_ratio), container=container.format.name,
-            stream_index=stream.index, other_streams=tuple(others))
+            stream_index=stream.index, other_streams=tuple(others),
+            display=display_metadata(first) if first is not None else DisplayMetadata())
