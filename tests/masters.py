@@ -39,11 +39,11 @@ def make_master(path, *, container: str = "mov", encoder: str = "prores_ks", pix
                 options: dict | None = None, size=(64, 64), frames: int = 12, rate: int = 25,
                 audio=(("pcm_s24le", "stereo"), ("aac", "stereo")), subtitles: str | None = "mov_text",
                 timecode: str | None = TIMECODE, chapters: bool = True, colour: dict | None = None, pgs: bool = False,
-                rotation: int | None = None):
+                rotation: int | None = None, attachment: tuple[str, bytes] | None = None):
     """Write a master film to path and return path.
 
     colour: codec-context colour tags of the video; rotation: a display matrix rotating by
-    that many degrees counter-clockwise; pgs: add a Blu-ray (PGS) bitmap subtitle
+    that many degrees counter-clockwise; attachment: (file name, data) attached (Matroska only); pgs: add a Blu-ray (PGS) bitmap subtitle
     stream with one display set per cue (Matroska only).
     """
     width, height = size
@@ -70,6 +70,8 @@ def make_master(path, *, container: str = "mov", encoder: str = "prores_ks", pix
         text.time_base = Fraction(1, 1000)
         text.codec_context.subtitle_header = ASS_HEADER
         text.metadata["language"] = "eng"
+    if attachment:
+        output.add_attachment(attachment[0], "application/octet-stream", attachment[1])
     bitmaps = None
     if pgs:
         bitmaps = output.add_mux_stream("hdmv_pgs_subtitle")

@@ -111,6 +111,20 @@ def test_ass_subtitles_become_mov_text_in_mp4_and_pgs_is_refused_naming_mkv(tmp_
     assert cues(output) == EXPECTED_CUES and packets(output, 1) == packets(without_pgs, 1)
 
 
+def test_attachments_kept_in_mkv_and_listed_when_a_container_drops_them(tmp_path):
+    master = make_master(tmp_path / "master.mkv", container="matroska", audio=(("pcm_s24le", "mono"),), subtitles="ass",
+                         attachment=("font.ttf", b"\x00\x01\x00\x00 a font"))
+    restored = restore(master, tmp_path / "restored.mkv", tmp_path)
+    assert restored.copied_streams == (1, 2, 3) and not restored.dropped_streams
+    with av.open(str(tmp_path / "restored.mkv")) as container:
+        attachment = container.streams[3]
+        assert (attachment.type, attachment.name, attachment.data) == ("attachment", "font.ttf", b"\x00\x01\x00\x00 a font")
+    plan = check_output(tmp_path / "restored.mov", probe(master))
+    assert plan.dropped_streams == ((3, "attachment stream #3 (font.ttf) is left out: mov cannot hold it "
+                                        "(Invalid argument: '<none>' returned 22); .mkv keeps it"),)
+    assert plan.dropped_streams[0][1] in plan.warnings and plan.timecode == TIMECODE
+
+
 HDR10_PARAMETERS = "log-level=error:master-display=G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,1):max-cll=1000,400"
 BT2020 = {"color_primaries": 9, "color_trc": 16, "colorspace": 9, "color_range": 1}  # BT.2020, PQ, BT.2020 NCL, limited
 
@@ -137,6 +151,15 @@ def test_hdr10_hevc_keeps_colour_mastering_display_light_level_and_rotation(suff
     assert plan.encoder.encoder == "libx265" and not plan.encoder.note
     assert first_frame(output) == (tags, display, rotation)
     assert probe(output).pix_fmt == "yuv420p10le" and packets(output, 1) == packets(master, 1)
+
+
+def test_hlg_hevc_keeps_its_transfer_and_primaries(tmp_path):
+    hlg = dict(BT2020, color_trc=18)  # ARIB STD-B67
+    master = make_master(tmp_path / "hlg.mov", encoder="libx265", pix_fmt="yuv420p10le", frames=6, colour=hlg,
+                         options={"x265-params": "log-level=error"}, audio=(("pcm_s24le", "stereo"),), subtitles=None)
+    restore(master, tmp_path / "restored.mov", tmp_path)
+    assert first_frame(tmp_path / "restored.mov")[0] == first_frame(master)[0] == hlg
+    assert timecode(tmp_path / "restored.mov") == {TIMECODE}
 
 
 def test_hdr_film_to_prores_says_the_mastering_metadata_is_not_kept(tmp_path):

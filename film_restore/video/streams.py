@@ -108,13 +108,16 @@ def route_streams(container, video_index: int, family: str, suffix: str):
             routes.append(StreamRoute(stream.index, stream.type, name))
         elif _converted_codec(stream, family):
             routes.append(StreamRoute(stream.index, stream.type, name, _converted_codec(stream, family)))
-        elif stream.type in ("data", "attachment"):
-            dropped.append((stream.index, f"{stream.type} stream #{stream.index} cannot go into {family}: {reason}"))
         else:
             takers = [FAMILY_SUFFIX[other] for other in _families_taking(stream, family)]
+            what = f"{stream.type} stream #{stream.index} ({name or stream.metadata.get('filename', 'no codec')})"
+            if stream.type in ("data", "attachment"):
+                keep = f"; {', '.join(takers)} keep{'s' if len(takers) == 1 else ''} it" if takers else ""
+                dropped.append((stream.index, f"{what} is left out: {family} cannot hold it ({reason}){keep}"))
+                continue
             fix = (f"{', '.join(takers)} take{'s' if len(takers) == 1 else ''} it: name the output {takers[0]}" if takers else
                    f"no output container here takes it: drop it from the input first (ffmpeg -i IN -map 0 -map -0:{stream.index} -c copy OUT)")
-            raise VideoError(f"{stream.type} stream #{stream.index} ({name}) cannot go into {suffix} ({reason}); {fix}")
+            raise VideoError(f"{what} cannot go into {suffix} ({reason}); {fix}")
     return routes, dropped, start_timecode(container, video)
 
 
