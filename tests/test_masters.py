@@ -33,6 +33,12 @@ def streams(path):
         return [(stream.type, stream.codec_context.name if stream.codec_context else None) for stream in container.streams]
 
 
+def seconds(path):
+    """Every frame's presentation time in seconds."""
+    time_base = probe(path).time_base
+    return [frame.pts * time_base for frame in read_frames(path)]
+
+
 def timecode(path):
     with av.open(str(path)) as container:
         places = [container.streams.video[0].metadata] + [stream.metadata for stream in container.streams.data]
@@ -123,6 +129,37 @@ def test_attachments_kept_in_mkv_and_listed_when_a_container_drops_them(tmp_path
     assert plan.dropped_streams == ((3, "attachment stream #3 (font.ttf) is left out: mov cannot hold it "
                                         "(Invalid argument: '<none>' returned 22); .mkv keeps it"),)
     assert plan.dropped_streams[0][1] in plan.warnings and plan.timecode == TIMECODE
+
+
+@pytest.fixture(scope="module")
+def mxf_master(tmp_path_factory):
+    """OP1a MXF: DNxHR HQX 10-bit (DNxHD's family; DNxHD proper needs 720 lines or more), 4 mono 24-bit PCM tracks, timecode."""
+    return make_master(tmp_path_factory.mktemp("mxf") / "master.mxf", container="mxf", encoder="dnxhd", pix_fmt="yuv422p10le",
+                       options={"profile": "dnxhr_hqx"}, size=(256, 144), frames=10, audio=(("pcm_s24le", "mono"),) * 4,
+                       subtitles=None, chapters=False)
+
+
+@pytest.mark.parametrize("suffix", [".mxf", ".mov"])
+def test_mxf_master_keeps_every_pcm_track_and_the_timecode(mxf_master, suffix, tmp_path):
+    assert streams(mxf_master) == [("video", "dnxhd")] + [("audio", "pcm_s24le")] * 4 and timecode(mxf_master) == {TIMECODE}
+    output = tmp_path / f"restored{suffix}"
+    plan = restore(mxf_master, output, tmp_path)
+    assert plan.encoder.encoder == "dnxhd" and plan.copied_streams == (1, 2, 3, 4) and plan.timecode == TIMECODE
+    assert streams(output)[:5] == streams(mxf_master) and timecode(output) == {TIMECODE}
+    for index in range(1, 5):  # PCM samples byte for byte (packet sizes are the containers' own)
+        assert b"".join(packets(output, index)) == b"".join(packets(mxf_master, index))
+    assert probe(output).pix_fmt == "yuv422p10le"
+    assert seconds(output) == seconds(mxf_master)  # MOV keeps its own clock (1/12800 for 25 fps)
+
+
+def test_mxf_refusals_name_the_stream_and_the_containers_that_take_it(mxf_master, mov_master, tmp_path):
+    with pytest.raises(VideoError, match=re.escape("dnxhd video cannot go into .mkv (matroska takes ffv1, h264, hevc, prores): "
+                                                   "name the output .mov or .mxf, or choose another codec")):
+        check_output(tmp_path / "restored.mkv", probe(mxf_master))
+    assert check_output(tmp_path / "restored.mkv", probe(mxf_master), "ffv1").copied_streams == (1, 2, 3, 4)
+    with pytest.raises(VideoError, match=re.escape("audio stream #2 (aac) cannot go into .mxf (MXF takes 48 kHz PCM audio and "
+                                                   "no other audio); .mov, .mp4, .mkv take it: name the output .mov")):
+        check_output(tmp_path / "restored.mxf", probe(mov_master))
 
 
 HDR10_PARAMETERS = "log-level=error:master-display=G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,1):max-cll=1000,400"

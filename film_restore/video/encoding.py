@@ -13,17 +13,20 @@ from film_restore.video.formats import PIX_FMTS, RANGE_FULL, VideoError
 from film_restore.video.picture import Picture
 from film_restore.video.probe import VideoInfo
 
-CODECS = ("auto", "x264", "x265", "prores", "ffv1")
+CODECS = ("auto", "x264", "x265", "prores", "dnxhd", "ffv1")
 
-_ENCODERS = {"x264": "libx264", "x265": "libx265", "prores": "prores_ks", "ffv1": "ffv1"}
-CODEC_NAME = {"x264": "h264", "x265": "hevc", "prores": "prores", "ffv1": "ffv1"}  # the codec FFmpeg names
-_FAMILY = {"h264": "x264", "hevc": "x265", "prores": "prores", "ffv1": "ffv1"}
+_ENCODERS = {"x264": "libx264", "x265": "libx265", "prores": "prores_ks", "dnxhd": "dnxhd", "ffv1": "ffv1"}
+CODEC_NAME = {"x264": "h264", "x265": "hevc", "prores": "prores", "dnxhd": "dnxhd", "ffv1": "ffv1"}  # the codec FFmpeg names
+_FAMILY = {"h264": "x264", "hevc": "x265", "prores": "prores", "dnxhd": "dnxhd", "ffv1": "ffv1"}
+# DNxHR profile for each pixel format (DNxHD's fixed bit rates fit few sizes; DNxHR fits any from 256 wide).
+_DNXHR_PROFILES = {"yuv422p": "dnxhr_hq", "yuv422p10le": "dnxhr_hqx", "yuv444p10le": "dnxhr_444"}
 _CODEC_PIX_FMTS = {
     "x264": {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p",
              "yuv420p10le", "yuv422p10le", "yuv444p10le"},
     "x265": {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p",
              "yuv420p10le", "yuv422p10le", "yuv444p10le", "yuv420p12le", "yuv422p12le", "yuv444p12le"},
     "prores": {"yuv422p10le", "yuv444p10le"},
+    "dnxhd": set(_DNXHR_PROFILES),
     "ffv1": set(PIX_FMTS),
 }
 # Quality settings (constant quality, visually transparent; B-frames off so that chunks
@@ -51,6 +54,7 @@ def choose_encoder(info: VideoInfo, codec: str = "auto") -> EncoderChoice:
     auto keeps the input's codec family at high quality: h264 -> libx264 (CRF 14; this
     build's libx264 encodes 8- and 10-bit, so 10-bit H.264 stays 10-bit), hevc -> libx265
     (CRF 16, main10/main12 for 10/12-bit), prores -> prores_ks (HQ for 4:2:2, 4444 for 4:4:4),
+    dnxhd (DNxHD or DNxHR) -> DNxHR (HQ 8-bit, HQX 10-bit 4:2:2, 444),
     ffv1 -> ffv1; any other input codec, or a pixel format the family's encoder cannot keep
     (12-bit H.264, 4:2:0 ProRes, grey), -> ffv1 (lossless, level 3, intra-only, slice CRCs).
     An explicit codec that cannot keep the input's bit depth and chroma subsampling is a VideoError.
@@ -81,12 +85,14 @@ def choose_encoder(info: VideoInfo, codec: str = "auto") -> EncoderChoice:
     elif chosen == "x265":
         options = {"crf": str(X265_CRF), "preset": PRESET,
                    "x265-params": ":".join(filter(None, ["bframes=0:open-gop=0:log-level=error", hdr]))}
+    elif chosen == "dnxhd":
+        options = {"profile": _DNXHR_PROFILES[pix_fmt]}
     elif chosen == "prores":
         options = {"profile": "4444" if pix_fmt.startswith("yuv444") else "hq", "vendor": "apl0"}
     else:
         pix_fmt = pix_fmt.replace("yuvj", "yuv")  # ffv1 takes the layout; full range goes in the tags
         options = {"level": "3", "g": "1", "slicecrc": "1", "context": "1"}
-    return EncoderChoice(chosen, _ENCODERS[chosen], pix_fmt, options, "mov" if chosen == "prores" else "nut", note)
+    return EncoderChoice(chosen, _ENCODERS[chosen], pix_fmt, options, "mov" if chosen in ("prores", "dnxhd") else "nut", note)
 
 
 class ChunkWriter:
@@ -98,7 +104,7 @@ class ChunkWriter:
     (strictly increasing, in info.time_base), the film's size, sample aspect ratio, pixel
     format (yuvj formats become their yuv layout tagged full range for ffv1) and colour
     tags. The chunk container is NUT (exact timestamps in any time base), or QuickTime for
-    ProRes, whatever the file's name; only :func:`join` needs to read it. See
+    ProRes and DNxHR, whatever the file's name; only :func:`join` needs to read it. See
     :func:`choose_encoder` for codecs; chunks are encoded without B-frames and start with a
     keyframe, so they join with monotonic DTS.
     """

@@ -17,15 +17,16 @@ from dmdnet.files import temporary_beside
 from film_restore.video.encoding import CODEC_NAME, EncoderChoice, choose_encoder
 from film_restore.video.formats import RANGE_FULL, VideoError, av_error, open_input
 from film_restore.video.probe import VideoInfo, probe
-from film_restore.video.streams import StreamRoute, SubtitleConverter, route_streams
+from film_restore.video.streams import FAMILY_SUFFIX, StreamRoute, SubtitleConverter, route_streams
 
 # Video codecs each output container family takes (codec names as FFmpeg reports them).
 _CONTAINER_VIDEO = {
     "mp4": {"h264", "hevc"},
-    "mov": {"h264", "hevc", "prores"},
+    "mov": {"h264", "hevc", "prores", "dnxhd"},
     "matroska": {"h264", "hevc", "prores", "ffv1"},
+    "mxf": {"dnxhd", "prores", "ffv1"},
 }
-_FORMAT_FAMILY = {"mp4": "mp4", "m4v": "mp4", "mov": "mov", "mkv": "matroska"}
+_FORMAT_FAMILY = {"mp4": "mp4", "m4v": "mp4", "mov": "mov", "mkv": "matroska", "mxf": "mxf"}
 # Time base of each container's timestamps (None: keeps the stream's own).
 _CONTAINER_CLOCK = {"matroska": Fraction(1, 1000)}
 # errno values that mean the output's storage, not its content, failed.
@@ -59,7 +60,7 @@ def _output_format(output_path: Path, info: VideoInfo) -> tuple[Path, str]:
         output_path = output_path.with_suffix(info.path.suffix)
     family = _FORMAT_FAMILY.get(suffix)
     if family is None:
-        raise VideoError(f"cannot write a .{suffix} film: name the output .mkv, .mov or .mp4")
+        raise VideoError(f"cannot write a .{suffix} film: name the output .mkv, .mov, .mp4 or .mxf")
     return output_path, family
 
 
@@ -85,8 +86,9 @@ def check_output(output_path, info: VideoInfo, codec: str = "auto") -> OutputPla
     video_codec = CODEC_NAME[choice.codec]
     allowed = _CONTAINER_VIDEO.get(family)
     if allowed is not None and video_codec not in allowed:
-        raise VideoError(f"{choice.encoder} video cannot go into .{output_path.suffix.lstrip('.')} "
-                         f"({family} takes {', '.join(sorted(allowed))}): name the output .mkv, or choose another codec")
+        takers = [FAMILY_SUFFIX[other] for other, codecs in _CONTAINER_VIDEO.items() if video_codec in codecs]
+        raise VideoError(f"{choice.encoder} video cannot go into {output_path.suffix} ({family} takes {', '.join(sorted(allowed))}): "
+                         f"name the output {' or '.join(takers)}, or choose another codec")
     warnings = [choice.note] if choice.note else []
     with open_input(info.path) as container:
         routes, dropped, timecode = route_streams(container, info.stream_index, family, output_path.suffix.lower())

@@ -20,6 +20,8 @@ FAMILY_SUFFIX = {"mov": ".mov", "mp4": ".mp4", "matroska": ".mkv", "mxf": ".mxf"
 # The text subtitle codec each family holds (FFmpeg encoder names); MXF holds none.
 TEXT_SUBTITLE_CODEC = {"mov": "mov_text", "mp4": "mov_text", "matroska": "subrip"}
 TEXT_SUBTITLES = {"mov_text", "subrip", "srt", "ass", "ssa", "webvtt", "text"}
+# What the MXF muxer takes besides its video (it writes no file without video packets, so no dry run).
+_MXF_AUDIO = {"pcm_s16le", "pcm_s24le"}
 _DISCARD_ALL = 48  # AVDISCARD_ALL: FFmpeg's mark on a QuickTime chapter track (its entries are the chapters)
 
 
@@ -78,6 +80,15 @@ def dry_mux(family: str, template) -> str | None:
             pass
 
 
+def _refusal(family: str, stream) -> str | None:
+    """None if the family's muxer takes a copy of this stream, else why not."""
+    if family != "mxf":
+        return dry_mux(family, stream)
+    if stream.type == "audio" and codec_name(stream) in _MXF_AUDIO and stream.codec_context.sample_rate == 48000:
+        return None
+    return "MXF takes 48 kHz PCM audio and no " + ("other audio" if stream.type == "audio" else f"{stream.type} streams")
+
+
 def _converted_codec(stream, family: str) -> str | None:
     if stream.type == "subtitle" and codec_name(stream) in TEXT_SUBTITLES:
         return TEXT_SUBTITLE_CODEC.get(family)
@@ -86,7 +97,7 @@ def _converted_codec(stream, family: str) -> str | None:
 
 def _families_taking(stream, family: str) -> list[str]:
     return [other for other in FAMILY_SUFFIX
-            if other != family and other != "mxf" and (dry_mux(other, stream) is None or _converted_codec(stream, other))]
+            if other != family and (_refusal(other, stream) is None or _converted_codec(stream, other))]
 
 
 def route_streams(container, video_index: int, family: str, suffix: str):
@@ -103,7 +114,7 @@ def route_streams(container, video_index: int, family: str, suffix: str):
         if stream.index == video_index or stream.discard == _DISCARD_ALL or is_timecode_track(stream):
             continue
         name = codec_name(stream)
-        reason = dry_mux(family, stream)
+        reason = _refusal(family, stream)
         if reason is None:
             routes.append(StreamRoute(stream.index, stream.type, name))
         elif _converted_codec(stream, family):
