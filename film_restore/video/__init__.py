@@ -2,9 +2,11 @@
 
 Archival contract: nothing but face pixels changes. Frame count, every frame's timestamp
 (variable frame rate included), resolution, sample aspect ratio, bit depth and chroma
-subsampling, and colour tags are kept; every other stream of the input (all audio,
-subtitles, data and attachments where the output container allows them), the container
-metadata and chapters are copied packet for packet, never re-encoded.
+subsampling, colour tags, HDR10 mastering metadata, rotation and the start timecode are
+kept; every other stream of the input (all audio, subtitles, data and attachments where
+the output container allows them), the container metadata and chapters are copied packet
+for packet, never re-encoded, except text subtitles the output container cannot hold,
+which are converted (same texts, same times).
 
 The pipeline uses this package in three steps:
 
@@ -22,9 +24,10 @@ The pipeline uses this package in three steps:
 Frame numbers count decoded frames from 0 in presentation order. Timestamps (pts) are
 integers in the input video stream's time base (:attr:`VideoInfo.time_base`).
 
-Modules: formats (the error type, pixel formats, opening an input), probe, picture
-(Picture and the colour maths), reading (read_frames), encoding (choose_encoder,
-ChunkWriter), output (check_output, join).
+Modules: formats (the error type, pixel formats, opening an input), probe, display (HDR
+and rotation metadata), picture (Picture and the colour maths), reading (read_frames),
+encoding (choose_encoder, ChunkWriter), streams (where each other stream goes in the
+output), output (check_output, join).
 """
 from film_restore.video.encoding import CODECS, ChunkWriter, EncoderChoice, choose_encoder
 from film_restore.video.formats import SUPPORTED_PIX_FMTS, VideoError
