@@ -1,7 +1,7 @@
 """Restore the actors' faces of a film.
 
     python -m film_restore.run INPUT --cast CAST.yaml [-o OUTPUT] [--checkpoint DMDNet.pth]
-        [--models DIR] [--workdir DIR] [--resume] [--codec auto|x264|x265|prores|ffv1]
+        [--models DIR] [--workdir DIR] [--resume] [--codec auto|x264|x265|prores|dnxhd|ffv1]
         [--report report.json] [--dry-run]
 
 Runs on an embedded local Ray, or on the cluster of `ray job submit` / RAY_ADDRESS.

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from tests.assets import asset
-from film_restore import video
-from film_restore.video import ChunkWriter, Picture, VideoError, check_output, join, probe, read_frames
+from film_restore.records import Frame
+from film_restore.video import SUPPORTED_PIX_FMTS, ChunkWriter, Picture, VideoError, check_output, join, probe, read_frames
+from film_restore.video import reading
+from film_restore.video.formats import PIX_FMTS
 from tests.media import make_film
 
 CLIPS = ("retalk_2.mp4", "liveportrait_d0.mp4", "retalk_3.mp4")
@@ -96,19 +98,20 @@ def test_read_frames_matches_an_independent_decode_and_seeks_exactly(film, monke
     scanned = list(read_frames(film))
     reference = decode_independently(film)
     assert len(scanned) == len(reference) == 60
-    assert [index for index, _, _ in scanned] == list(range(60))
+    assert [index for index, _, _ in scanned] == [frame.index for frame in scanned] == list(range(60))
+    assert all(isinstance(frame, Frame) for frame in scanned)
     assert [pts for _, pts, _ in scanned] == [pts for pts, _ in reference]
     assert all(np.array_equal(picture.planes[0], y) for (_, _, picture), (_, y) in zip(scanned, reference))
     frame_pts = [pts for _, pts, _ in scanned]
 
     sequential_starts = []
-    original = video._read_sequential
+    original = reading._read_sequential
 
     def spy(path, first, last, pts_list):
         sequential_starts.append(first)
         return original(path, first, last, pts_list)
 
-    monkeypatch.setattr(video, "_read_sequential", spy)
+    monkeypatch.setattr(reading, "_read_sequential", spy)
     # Keyframes are at 0, 12, 24, 36, 48: chunks start on and off them, at cuts and on B-frames.
     for first, last in [(5, 9), (12, 14), (20, 31), (37, 59), (59, 59), (0, 3)]:
         chunk = list(read_frames(film, first, last, frame_pts=frame_pts))
@@ -149,14 +152,14 @@ def test_truncated_films_raise_instead_of_giving_fewer_frames(film, film10, tmp_
 
 
 def random_picture(pix_fmt, width=37, height=23, seed=0, **tags):
-    depth, sx, sy = video._PIX_FMTS[pix_fmt]
+    depth, sx, sy = PIX_FMTS[pix_fmt]
     rng = np.random.default_rng(seed)
     dtype = np.uint8 if depth == 8 else np.uint16
     shapes = [(height, width)] if sx is None else [(height, width)] + [(-(-height >> sy), -(-width >> sx))] * 2
     return Picture([rng.integers(0, 1 << depth, shape).astype(dtype) for shape in shapes], pix_fmt, **tags)
 
 
-@pytest.mark.parametrize("pix_fmt", video.SUPPORTED_PIX_FMTS)
+@pytest.mark.parametrize("pix_fmt", SUPPORTED_PIX_FMTS)
 def test_blend_round_trip_and_untouched_samples_for_every_format(pix_fmt):
     for tags in ({}, {"colorspace": 9, "color_range": 2}):
         picture = random_picture(pix_fmt, **tags)
@@ -170,7 +173,7 @@ def test_blend_round_trip_and_untouched_samples_for_every_format(pix_fmt):
         alpha[5:12, 7:20] = 0.7
         alpha[5, 7] = 0.01
         out = picture.blended(np.full((height, width, 3), 128.0, np.float32), alpha)
-        _, sx, sy = video._PIX_FMTS[pix_fmt]
+        _, sx, sy = PIX_FMTS[pix_fmt]
         for number, (before, after) in enumerate(zip(picture.planes, out.planes)):
             gx, gy = (1, 1) if number == 0 else (1 << sx, 1 << sy)
             footprint = np.zeros(before.shape, bool)
@@ -181,7 +184,7 @@ def test_blend_round_trip_and_untouched_samples_for_every_format(pix_fmt):
 
 @pytest.mark.parametrize("pix_fmt", ["yuv422p10le", "yuv444p", "yuvj420p", "gray10le", "yuv420p12le"])
 def test_ffv1_chunks_keep_every_supported_format_exactly(film, pix_fmt, tmp_path):
-    info = dataclasses.replace(probe(film), width=37, height=23, pix_fmt=pix_fmt, bit_depth=video._PIX_FMTS[pix_fmt][0])
+    info = dataclasses.replace(probe(film), width=37, height=23, pix_fmt=pix_fmt, bit_depth=PIX_FMTS[pix_fmt][0])
     pictures = [random_picture(pix_fmt, seed=seed) for seed in range(3)]
     for picture in pictures:
         assert Picture.from_frame(picture.to_frame()).same_pixels(picture)
@@ -343,8 +346,8 @@ def test_all_other_streams_metadata_and_chapters_are_copied(tmp_path):
                [(s.type, s.codec_context.name, s.metadata.get("language"), s.metadata.get("title")) for s in a.streams]
     assert packets(output, "audio") == packets(source, "audio")
     assert packets(output, "subtitle") == packets(source, "subtitle")
-    with pytest.raises(VideoError, match="subtitle"):
-        check_output(tmp_path / "restored.mp4", info)   # subrip does not go into mp4
+    plan = check_output(tmp_path / "restored.mp4", info)  # SubRip cannot go into mp4: converted to mov_text
+    assert [route.convert_to for route in plan.routes] == [None, None, "mov_text"]
     assert [pts for _, pts, _ in read_frames(output)] == frame_pts
 
 
