@@ -13,6 +13,7 @@ import numpy as np
 from film_restore.faces import align_face
 from film_restore.paste import face_layer
 from film_restore.records import Chunk, ChunkResult, Track
+from film_restore.settings import MIN_FACE
 from film_restore.video import ChunkWriter, VideoInfo, read_frames
 
 # Frames whose faces are sent to the restorers together: faces batch across frames.
@@ -31,23 +32,29 @@ class Composer:
 
     restore(crops, boxes, actor) -> float32 restored crops: a restorer's method (on Ray, a
     function that calls a restore actor and waits). face_size: the side of the aligned faces
-    the model restores (its image_size: 512 for the authors' model).
+    the model restores (its image_size: 512 for the authors' model). Faces whose box is
+    narrower or shorter than min_face pixels are left as they are, and counted.
     """
 
-    def __init__(self, info: VideoInfo, codec: str, restore: Callable, face_size: int):
+    def __init__(self, info: VideoInfo, codec: str, restore: Callable, face_size: int, min_face: int = MIN_FACE):
         self.info = info
         self.codec = codec
         self.restore = restore
         self.face_size = face_size
+        self.min_face = min_face
 
     def __call__(self, chunk: Chunk, tracks: list[Track], frame_pts, output: Path) -> ChunkResult:
+        result = ChunkResult(chunk.index, 0, 0)
         faces_in_frame = defaultdict(list)
         sample_frames = {}
         for number, track in enumerate(tracks):
             for tracked in track.faces:
-                faces_in_frame[tracked.frame].append((number, tracked.face, track.actor))
+                x1, y1, x2, y2 = tracked.face.box
+                if min(x2 - x1, y2 - y1) < self.min_face:
+                    result.faces_too_small += 1
+                else:
+                    faces_in_frame[tracked.frame].append((number, tracked.face, track.actor))
             sample_frames[number] = track.faces[len(track.faces) // 2].frame
-        result = ChunkResult(chunk.index, 0, 0)
         window = []
         with ChunkWriter(output, self.info, self.codec) as writer:
             for frame in read_frames(self.info.path, chunk.first_frame, chunk.last_frame, frame_pts):

@@ -160,5 +160,6 @@ class ChunkResult:
     index: int
     frames: int
     faces: int
+    faces_too_small: int = 0  # left as they were: smaller than the run's min_face
     faces_by_actor: dict[str, int] = field(default_factory=dict)
     samples: list[dict] = field(default_factory=list)

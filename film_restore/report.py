@@ -52,6 +52,7 @@ def build(run, scan, tracks_by_chunk, results) -> dict:
             "tracks": len(tracks),
             "faces_detected": sum(len(t.faces) for t in tracks),
             "faces_restored": sum(r.faces for r in results),
+            "faces_too_small": {"min_face": job.min_face, "faces": sum(r.faces_too_small for r in results)},
             "faces_restored_by_actor": [{"actor": a, "faces": n} for a, n in faces_by_actor.items()],
         },
         "timings_s": {stage: round(seconds, 2) for stage, seconds in run.timings.items()},
@@ -79,7 +80,8 @@ def write(report: dict, path: Path) -> None:
         "<style>body{font-family:sans-serif}figure{display:inline-block;margin:4px}img{width:128px}</style>"
         f"<h1>{html.escape(report['input']['path'])}</h1>"
         f"<p>{totals['frames']} frames, {totals['shots']} shots, {totals['tracks']} tracks, "
-        f"{totals['faces_restored']} faces restored. Each pair: before, after.</p>" + "".join(rows)
+        f"{totals['faces_restored']} faces restored, {totals['faces_too_small']['faces']} smaller than "
+        f"{totals['faces_too_small']['min_face']} px left as they were. Each pair: before, after.</p>" + "".join(rows)
     )
     with atomic_path(path.with_suffix(".html")) as temporary:
         temporary.write_text(page)

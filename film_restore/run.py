@@ -35,6 +35,10 @@ def parser() -> argparse.ArgumentParser:
     arguments.add_argument("--report", type=Path, help="report.json path (default OUTPUT_STEM.report.json)")
     arguments.add_argument("--dry-run", action="store_true", help="shots, tracks and identities only; no restore")
     arguments.add_argument("--chunk-frames", type=int, default=settings.CHUNK_FRAMES, help="frames per unit of work (whole shots)")
+    arguments.add_argument("--min-face", type=int, default=settings.MIN_FACE, metavar="PX",
+                           help=f"faces whose box is narrower or shorter than this are left as they are (default {settings.MIN_FACE})")
+    arguments.add_argument("--address", help="join this Ray cluster (host:port or ray://host:port; default $RAY_ADDRESS, "
+                                             "else a local Ray)")
     return arguments
 
 
@@ -43,7 +47,7 @@ def job_from_args(args) -> Job:
     return Job(
         input=args.input, cast=args.cast, output=output, checkpoint=args.checkpoint, models=args.models,
         workdir=args.workdir, resume=args.resume, codec=args.codec, report=args.report, dry_run=args.dry_run,
-        chunk_frames=args.chunk_frames,
+        chunk_frames=args.chunk_frames, min_face=args.min_face, address=args.address,
     )
 
 

@@ -10,6 +10,9 @@ DETECTOR_SIZE = 640
 # Faces per forward pass of the restorer; bounds memory (about 0.6 GB per face at full width on CPU).
 RESTORE_BATCH = 8
 CODEC = "auto"
+# Faces whose detector box is narrower or shorter than this (frame pixels) are left untouched:
+# too little of them for the restorer to recover, and what it invents would show.
+MIN_FACE = 24
 
 
 def default_output(film: Path) -> Path:

@@ -1,17 +1,20 @@
 """The pipeline's stages on Ray: the cluster joined or started, stage actors and tasks, their metrics.
 
 With no cluster address it starts an embedded local Ray; under `ray job submit` (or with
-RAY_ADDRESS set) it joins that cluster unchanged. Actors are named by stage in the Ray
+RAY_ADDRESS set, or --address) it joins that cluster unchanged. Actors are named by stage in the Ray
 dashboard (`film_restore.analyse-0-PID`, `film_restore.restore-0-PID`, ...) and
 `ray.util.metrics` counters report frames, faces and chunks done per film.
 """
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import ray
+from ray._private.utils import read_ray_address
 
 from film_restore.compose import Composer
 from film_restore.pipeline.job import PipelineError
@@ -21,13 +24,43 @@ from film_restore.stages import FaceTracker, Scanner
 from film_restore.video import VideoInfo
 
 
-def init_ray() -> None:
-    """Joins the cluster named by RAY_ADDRESS (ray job submit sets it), else starts a local Ray."""
+# A cluster that does not accept a connection within this time is taken for dead.
+JOIN_TIMEOUT_S = 20
+
+
+def init_ray(address: str | None = None) -> None:
+    """Joins the cluster asked for (address, else RAY_ADDRESS: ray job submit sets it), else starts a local Ray.
+
+    Never the cluster Ray remembers from an earlier `ray start` (its address file): once that
+    cluster is gone, joining it would wait forever. A cluster asked for that does not answer
+    is a one-line error within JOIN_TIMEOUT_S.
+    """
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    if address != "local":
+        _check_answers(address)
     dashboard = os.environ.get("FILM_RESTORE_DASHBOARD", "1") != "0"
-    ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=dashboard, log_to_driver=True,
-             configure_logging=False)
+    ray.init(address=address, include_dashboard=dashboard, log_to_driver=True, configure_logging=False)
+
+
+def _check_answers(address: str) -> None:
+    target = read_ray_address() if address == "auto" else address
+    unreachable = (f"no Ray cluster answers at {address}: start it (ray start --head), correct --address or "
+                   f"RAY_ADDRESS, or give neither to run on a local Ray")
+    if not target:
+        raise PipelineError(f"{unreachable} (no cluster was started on this machine)")
+    parts = urlsplit(target if "://" in target else f"ray://{target}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if not host or not port:
+        raise PipelineError(f"the Ray address {address!r} is not host:port (or ray://host:port): correct --address or RAY_ADDRESS")
+    try:
+        socket.create_connection((host, port), timeout=JOIN_TIMEOUT_S).close()
+    except OSError as error:
+        raise PipelineError(f"{unreachable} ({host}:{port}: {error.strerror or error})") from None
 
 
 def counter(name: str, description: str):
@@ -113,10 +146,10 @@ class RestoreActor:
 
 
 @ray.remote
-def compose_task(info: VideoInfo, codec: str, restorer, face_size: int, chunk: Chunk, tracks: list[Track],
-                 frame_pts, output: str, film: str) -> ChunkResult:
+def compose_task(info: VideoInfo, codec: str, restorer, face_size: int, min_face: int, chunk: Chunk,
+                 tracks: list[Track], frame_pts, output: str, film: str) -> ChunkResult:
     composer = Composer(info, codec, lambda crops, boxes, actor: ray.get(restorer.restore.remote(crops, boxes, actor)),
-                        face_size)
+                        face_size, min_face)
     result = composer(chunk, tracks, frame_pts, Path(output))
     counter("film_restore_chunks_done", "chunks restored and encoded").inc(1, tags={"film": film})
     counter("film_restore_frames_done", "frames restored and encoded").inc(result.frames, tags={"film": film})

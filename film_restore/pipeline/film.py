@@ -47,6 +47,7 @@ class FilmRun:
         if not job.dry_run and not job.output.parent.is_dir():
             raise PipelineError(f"the output folder {job.output.parent} does not exist: create it or choose another -o")
         self.info = probe(job.input)
+        init_ray(job.address)  # before the slow preparations: a cluster that does not answer fails now
         if not job.dry_run:
             for warning in check_output(job.output, self.info, job.codec).warnings:
                 self.progress.say(f"note: {warning}")
@@ -75,7 +76,6 @@ class FilmRun:
     def run(self) -> dict:
         """Restores the film (or analyses it, dry run); returns the report."""
         self.work.start(self.job.resume)
-        init_ray()
         scan = self._timed("scan", self.scan)
         self.progress.say(f"{len(scan.frame_pts)} frames, {len(scan.shots)} shots, {len(scan.chunks)} chunks")
         tracks = self._timed("analyse", lambda: self.analyse(scan))
@@ -100,7 +100,7 @@ class FilmRun:
     def scan(self) -> Scan:
         scan = self.work.load_scan(self.keys.scan)
         if scan is None:
-            self.progress.say("scanning", final=False)
+            self.progress.say("scanning")
             scan = get(scan_task.options(name="film_restore.scan").remote(str(self.job.input), self.job.chunk_frames, self.film))
             self.work.save_scan(self.keys.scan, scan)
         return scan
@@ -122,7 +122,7 @@ class FilmRun:
         for chunk, chunk_tracks in as_completed(pending):
             self.work.save_tracks(chunk, key, chunk_tracks)
             tracks[chunk.index] = chunk_tracks
-            self.progress.say(f"analysed {len(tracks)}/{len(scan.chunks)} chunks", final=not pending)
+            self.progress.frames("analysed", sum(len(c.frames) for c in scan.chunks if c.index in tracks), len(scan.frame_pts))
         for actor in actors:
             ray.kill(actor)
         return tracks
@@ -144,7 +144,7 @@ class FilmRun:
                 video = self.work.chunk_video(chunk, key)
                 video.parent.mkdir(parents=True, exist_ok=True)
                 reference = compose_task.options(name=f"film_restore.compose-{chunk.index}").remote(
-                    self.info, self.job.codec, restorers[number % len(restorers)], self.face_size, chunk,
+                    self.info, self.job.codec, restorers[number % len(restorers)], self.face_size, self.job.min_face, chunk,
                     tracks[chunk.index], scan.frame_pts, str(video), self.film,
                 )
                 pending[reference] = chunk
@@ -153,8 +153,7 @@ class FilmRun:
                 self.work.save_chunk_result(chunk, key, result)
                 results[chunk.index] = result
                 frames_done += result.frames
-                self.progress.say(f"restored {len(results)}/{len(scan.chunks)} chunks, "
-                                  f"{frames_done}/{len(scan.frame_pts)} frames", final=not pending)
+                self.progress.frames("restored", frames_done, len(scan.frame_pts))
             for restorer in restorers:
                 ray.kill(restorer)
         return [results[chunk.index] for chunk in scan.chunks]

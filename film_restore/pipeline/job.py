@@ -27,6 +27,8 @@ class Job:
     chunk_frames: int = settings.CHUNK_FRAMES
     detector_size: int = settings.DETECTOR_SIZE
     restore_batch: int = settings.RESTORE_BATCH
+    min_face: int = settings.MIN_FACE
+    address: str | None = None  # a Ray cluster to join (host:port, ray://host:port, auto); else RAY_ADDRESS, else local
 
     @property
     def workroot(self) -> Path:

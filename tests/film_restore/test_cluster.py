@@ -180,7 +180,7 @@ def test_job_submit_restores_a_film(head, case):
 
     # The job's log tells progress in plain lines, one per step.
     lines = logs.splitlines()
-    for step in ("film.mkv: 20 frames", "film.mkv: analysed 1/1 chunks", "film.mkv: restored 1/1 chunks",
+    for step in ("film.mkv: 20 frames", "film.mkv: analysed 20/20 frames", "film.mkv: restored 20/20 frames",
                  f"film.mkv: done -> {output}"):
         assert any(line.startswith(step) for line in lines), (step, logs[-3000:])
     assert "\r" not in logs and "\x1b[K" not in logs
