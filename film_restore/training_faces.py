@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from dmdnet.face_stack import Alignment, FaceStackError
-from film_restore.cast.store import find_faces, pack_id, read_photo
+from film_restore.cast.store import find_faces, read_photo
+from film_restore.models import pack_id
 from film_restore.faces import FaceAnalyzer, align_face
 from film_restore.faces.align import ffhq_template
 from film_restore.faces.recogniser import Recogniser

@@ -68,9 +68,8 @@ def sidecar_path(film: Film) -> Path:
 def completion_keys(film: Film):
     """The keys the pipeline stores this film's results under (film_restore.keys); raises with the reason."""
     from film_restore.cast import Cast
-    from film_restore.cast.store import pack_id
     from film_restore.keys import job_keys
-    from film_restore.models import find_pack
+    from film_restore.models import find_pack, pack_id
 
     if not film.input.is_file():
         raise FileNotFoundError(f"no input file at {film.input}")

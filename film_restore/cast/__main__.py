@@ -9,7 +9,8 @@ import torch
 import dmdnet
 from dmdnet import CheckpointError
 from film_restore.cast.castfile import Cast, CastError
-from film_restore.cast.store import CastStore, find_faces, pack_id, read_photo
+from film_restore.cast.store import CastStore, find_faces, read_photo
+from film_restore.models import pack_id
 from film_restore.faces import FaceAnalyzer
 from film_restore.models import ModelsError, find_pack, resolve_checkpoint
 

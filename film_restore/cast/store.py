@@ -26,7 +26,6 @@ from dmdnet.images import to_tensor
 from film_restore.cast.castfile import Actor, Cast
 from film_restore.faces import FaceAnalyzer, align_face
 from film_restore.faces.identity import Identifier
-from film_restore.models import ModelPack
 from film_restore.records import AlignedFace, Face
 
 # Shorter side of the detector box, in photo pixels: smaller faces make blurred references.
@@ -98,14 +97,6 @@ def reference_face(analyzer: FaceAnalyzer, photo: np.ndarray) -> tuple[np.ndarra
     if others:
         raise ValueError(f"{len(others) + 1} faces of similar size: crop the photo to the actor")
     return image, main
-
-
-def pack_id(pack: ModelPack) -> str:
-    """Identity of the face models, so embeddings of another pack are never mixed in."""
-    digest = hashlib.sha256()
-    for path in (pack.detector, pack.landmarker, pack.recogniser):
-        digest.update(file_sha256(path).encode())
-    return digest.hexdigest()
 
 
 def _slug(name: str) -> str:

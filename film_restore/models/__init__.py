@@ -6,7 +6,7 @@
     packs.py     the face-analysis packs recognised in a folder
     python -m film_restore.models fetch|list|verify
 """
-from film_restore.models.packs import ModelFile, ModelPack, find_pack
+from film_restore.models.packs import ModelFile, ModelPack, find_pack, pack_id
 from film_restore.models.registry import MODELS, ModelsError
 from film_restore.models.resolve import (
     CHECKPOINT_ENV,
@@ -19,5 +19,5 @@ from film_restore.models.resolve import (
 
 __all__ = [
     "CHECKPOINT_ENV", "MODELS", "MODELS_ENV", "ModelFile", "ModelPack", "ModelsError", "Resolved",
-    "find_pack", "resolve_checkpoint", "resolve_models", "resolve_models_dir",
+    "find_pack", "pack_id", "resolve_checkpoint", "resolve_models", "resolve_models_dir",
 ]

@@ -6,6 +6,7 @@ Two packs are known:
   mobilefacenet_128.onnx) for tests and CPU runs.
 Which folder is resolve.py's business; where each file comes from and its sha256, registry.py's.
 """
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,3 +114,11 @@ def _check_sha256(path: Path, model_file: ModelFile) -> None:
             f"{path} has sha256 {actual[:12]}…, expected {model_file.sha256[:12]}… (corrupt or a different model): "
             f"get it again from {model_file.source}"
         )
+
+
+def pack_id(pack: ModelPack) -> str:
+    """Identity of the face models, so embeddings of another pack are never mixed in."""
+    digest = hashlib.sha256()
+    for path in (pack.detector, pack.landmarker, pack.recogniser):
+        digest.update(file_sha256(path).encode())
+    return digest.hexdigest()

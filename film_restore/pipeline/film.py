@@ -12,10 +12,9 @@ import ray
 import dmdnet
 from film_restore import report as reports
 from film_restore.cast import Cast, CastStore
-from film_restore.cast.store import pack_id
 from film_restore.faces import FaceAnalyzer
 from film_restore.keys import job_keys
-from film_restore.models import find_pack, resolve_checkpoint
+from film_restore.models import find_pack, pack_id, resolve_checkpoint
 from film_restore.pipeline.cluster import (
     AnalyseActor,
     RestoreActor,
