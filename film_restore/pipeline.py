@@ -60,6 +60,7 @@ class Job:
     chunk_frames: int = 250
     detector_size: int = 640
     restore_batch: int = 8
+    grain: str = "auto"
 
 
 class PipelineError(RuntimeError):
@@ -136,8 +137,10 @@ class RestoreActor:
 
 
 @ray.remote
-def _compose_task(info: VideoInfo, codec: str, restorer, face_size: int, chunk, tracks_json, frame_pts, output: str, film: str):
-    composer = Composer(info, codec, lambda crops, boxes, actor: ray.get(restorer.restore.remote(crops, boxes, actor)), face_size)
+def _compose_task(info: VideoInfo, codec: str, restorer, face_size: int, chunk, tracks_json, frame_pts, output: str, film: str,
+                  grain: str):
+    composer = Composer(info, codec, lambda crops, boxes, actor: ray.get(restorer.restore.remote(crops, boxes, actor)), face_size,
+                        grain)
     result = composer.compose(chunk, tracks_from_json(tracks_json), frame_pts, Path(output))
     _counter("film_restore_chunks_done", "chunks restored and encoded").inc(1, tags={"film": film})
     _counter("film_restore_frames_done", "frames restored and encoded").inc(result.frames, tags={"film": film})
@@ -241,7 +244,7 @@ def run(job: Job) -> dict:
     results = []
     if not job.dry_run:
         mark = time.perf_counter()
-        compose_key = digest(analysis_key, COMPOSE_VERSION, fingerprint, sorted(dictionaries.items()), job.codec)
+        compose_key = digest(analysis_key, COMPOSE_VERSION, fingerprint, sorted(dictionaries.items()), job.codec, job.grain)
         results, videos = _compose(job, work, info, scan, tracks, compose_key, checkpoint, face_size, dictionaries, progress)
         timings["restore_and_encode"] = time.perf_counter() - mark
         mark = time.perf_counter()
@@ -321,7 +324,7 @@ def _compose(job, work, info, scan: Scan, tracks, key, checkpoint, face_size, di
             video.parent.mkdir(parents=True, exist_ok=True)
             reference = _compose_task.options(name=f"film_restore.compose-{chunk.index}").remote(
                 info, job.codec, restorers[number % len(restorers)], face_size, chunk, tracks_to_json(tracks[chunk.index]),
-                scan.frame_pts, str(video), job.input.name,
+                scan.frame_pts, str(video), job.input.name, job.grain,
             )
             pending[reference] = chunk
         while pending:

@@ -21,6 +21,7 @@ from film_restore.faces import FaceAnalyzer, align_face
 from film_restore.identity import Identifier
 from film_restore.records import Chunk, Shot, Track
 from film_restore.shots import chunk_shots, find_shots, frame_signature
+from film_restore.texture import TrackGrain, texture_ratio
 from film_restore.tracking import identify_tracks, smooth_track, track_shot
 from film_restore.video import ChunkWriter, VideoInfo, read_frames
 
@@ -109,6 +110,7 @@ class Composer:
                 faces_in_frame[tracked.frame].append((number, tracked.face, track.actor))
             sample_frames[number] = track.faces[len(track.faces) // 2].frame
         result = ChunkResult(chunk.index, 0, 0)
+        self.track_grain = TrackGrain() if self.grain == "auto" else None  # track numbers are per chunk
         window = []
         with ChunkWriter(output, self.info, self.codec) as writer:
             for frame in read_frames(self.info.path, chunk.first_frame, chunk.last_frame, frame_pts):
@@ -124,12 +126,16 @@ class Composer:
 
     def _compose_window(self, window, faces_in_frame, sample_frames, writer, result: ChunkResult) -> None:
         aligned = {}  # (frame, track number) -> (AlignedFace, actor)
+        frames_rgb, landmarks = {}, {}
         for index, _, picture in window:
             faces = faces_in_frame.get(index, [])
             if faces:
-                rgb = picture.rgb()
+                rgb = frames_rgb[index] = picture.rgb()
                 for number, face, actor in faces:
                     aligned[index, number] = (align_face(rgb, face, self.face_size), actor)
+                    landmarks[index, number] = face.landmarks
+        if self.track_grain is not None:
+            self.track_grain.observe({key: (frames_rgb[key[0]], points) for key, points in landmarks.items()})
         restored = {}
         by_actor = defaultdict(list)
         for key, (_, actor) in aligned.items():
@@ -139,16 +145,24 @@ class Composer:
             boxes = np.stack([aligned[key][0].boxes for key in keys])
             restored.update(zip(keys, self.restore(crops, boxes, actor)))
             result.faces_by_actor[actor or ""] = result.faces_by_actor.get(actor or "", 0) + len(keys)
+        texture = {}  # (frame, track number) -> texture ratio, on each track's sample frame
         for index, pts, picture in window:
-            pairs = [(aligned[key][0], restored[key]) for key in aligned if key[0] == index]
+            keys = [key for key in aligned if key[0] == index]
+            pairs = [(aligned[key][0], restored[key]) for key in keys]
             if pairs:
-                layer, alpha = face_layer((self.info.height, self.info.width), pairs)
+                grain = [self.track_grain.for_face(*key) for key in keys] if self.track_grain is not None else None
+                layer, alpha = face_layer((self.info.height, self.info.width), pairs, frames_rgb[index], grain)
                 picture = picture.blended(layer, alpha)
+                for key in keys:
+                    if sample_frames.get(key[1]) == index:
+                        ratio = texture_ratio(frames_rgb[index], picture.rgb(), landmarks[key])
+                        texture[key] = round(ratio, 3) if np.isfinite(ratio) else None
             writer.write(picture, pts)
             result.frames += 1
             result.faces += len(pairs)
         for (index, number), (face, actor) in aligned.items():
             if sample_frames.get(number) == index:
                 result.samples.append(
-                    {"frame": index, "actor": actor, "before": _thumbnail(face.crop), "after": _thumbnail(restored[index, number])}
+                    {"frame": index, "actor": actor, "before": _thumbnail(face.crop), "after": _thumbnail(restored[index, number]),
+                     "texture_ratio": texture[index, number]}
                 )
