@@ -101,8 +101,8 @@ def face_layer(frame_shape: tuple, restored_faces: Sequence[tuple[AlignedFace, n
     laid first, so where mattes overlap the larger (usually nearer) face ends on top.
     original: the frame's RGB; with it, a face larger in the frame than in the crop keeps
     the frame's detail above the crop's resolution (texture.keep_frame_detail).
-    grain: per face, (texture.GrainModel, seed) or None: the film's grain the face lacks is
-    added (texture.add_missing_grain).
+    grain: per face, (texture.GrainModel, seed) or None: grain in the amount of texture the
+    face lacks against the original is added (texture.add_missing_grain; needs original).
     """
     for aligned, restored in restored_faces:
         if not isinstance(aligned, AlignedFace):
@@ -113,6 +113,8 @@ def face_layer(frame_shape: tuple, restored_faces: Sequence[tuple[AlignedFace, n
     premultiplied = np.zeros((height, width, 3), dtype=np.float32)
     alpha_total = np.zeros((height, width), dtype=np.float32)
     grain = list(grain) if grain is not None else [None] * len(restored_faces)
+    if original is None and any(entry is not None for entry in grain):
+        raise ValueError("face_layer adds grain only with the original frame: pass original= with grain=")
     if len(grain) != len(restored_faces):
         raise ValueError(f"face_layer got {len(grain)} grain entries for {len(restored_faces)} faces: give one per face (None for none)")
     order = sorted(range(len(restored_faces)), key=lambda number: -restored_faces[number][0].transform.scale)
@@ -128,7 +130,7 @@ def face_layer(frame_shape: tuple, restored_faces: Sequence[tuple[AlignedFace, n
         if original is not None:
             face = keep_frame_detail(face, original[region], aligned.transform.scale)
         if face_grain is not None:
-            face = add_missing_grain(face, alpha, *face_grain)
+            face = add_missing_grain(face, original[region], alpha, *face_grain)
         # "Over" compositing in premultiplied form: a later face covers earlier ones by its alpha.
         premultiplied[region] = premultiplied[region] * (1 - alpha[..., None]) + alpha[..., None] * face
         alpha_total[region] = alpha_total[region] * (1 - alpha) + alpha

@@ -10,7 +10,8 @@
   reference: plane-fit residuals of blocks without oriented structure), as an amplitude
   per luma bin, a causal auto-regressive spatial model (as AV1 film grain) and the
   colour channels' correlation (one grey field for black-and-white film); synthesised
-  fresh each frame inside the matte, scaled to the grain the restored face lacks.
+  fresh each frame inside the matte, scaled to the fine texture the restored face lacks
+  against the original.
 """
 from __future__ import annotations
 
@@ -55,6 +56,9 @@ MONOCHROME_CHROMA_STD = 2.0
 # In colour film, grain whose chroma residual is below this fraction of the luma residual
 # is grey (one field in all channels).
 MONOCHROME_GRAIN_CHROMA = 0.1
+# Grain fills the texture a restored face lacks up to this many times the film's own
+# grain: beyond that the loss is of structure, which grain cannot stand in for.
+GRAIN_MAX_GAIN = 2.0
 # The estimate's window: the landmark hull's bounding box widened by this fraction of the
 # face width on each side (the face and its surroundings).
 GRAIN_MARGIN = 0.5
@@ -310,16 +314,24 @@ def synthesise_grain(model: GrainModel, luma_values: np.ndarray, rng: np.random.
     return (mixed * model.channel_gain.astype(np.float32) * scale[..., None]).astype(np.float32)
 
 
-def add_missing_grain(face: np.ndarray, alpha: np.ndarray, model: GrainModel, seed) -> np.ndarray:
-    """The face layer region (float32 H x W x 3) with the model's grain less what the face
-    already has (measured on its flat blocks inside alpha = 1, per luma bin); fresh grain
-    for each seed (e.g. frame and track)."""
-    mean, residual, _ = _flat_blocks(face, alpha >= 1)
-    have = grain_amplitude(mean, residual) if len(mean) else None
-    missing = np.sqrt(np.maximum(model.amplitude ** 2 - (0 if have is None else have ** 2), 0.0))
-    if not missing.any():
+def add_missing_grain(face: np.ndarray, original: np.ndarray, alpha: np.ndarray, model: GrainModel, seed) -> np.ndarray:
+    """The face layer region (float32 H x W x 3) with grain of the model's kind in the amount of
+    fine texture it lacks against the original region: the high-pass luma energy (the texture
+    measure's) inside alpha = 1, at most GRAIN_MAX_GAIN times the film's own grain. Fresh
+    grain for each seed (e.g. frame and track)."""
+    inside = alpha >= 1
+    if not inside.any():
         return face
-    return face + synthesise_grain(model, luma(face), np.random.default_rng(seed), missing)
+    grain = synthesise_grain(model, luma(face), np.random.default_rng(seed))
+    missing = _detail_energy(original, inside) - _detail_energy(face, inside)
+    gain = np.sqrt(np.clip(missing / max(_detail_energy(grain, inside), 1e-9), 0.0, GRAIN_MAX_GAIN ** 2))
+    return face + gain * grain if gain > 0 else face
+
+
+def _detail_energy(rgb: np.ndarray, inside: np.ndarray) -> float:
+    y = luma(rgb)
+    detail = y - cv2.GaussianBlur(y, (0, 0), HIGH_PASS_SIGMA, borderType=cv2.BORDER_REFLECT)
+    return float(np.mean(detail[inside] ** 2))
 
 
 class TrackGrain:
