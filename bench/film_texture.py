@@ -56,7 +56,7 @@ def add_grain(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return noise / noise.std()
 
     grey = field(rgb.shape[:2])[..., None] + NOISE_CHROMA * field(rgb.shape)
-    amplitude = noise_amplitude(texture.luma(rgb))[..., None] / np.sqrt(1 + NOISE_CHROMA ** 2 * (texture._LUMA_WEIGHTS ** 2).sum())
+    amplitude = noise_amplitude(texture.luma(rgb))[..., None] / np.sqrt(1 + NOISE_CHROMA ** 2 * (texture.LUMA_WEIGHTS ** 2).sum())
     return np.clip(np.rint(rgb + amplitude * grey), 0, 255).astype(np.uint8)
 
 
@@ -83,6 +83,8 @@ def measure(frames, analyzer, restorer, size):
         before.append(texture.texture_ratio(rgb, plain, face.landmarks))
         after.append(texture.texture_ratio(rgb, kept, face.landmarks))
         scales.append(aligned.transform.scale)
+    if not faces:
+        return None
     return np.nanmean(before), np.nanmean(after), np.mean(scales), grain.models.get(0), len(faces)
 
 
@@ -100,8 +102,13 @@ def main() -> None:
         frames = clip_frames(name, args.frames)
         rng = np.random.default_rng(0)
         for copy, pictures in (("clean", frames), ("noisy", [add_grain(rgb, rng) for rgb in frames])):
-            ratio_before, ratio_after, scale, model, faces = measure(pictures, analyzer, restorer, size)
+            measured = measure(pictures, analyzer, restorer, size)
+            if measured is None:
+                print(f"{name} {copy}: no face found on its {len(pictures)} frames", flush=True)
+                continue
+            ratio_before, ratio_after, scale, model, faces = measured
             rows.append((name, copy, faces, scale, ratio_before, ratio_after))
+            print(f"{name} {copy}: {ratio_before:.2f} -> {ratio_after:.2f}", flush=True)
             if copy == "noisy" and model is not None:
                 grain_rows.append((name, model))
     seconds = time.perf_counter() - start
@@ -113,7 +120,7 @@ def main() -> None:
         inside = "yes" if GOAL[0] <= ratio_after <= GOAL[1] else "no"
         print(f"| {name} | {copy} | {faces} | {scale:.2f} | {ratio_before:.2f} | {ratio_after:.2f} | {inside} |")
     print("\nnoisy copies: grain estimated around the face (luma std per luma bin) against the noise added\n")
-    centres = texture._LUMA_CENTRES
+    centres = texture.LUMA_BIN_CENTRES
     print("| clip | " + " | ".join(f"luma {c:.0f}" for c in centres[2:6]) + " | monochrome | AR (0,-1) (-1,0) |")
     print("|---|" + "---:|" * 4 + "---|---|")
     print("| added | " + " | ".join(f"{noise_amplitude(c):.1f}" for c in centres[2:6]) + " | - | - |")
