@@ -93,14 +93,17 @@ class Composer:
 
     restore(crops, boxes, actor) -> float32 restored crops: a restorer actor's method (on
     Ray, a function that calls it remotely and waits). face_size: the side of the aligned
-    faces the model restores (its image_size: 512 for the authors' model).
+    faces the model restores (its image_size: 512 for the authors' model). grain: "auto"
+    re-creates the film's grain on restored faces (texture.TrackGrain), "off" does not.
     """
 
-    def __init__(self, info: VideoInfo, codec: str, restore: Callable, face_size: int = 512):
+    def __init__(self, info: VideoInfo, codec: str, restore: Callable, face_size: int = 512, grain: str = "auto"):
         self.info = info
         self.codec = codec
         self.restore = restore
         self.face_size = face_size
+        self.grain = grain
+        self.track_grain = None
 
     def compose(self, chunk: Chunk, tracks: list[Track], frame_pts, output: Path) -> ChunkResult:
         faces_in_frame = defaultdict(list)
