@@ -273,7 +273,7 @@ def estimate_grain(samples) -> GrainModel | None:
     if amplitude is None or not amplitude.any():
         return None
     ar = _fit_ar(residual)
-    amplitude = amplitude / np.sqrt(plane_fit_share(ar))  # the blocks' residuals lack the slowest part of the grain
+    amplitude = amplitude / np.sqrt(_plane_fit_share(ar))  # the blocks' residuals lack the slowest part of the grain
     covariance = np.cov(colour.reshape(-1, 3), rowvar=False)
     luma_std = max(float(residual.std()), 1e-6)
     channel_std = np.sqrt(np.maximum(np.diag(covariance), 0.0))
@@ -324,7 +324,7 @@ def _ar_autocovariance(transfer: np.ndarray, shape: tuple[int, int]) -> np.ndarr
     return np.fft.irfft2(np.abs(transfer) ** 2, s=shape)
 
 
-def plane_fit_share(ar: np.ndarray) -> float:
+def _plane_fit_share(ar: np.ndarray) -> float:
     """The share of an AR grain's variance left in a block after its plane is fitted away
     (61/64 for white grain; less for correlated grain, whose slow part looks like shading)."""
     size = 4 * GRAIN_BLOCK
