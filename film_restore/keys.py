@@ -62,6 +62,6 @@ def job_keys(job, face_models: str, cast) -> RunKeys:
         "face_models": face_models,
         "cast": cast_parts(cast),
         "checkpoint_sha256": job.checkpoint and content_hash(job.checkpoint, job.workroot),
-        "compose_settings": {"codec": job.codec, "min_face": job.min_face},
+        "compose_settings": {"codec": job.codec, "min_face": job.min_face, "grain": job.grain},
         "versions": [SCAN_VERSION, ANALYSIS_VERSION, COMPOSE_VERSION],
     })

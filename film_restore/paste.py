@@ -12,6 +12,7 @@ import numpy as np
 
 from film_restore.faces.align import WARP_INTERPOLATION
 from film_restore.records import AlignedFace
+from film_restore.texture import MONOCHROME_CHROMA_STD, add_missing_grain, keep_frame_detail
 from film_restore.validation import check_points, check_rgb_image
 
 # Brows are raised by this fraction of the brow-to-chin height to take in the forehead
@@ -22,10 +23,6 @@ MATTE_EDGE = 0.05
 # The colour correction keeps the original's shading and tint on scales larger than
 # about this fraction of the face width, and the restored detail below it.
 COLOUR_SCALE = 0.125
-# An original face whose chroma (YCrCb, uint8 levels) varies less than this standard
-# deviation is monochrome film, grey or toned; the restored face gets its chroma. Measured
-# here: black-and-white film faces 0.3-1.1, colour faces 3.5-12.
-MONOCHROME_CHROMA_STD = 2.0
 
 
 def face_matte(landmarks, size: int) -> np.ndarray:
@@ -94,13 +91,18 @@ def frame_matte(frame_shape: tuple, aligned: AlignedFace) -> np.ndarray:
     return full
 
 
-def face_layer(frame_shape: tuple, restored_faces: Sequence[tuple[AlignedFace, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+def face_layer(frame_shape: tuple, restored_faces: Sequence[tuple[AlignedFace, np.ndarray]],
+               original: np.ndarray | None = None, grain: Sequence | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The restored faces as a frame-sized layer: (RGB float32 H x W x 3 on the 0..255 scale, alpha H x W).
 
     restored crops are RGB of the aligned crop's size, uint8 or float32 on the 0..255
     scale (float keeps precision for 10-bit output). A frame becomes
     frame + alpha * (layer - frame); where alpha is 0 it is untouched. Smaller faces are
     laid first, so where mattes overlap the larger (usually nearer) face ends on top.
+    original: the frame's RGB; with it, a face larger in the frame than in the crop keeps
+    the frame's detail above the crop's resolution (texture.keep_frame_detail).
+    grain: per face, (texture.GrainModel, seed) or None: grain in the amount of texture the
+    face lacks against the original is added (texture.add_missing_grain; needs original).
     """
     for aligned, restored in restored_faces:
         if not isinstance(aligned, AlignedFace):
@@ -110,7 +112,13 @@ def face_layer(frame_shape: tuple, restored_faces: Sequence[tuple[AlignedFace, n
     height, width = frame_shape[:2]
     premultiplied = np.zeros((height, width, 3), dtype=np.float32)
     alpha_total = np.zeros((height, width), dtype=np.float32)
-    for aligned, restored in sorted(restored_faces, key=lambda pair: -pair[0].transform.scale):
+    grain = list(grain) if grain is not None else [None] * len(restored_faces)
+    if original is None and any(entry is not None for entry in grain):
+        raise ValueError("face_layer adds grain only with the original frame: pass original= with grain=")
+    if len(grain) != len(restored_faces):
+        raise ValueError(f"face_layer got {len(grain)} grain entries for {len(restored_faces)} faces: give one per face (None for none)")
+    order = sorted(range(len(restored_faces)), key=lambda number: -restored_faces[number][0].transform.scale)
+    for aligned, restored, face_grain in ((*restored_faces[number], grain[number]) for number in order):
         matte = face_matte(aligned.landmarks, aligned.transform.size)
         placed = _matte_in_frame(matte, aligned, frame_shape)
         if placed is None:
@@ -119,6 +127,10 @@ def face_layer(frame_shape: tuple, restored_faces: Sequence[tuple[AlignedFace, n
         corrected = match_colour(restored, aligned.crop, matte)
         face = cv2.warpAffine(corrected, to_region, alpha.shape[::-1], flags=WARP_INTERPOLATION, borderMode=cv2.BORDER_REPLICATE)
         region = np.s_[y0:y0 + alpha.shape[0], x0:x0 + alpha.shape[1]]
+        if original is not None:
+            face = keep_frame_detail(face, original[region], aligned.transform.scale)
+        if face_grain is not None:
+            face = add_missing_grain(face, original[region], alpha, *face_grain)
         # "Over" compositing in premultiplied form: a later face covers earlier ones by its alpha.
         premultiplied[region] = premultiplied[region] * (1 - alpha[..., None]) + alpha[..., None] * face
         alpha_total[region] = alpha_total[region] * (1 - alpha) + alpha

@@ -56,6 +56,9 @@ def build(run, scan, tracks_by_chunk, results) -> dict:
             "faces_restored_by_actor": [{"actor": a, "faces": n} for a, n in faces_by_actor.items()],
         },
         "timings_s": {stage: round(seconds, 2) for stage, seconds in run.timings.items()},
+        # Per track, on its middle frame: the face's fine texture kept, output over input (texture.texture_ratio).
+        "texture_ratios": [{"frame": s["frame"], "actor": s["actor"], "ratio": s.get("texture_ratio")}
+                           for result in results for s in result.samples],
         "samples": [sample for result in results for sample in result.samples],
     }
     return report
@@ -69,7 +72,7 @@ def write(report: dict, path: Path) -> None:
     for actor in sorted({s["actor"] or "" for s in samples}):
         cells = "".join(
             f'<figure><img src="data:image/jpeg;base64,{s["before"]}"><img src="data:image/jpeg;base64,{s["after"]}">'
-            f"<figcaption>frame {s['frame']}</figcaption></figure>"
+            f"<figcaption>frame {s['frame']}, texture {s.get('texture_ratio')}</figcaption></figure>"
             for s in samples
             if (s["actor"] or "") == actor
         )

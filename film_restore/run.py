@@ -2,7 +2,7 @@
 
     python -m film_restore.run INPUT --cast CAST.yaml [-o OUTPUT] [--checkpoint DMDNet.pth]
         [--models DIR] [--workdir DIR] [--resume] [--codec auto|x264|x265|prores|dnxhd|ffv1]
-        [--report report.json] [--dry-run]
+        [--report report.json] [--dry-run] [--grain auto|off] [--min-face PX] [--address HOST:PORT]
 
 Runs on an embedded local Ray, or on the cluster of `ray job submit` / RAY_ADDRESS.
 The output appears only when complete; the input is never written.
@@ -18,6 +18,7 @@ from film_restore import settings
 from film_restore.cast import CastError
 from film_restore.models import ModelsError
 from film_restore.pipeline import Job, PipelineError, run
+from film_restore.texture import GRAIN_MODES
 from film_restore.video import CODECS, VideoError
 
 
@@ -39,6 +40,8 @@ def parser() -> argparse.ArgumentParser:
                            help=f"faces whose box is narrower or shorter than this are left as they are (default {settings.MIN_FACE})")
     arguments.add_argument("--address", help="join this Ray cluster (host:port or ray://host:port; default $RAY_ADDRESS, "
                                              "else a local Ray)")
+    arguments.add_argument("--grain", choices=GRAIN_MODES, default=settings.GRAIN,
+                           help="auto re-creates the film's grain on restored faces; off leaves them clean")
     return arguments
 
 
@@ -47,7 +50,7 @@ def job_from_args(args) -> Job:
     return Job(
         input=args.input, cast=args.cast, output=output, checkpoint=args.checkpoint, models=args.models,
         workdir=args.workdir, resume=args.resume, codec=args.codec, report=args.report, dry_run=args.dry_run,
-        chunk_frames=args.chunk_frames, min_face=args.min_face, address=args.address,
+        chunk_frames=args.chunk_frames, min_face=args.min_face, address=args.address, grain=args.grain,
     )
 
 

@@ -13,6 +13,8 @@ CODEC = "auto"
 # Faces whose detector box is narrower or shorter than this (frame pixels) are left untouched:
 # too little of them for the restorer to recover, and what it invents would show.
 MIN_FACE = 24
+# Grain on restored faces: "auto" re-creates the film's own (film_restore.texture), "off" leaves them clean.
+GRAIN = "auto"
 
 
 def default_output(film: Path) -> Path:

@@ -21,7 +21,6 @@ from film_restore.pipeline.job import PipelineError
 from film_restore.records import Chunk, ChunkResult, Scan, Track
 from film_restore.restore import FaceRestorer
 from film_restore.stages import FaceTracker, Scanner
-from film_restore.video import VideoInfo
 
 
 # A cluster that does not accept a connection within this time is taken for dead.
@@ -145,11 +144,18 @@ class RestoreActor:
         return self.restorer.restore(crops, boxes, actor)
 
 
+class RemoteRestore:
+    """A restore actor as a Composer's restore function: sends the faces and waits for them."""
+
+    def __init__(self, actor):
+        self.actor = actor
+
+    def __call__(self, crops, boxes, actor_name):
+        return ray.get(self.actor.restore.remote(crops, boxes, actor_name))
+
+
 @ray.remote
-def compose_task(info: VideoInfo, codec: str, restorer, face_size: int, min_face: int, chunk: Chunk,
-                 tracks: list[Track], frame_pts, output: str, film: str) -> ChunkResult:
-    composer = Composer(info, codec, lambda crops, boxes, actor: ray.get(restorer.restore.remote(crops, boxes, actor)),
-                        face_size, min_face)
+def compose_task(composer: Composer, chunk: Chunk, tracks: list[Track], frame_pts, output: str, film: str) -> ChunkResult:
     result = composer(chunk, tracks, frame_pts, Path(output))
     counter("film_restore_chunks_done", "chunks restored and encoded").inc(1, tags={"film": film})
     counter("film_restore_frames_done", "frames restored and encoded").inc(result.frames, tags={"film": film})

@@ -13,10 +13,12 @@ import dmdnet
 from film_restore import report as reports
 from film_restore.cast import Cast, CastStore
 from film_restore.faces import FaceAnalyzer
+from film_restore.compose import Composer
 from film_restore.keys import job_keys
 from film_restore.models import find_pack, pack_id, resolve_checkpoint
 from film_restore.pipeline.cluster import (
     AnalyseActor,
+    RemoteRestore,
     RestoreActor,
     as_completed,
     compose_task,
@@ -142,10 +144,10 @@ class FilmRun:
             for number, chunk in enumerate(missing):
                 video = self.work.chunk_video(chunk, key)
                 video.parent.mkdir(parents=True, exist_ok=True)
+                composer = Composer(self.info, self.job.codec, RemoteRestore(restorers[number % len(restorers)]),
+                                    self.face_size, self.job.min_face, self.job.grain)
                 reference = compose_task.options(name=f"film_restore.compose-{chunk.index}").remote(
-                    self.info, self.job.codec, restorers[number % len(restorers)], self.face_size, self.job.min_face, chunk,
-                    tracks[chunk.index], scan.frame_pts, str(video), self.film,
-                )
+                    composer, chunk, tracks[chunk.index], scan.frame_pts, str(video), self.film)
                 pending[reference] = chunk
             frames_done = sum(r.frames for r in results.values())
             for chunk, result in as_completed(pending):

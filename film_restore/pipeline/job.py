@@ -28,6 +28,7 @@ class Job:
     detector_size: int = settings.DETECTOR_SIZE
     restore_batch: int = settings.RESTORE_BATCH
     min_face: int = settings.MIN_FACE
+    grain: str = settings.GRAIN
     address: str | None = None  # a Ray cluster to join (host:port, ray://host:port, auto); else RAY_ADDRESS, else local
 
     @property

@@ -211,6 +211,7 @@ def test_our_trained_256_model_restores_a_short_film(setup, tmp_path):
     assert output_pts == input_pts and audio_packets(output) == audio_packets(film)
     report = json.loads(output.with_name("restored.report.json").read_text())
     assert [t["actor"] for t in report["tracks"]] == ["Actor 0"] and report["totals"]["faces_restored"] == 6
+    assert 0.8 <= report["texture_ratios"][0]["ratio"] <= 1.25  # the face keeps the film's fine texture
     for before, after in zip(input_frames, output_frames):
         changed = np.abs(before.astype(int) - after).max(axis=2) > 3
         assert 0.01 < changed.mean() < 0.5  # the face, not the frame
