@@ -7,7 +7,7 @@ Measures in one run, so the ratios compare like with like:
               both the generic and the specific result (their forward does both).
 Prints seconds (median of --repeats), GFLOP per face and the ratios, as a markdown table.
 
-    python bench/dmdnet_cpu.py [--repeats 3] [--threads N]
+    python -m bench.dmdnet_cpu [--repeats 3] [--threads N]
 """
 import argparse
 import os

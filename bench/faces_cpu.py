@@ -2,7 +2,7 @@
 
 Frames come from a real clip, letterboxed into 1280 x 720. Prints a markdown table.
 
-    python bench/faces_cpu.py --models ../shared/models --clip ../shared/media/clips/retalk_1.mp4
+    python -m bench.faces_cpu --models ../shared/models --clip ../shared/media/clips/retalk_1.mp4
 """
 import argparse
 import os

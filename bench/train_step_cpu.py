@@ -8,7 +8,7 @@ Each variant runs the backward phase (generic restore, pixel + query loss, Adam)
 same initial state on the same batches. Prints the median seconds per step (after 2 warm-up
 steps) and the ratio to float32 NCHW, as a markdown table.
 
-    python bench/train_step_cpu.py --data prepared/celeba256 [--width 16] [--batch 4] [--steps 10]
+    python -m bench.train_step_cpu --data prepared/celeba256 [--width 16] [--batch 4] [--steps 10]
 """
 import argparse
 import copy
