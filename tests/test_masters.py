@@ -155,6 +155,16 @@ def test_mxf_master_keeps_every_pcm_track_and_the_timecode(mxf_master, suffix, c
         assert all(a.picture.same_pixels(b.picture) for a, b in zip(read_frames(output), read_frames(mxf_master)))
 
 
+def test_mpeg2_mxf_master_becomes_lossless_ffv1_in_mxf(tmp_path):
+    master = make_master(tmp_path / "xdcam.mxf", container="mxf", encoder="mpeg2video", pix_fmt="yuv422p", size=(256, 144),
+                         frames=8, options={"b": "10000000"}, audio=(("pcm_s24le", "mono"),) * 2, subtitles=None, chapters=False)
+    output = tmp_path / "restored.mxf"
+    assert check_output(output, probe(master)).warnings == ("no high-quality encoder of the mpeg2video family here; using lossless ffv1",)
+    restore(master, output, tmp_path)
+    assert streams(output) == [("video", "ffv1"), ("audio", "pcm_s24le"), ("audio", "pcm_s24le")] and timecode(output) == {TIMECODE}
+    assert all(a.picture.same_pixels(b.picture) for a, b in zip(read_frames(output), read_frames(master)))
+
+
 def test_mxf_refusals_name_the_stream_and_the_containers_that_take_it(mxf_master, mov_master, tmp_path):
     with pytest.raises(VideoError, match=re.escape("dnxhd video cannot go into .mkv (matroska takes ffv1, h264, hevc, prores): "
                                                    "name the output .mov or .mxf, or choose another codec")):
