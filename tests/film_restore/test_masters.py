@@ -139,17 +139,30 @@ def mxf_master(tmp_path_factory):
                        subtitles=None, chapters=False)
 
 
-@pytest.mark.parametrize("suffix", [".mxf", ".mov"])
-def test_mxf_master_keeps_every_pcm_track_and_the_timecode(mxf_master, suffix, tmp_path):
+@pytest.mark.parametrize("suffix, codec", [(".mxf", "auto"), (".mov", "auto"), (".mxf", "ffv1")])
+def test_mxf_master_keeps_every_pcm_track_and_the_timecode(mxf_master, suffix, codec, tmp_path):
     assert streams(mxf_master) == [("video", "dnxhd")] + [("audio", "pcm_s24le")] * 4 and timecode(mxf_master) == {TIMECODE}
     output = tmp_path / f"restored{suffix}"
-    plan = restore(mxf_master, output, tmp_path)
-    assert plan.encoder.encoder == "dnxhd" and plan.copied_streams == (1, 2, 3, 4) and plan.timecode == TIMECODE
-    assert streams(output)[:5] == streams(mxf_master) and timecode(output) == {TIMECODE}
+    plan = restore(mxf_master, output, tmp_path, codec)
+    assert plan.encoder.encoder == ("dnxhd" if codec == "auto" else codec)
+    assert plan.copied_streams == (1, 2, 3, 4) and plan.timecode == TIMECODE
+    assert streams(output)[:5] == [("video", plan.encoder.encoder)] + streams(mxf_master)[1:] and timecode(output) == {TIMECODE}
     for index in range(1, 5):  # PCM samples byte for byte (packet sizes are the containers' own)
         assert b"".join(packets(output, index)) == b"".join(packets(mxf_master, index))
     assert probe(output).pix_fmt == "yuv422p10le"
     assert seconds(output) == seconds(mxf_master)  # MOV keeps its own clock (1/12800 for 25 fps)
+    if codec == "ffv1":  # lossless: the decoded master, sample for sample
+        assert all(a.picture.same_pixels(b.picture) for a, b in zip(read_frames(output), read_frames(mxf_master)))
+
+
+def test_mpeg2_mxf_master_becomes_lossless_ffv1_in_mxf(tmp_path):
+    master = make_master(tmp_path / "xdcam.mxf", container="mxf", encoder="mpeg2video", pix_fmt="yuv422p", size=(256, 144),
+                         frames=8, options={"b": "10000000"}, audio=(("pcm_s24le", "mono"),) * 2, subtitles=None, chapters=False)
+    output = tmp_path / "restored.mxf"
+    assert check_output(output, probe(master)).warnings == ("no high-quality encoder of the mpeg2video family here; using lossless ffv1",)
+    restore(master, output, tmp_path)
+    assert streams(output) == [("video", "ffv1"), ("audio", "pcm_s24le"), ("audio", "pcm_s24le")] and timecode(output) == {TIMECODE}
+    assert all(a.picture.same_pixels(b.picture) for a, b in zip(read_frames(output), read_frames(master)))
 
 
 def test_mxf_refusals_name_the_stream_and_the_containers_that_take_it(mxf_master, mov_master, tmp_path):
