@@ -30,6 +30,7 @@ overlapping segments with results identical to a whole-track run.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
@@ -63,6 +64,10 @@ IDENTITY_TOLERANCE = 0.005
 UNKNOWN_SELF_SIMILARITY = 0.8
 # Fidelity: the input vouches for frequencies whose power is this many times its noise floor.
 VOUCH_SNR = 4.0
+# Why a face was held back (reports count them).
+LESS_LIKE_THE_ACTOR = "identity: restored face less like the actor than the input"
+UNLIKE_ITSELF = "identity: restored face unlike its own input"
+WITH_NEIGHBOURS = "identity: held back with neighbouring faces (strengths smoothed along the track)"
 # Frames either side a face's result depends on (stabilisation, then the strength smoothing's two passes).
 GUARD_HORIZON = TEMPORAL_RADIUS + 2 * STRENGTH_RADIUS
 
@@ -72,7 +77,8 @@ class TrackResult:
     """One track's guarded faces and what the guards measured and decided, per face.
 
     faces: float32 N x S x S x 3 (0..255) final aligned crops; strength: N (share of the
-    residual used); reasons: N strings ("" where the face got the full strength);
+    residual used); reasons: N strings ("" where the face got the full strength, else
+    one of the phrases below);
     identity_in / identity_out: N cosine similarities (to the actor, or for a face of nobody of
     the output to its own input, the input then 1.0); change_in / change_out / change_weight:
     N sums of the frame-to-frame change from the previous face (0 weight for the first), so
@@ -82,7 +88,7 @@ class TrackResult:
 
     faces: np.ndarray
     strength: np.ndarray
-    reasons: list[str]
+    reasons: np.ndarray
     identity_in: np.ndarray
     identity_out: np.ndarray
     change_in: np.ndarray
@@ -214,19 +220,16 @@ def identity_limits(inputs: np.ndarray, residuals: np.ndarray, embed, reference)
     input_embeddings = embed(inputs)
     baseline = identity(input_embeddings, reference) if reference is not None else np.ones(len(inputs), np.float32)
     limits = np.zeros(len(inputs), np.float32)
-    at_full = baseline.copy()
     undecided = np.arange(len(inputs))
     for strength in STRENGTH_STEPS:
         if strength == 0 or undecided.size == 0:
             break
         candidates = np.clip(np.round(_compose(inputs[undecided], residuals[undecided], strength)), 0, 255).astype(np.uint8)
         scores = _similarity(embed(candidates), reference, input_embeddings[undecided])
-        if strength == STRENGTH_STEPS[0]:
-            at_full[undecided] = scores
         passed = scores >= (baseline[undecided] - IDENTITY_TOLERANCE if reference is not None else UNKNOWN_SELF_SIMILARITY)
         limits[undecided[passed]] = strength
         undecided = undecided[~passed]
-    return limits, baseline, at_full
+    return limits, baseline
 
 
 def smooth_strengths(limits: np.ndarray) -> np.ndarray:
@@ -259,7 +262,7 @@ def guard_track(inputs: np.ndarray, restored: np.ndarray, embed: Callable[[np.nd
     resolution = effective_resolution(inputs) if resolution is None else resolution
     residuals = match_band(restored.astype(np.float32) - inputs.astype(np.float32), resolution)
     residuals, backward_flows = stabilise(inputs, residuals)
-    limits, identity_in, at_full = identity_limits(inputs, residuals, embed, reference) if strength == AUTO else (None, None, None)
+    limits, identity_in = identity_limits(inputs, residuals, embed, reference) if strength == AUTO else (None, None)
     strengths = smooth_strengths(limits) if strength == AUTO else np.full(len(inputs), strength, np.float32)
     faces = _compose(inputs, residuals, strengths)
     output_embeddings = embed(np.clip(np.round(faces), 0, 255).astype(np.uint8))
@@ -267,18 +270,61 @@ def guard_track(inputs: np.ndarray, restored: np.ndarray, embed: Callable[[np.nd
         input_embeddings = embed(inputs)
         identity_in = identity(input_embeddings, reference) if reference is not None else np.ones(len(inputs), np.float32)
     identity_out = identity(output_embeddings, reference) if reference is not None else identity(output_embeddings, embed(inputs))
-    reasons = np.array([_reason(strengths[t], limits, at_full, identity_in, reference, t) for t in range(len(inputs))], dtype=object)
+    reasons = np.array([_reason(strengths[t], limits, reference, t) for t in range(len(inputs))], dtype=object)
     sums_in, sums_out, weights = temporal_changes(inputs, faces, face_mask(inputs.shape[1]) if mask is None else mask, backward_flows)
     pad = lambda values: np.concatenate([[0.0], values])
     return TrackResult(faces, strengths, reasons, np.asarray(identity_in, np.float32), np.asarray(identity_out, np.float32),
                        pad(sums_in), pad(sums_out), pad(weights), resolution)
 
 
-def _reason(strength: float, limits, at_full, identity_in, reference, t: int) -> str:
+def _reason(strength: float, limits, reference, t: int) -> str:
     if limits is None or strength >= STRENGTH_STEPS[0]:
         return ""
     if limits[t] < STRENGTH_STEPS[0]:
-        if reference is None:
-            return f"identity: restored face {at_full[t]:.3f} like its input (< {UNKNOWN_SELF_SIMILARITY})"
-        return f"identity: restored {at_full[t]:.3f} < input {identity_in[t]:.3f} to the actor"
-    return "identity: held back with neighbouring faces (no pumping)"
+        return LESS_LIKE_THE_ACTOR if reference is not None else UNLIKE_ITSELF
+    return WITH_NEIGHBOURS
+
+
+class TrackGuard:
+    """guard_track with a film's settings, for the Composer: the cast's references and strengths.
+
+    references: actor -> unit centroid; strength: the run's (AUTO or 0..1); actor_strengths:
+    actor -> a cast file's own strength for that actor, which wins over the run's.
+    """
+
+    def __init__(self, embed: Callable[[np.ndarray], np.ndarray], references: dict[str, np.ndarray],
+                 strength: float | str = AUTO, actor_strengths: dict[str, float | str] | None = None):
+        self.embed = embed
+        self.references = references
+        self.strength = parse_strength(strength)
+        self.actor_strengths = {actor: parse_strength(value) for actor, value in (actor_strengths or {}).items()}
+
+    @classmethod
+    def from_models_dir(cls, models_dir, references, strength=AUTO, actor_strengths=None) -> "TrackGuard":
+        """A guard embedding faces with the recogniser of the face models in models_dir."""
+        from film_restore.face_models import Recogniser
+        from film_restore.models import find_pack
+
+        return cls(aligned_embedder(Recogniser(find_pack(models_dir).recogniser)), references, strength, actor_strengths)
+
+    def __call__(self, inputs: np.ndarray, restored: np.ndarray, actor: str | None) -> TrackResult:
+        strength = self.actor_strengths.get(actor, self.strength) if actor is not None else self.strength
+        return guard_track(inputs, restored, self.embed, self.references.get(actor) if actor else None, strength)
+
+
+def summarise(results: list[TrackResult]) -> dict:
+    """Report fields of one track from the results of its faces (in any number of parts)."""
+    strength = np.concatenate([r.strength for r in results])
+    change_in = sum(float(r.change_in.sum()) for r in results)
+    change_out = sum(float(r.change_out.sum()) for r in results)
+    reasons = Counter(reason for r in results for reason in r.reasons if reason)
+    return {
+        "faces": int(strength.size),
+        "flicker_ratio": round(change_out / change_in, 4) if change_in > 0 else None,
+        "identity_in": round(float(np.concatenate([r.identity_in for r in results]).mean()), 4),
+        "identity_out": round(float(np.concatenate([r.identity_out for r in results]).mean()), 4),
+        "strength_mean": round(float(strength.mean()), 3),
+        "strength_min": round(float(strength.min()), 3),
+        "held_back": int((strength < STRENGTH_STEPS[0]).sum()),
+        "held_back_why": dict(reasons),
+    }

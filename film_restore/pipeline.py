@@ -22,6 +22,7 @@ from film_restore import report as reports
 from film_restore.cast import Cast, CastStore
 from film_restore.cast.store import pack_id
 from film_restore.faces import FaceAnalyzer
+from film_restore.guards import TrackGuard
 from film_restore.models import find_pack
 from film_restore.restore import FaceRestorer
 from film_restore.stages import Analyser, ChunkResult, Composer, Scan, Scanner
@@ -40,7 +41,7 @@ from film_restore.workdir import (
 )
 
 # Bumped when a stage's results would change for the same inputs and settings.
-SCAN_VERSION, ANALYSIS_VERSION, COMPOSE_VERSION = 1, 1, 1
+SCAN_VERSION, ANALYSIS_VERSION, COMPOSE_VERSION = 1, 1, 2
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Job:
     chunk_frames: int = 250
     detector_size: int = 640
     restore_batch: int = 8
+    strength: float | str = "auto"  # guards.parse_strength: share of the restoration, or auto (the guards decide per face)
 
 
 class PipelineError(RuntimeError):
@@ -136,8 +138,11 @@ class RestoreActor:
 
 
 @ray.remote
-def _compose_task(info: VideoInfo, codec: str, restorer, face_size: int, chunk, tracks_json, frame_pts, output: str, film: str):
-    composer = Composer(info, codec, lambda crops, boxes, actor: ray.get(restorer.restore.remote(crops, boxes, actor)), face_size)
+def _compose_task(info: VideoInfo, codec: str, restorer, face_size: int, chunk, tracks_json, frame_pts, output: str, film: str,
+                  guard_settings: dict):
+    guard = TrackGuard.from_models_dir(**guard_settings)
+    composer = Composer(info, codec, lambda crops, boxes, actor: ray.get(restorer.restore.remote(crops, boxes, actor)), face_size,
+                        guard)
     result = composer.compose(chunk, tracks_from_json(tracks_json), frame_pts, Path(output))
     _counter("film_restore_chunks_done", "chunks restored and encoded").inc(1, tags={"film": film})
     _counter("film_restore_frames_done", "frames restored and encoded").inc(result.frames, tags={"film": film})
@@ -241,8 +246,12 @@ def run(job: Job) -> dict:
     results = []
     if not job.dry_run:
         mark = time.perf_counter()
-        compose_key = digest(analysis_key, COMPOSE_VERSION, fingerprint, sorted(dictionaries.items()), job.codec)
-        results, videos = _compose(job, work, info, scan, tracks, compose_key, checkpoint, face_size, dictionaries, progress)
+        guard_settings = {"models_dir": str(pack.directory), "references": dict(zip(identifier.names, identifier.centroids)),
+                          "strength": job.strength, "actor_strengths": cast.strengths}
+        compose_key = digest(analysis_key, COMPOSE_VERSION, fingerprint, sorted(dictionaries.items()), job.codec,
+                             job.strength, sorted(cast.strengths.items()))
+        results, videos = _compose(job, work, info, scan, tracks, compose_key, checkpoint, face_size, dictionaries, progress,
+                                   guard_settings)
         timings["restore_and_encode"] = time.perf_counter() - mark
         mark = time.perf_counter()
         join(videos, job.input, job.output, info, frame_pts=scan.frame_pts)
@@ -299,7 +308,7 @@ def _analyse(job, work, scan: Scan, key: str, pack, identifier, progress: Progre
     return tracks
 
 
-def _compose(job, work, info, scan: Scan, tracks, key, checkpoint, face_size, dictionaries, progress: Progress):
+def _compose(job, work, info, scan: Scan, tracks, key, checkpoint, face_size, dictionaries, progress: Progress, guard_settings):
     results, pending = {}, {}
     videos = [work.chunk_video(chunk, key) for chunk in scan.chunks]
     missing = [c for c, v in zip(scan.chunks, videos) if not (v.is_file() and v.with_suffix(".json").is_file())]
@@ -321,7 +330,7 @@ def _compose(job, work, info, scan: Scan, tracks, key, checkpoint, face_size, di
             video.parent.mkdir(parents=True, exist_ok=True)
             reference = _compose_task.options(name=f"film_restore.compose-{chunk.index}").remote(
                 info, job.codec, restorers[number % len(restorers)], face_size, chunk, tracks_to_json(tracks[chunk.index]),
-                scan.frame_pts, str(video), job.input.name,
+                scan.frame_pts, str(video), job.input.name, guard_settings,
             )
             pending[reference] = chunk
         while pending:

@@ -2,7 +2,7 @@
 
     python -m film_restore.run INPUT --cast CAST.yaml [-o OUTPUT] [--checkpoint DMDNet.pth]
         [--models DIR] [--workdir DIR] [--resume] [--codec auto|x264|x265|prores|ffv1]
-        [--report report.json] [--dry-run]
+        [--report report.json] [--dry-run] [--strength 0..1|auto]
 
 Runs on an embedded local Ray, or on the cluster of `ray job submit` / RAY_ADDRESS.
 The output appears only when complete; the input is never written.
@@ -15,11 +15,19 @@ from pathlib import Path
 
 from dmdnet import CheckpointError
 from film_restore.cast import CastError
+from film_restore.guards import AUTO, parse_strength
 from film_restore.models import ModelsError
 from film_restore.pipeline import Job, PipelineError, run
 from film_restore.video import VideoError
 
 CODECS = ("auto", "x264", "x265", "prores", "ffv1")
+
+
+def _strength(value: str):
+    try:
+        return parse_strength(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -34,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
     arguments.add_argument("--codec", choices=CODECS, default="auto", help="auto keeps the input's codec family")
     arguments.add_argument("--report", type=Path, help="report.json path (default OUTPUT_STEM.report.json)")
     arguments.add_argument("--dry-run", action="store_true", help="shots, tracks and identities only; no restore")
+    arguments.add_argument("--strength", type=_strength, default=AUTO,
+                           help="0..1: share of the restoration used; auto (default): the guards decide per face")
     arguments.add_argument("--chunk-frames", type=int, default=250, help="frames per unit of work (whole shots)")
     return arguments
 
@@ -43,7 +53,7 @@ def job_from_args(args) -> Job:
     return Job(
         input=args.input, cast=args.cast, output=output, checkpoint=args.checkpoint, models=args.models,
         workdir=args.workdir, resume=args.resume, codec=args.codec, report=args.report, dry_run=args.dry_run,
-        chunk_frames=args.chunk_frames,
+        chunk_frames=args.chunk_frames, strength=args.strength,
     )
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from film_restore.blend import face_layer
 from film_restore.faces import FaceAnalyzer, align_face
+from film_restore.guards import summarise
 from film_restore.identity import Identifier
 from film_restore.records import Chunk, Shot, Track
 from film_restore.shots import chunk_shots, find_shots, frame_signature
@@ -80,6 +81,7 @@ class ChunkResult:
     faces: int
     faces_by_actor: dict[str, int] = field(default_factory=dict)
     samples: list[dict] = field(default_factory=list)
+    tracks: list[dict] = field(default_factory=list)  # per guarded track: guards.summarise and its number
 
 
 def _thumbnail(rgb: np.ndarray) -> str:
@@ -92,14 +94,22 @@ class Composer:
 
     restore(crops, boxes, actor) -> float32 restored crops: a restorer actor's method (on
     Ray, a function that calls it remotely and waits). face_size: the side of the aligned
-    faces the model restores (its image_size: 512 for the authors' model).
+    faces the model restores (its image_size: 512 for the authors' model). guard: a
+    guards.TrackGuard (inputs, restored, actor) -> TrackResult, or None to paste the
+    restorer's faces as they are.
+
+    Faces are restored COMPOSE_WINDOW frames at a time; with a guard, a window is written
+    only once the next one is restored, and each track's faces in it are guarded with the
+    window before and after as context (guards.GUARD_HORIZON <= COMPOSE_WINDOW), so the
+    result is that of guarding whole tracks while only three windows are held.
     """
 
-    def __init__(self, info: VideoInfo, codec: str, restore: Callable, face_size: int = 512):
+    def __init__(self, info: VideoInfo, codec: str, restore: Callable, face_size: int = 512, guard: Callable | None = None):
         self.info = info
         self.codec = codec
         self.restore = restore
         self.face_size = face_size
+        self.guard = guard
 
     def compose(self, chunk: Chunk, tracks: list[Track], frame_pts, output: Path) -> ChunkResult:
         faces_in_frame = defaultdict(list)
@@ -109,21 +119,37 @@ class Composer:
                 faces_in_frame[tracked.frame].append((number, tracked.face, track.actor))
             sample_frames[number] = track.faces[len(track.faces) // 2].frame
         result = ChunkResult(chunk.index, 0, 0)
-        window = []
+        guarded_parts = defaultdict(list)  # track number -> TrackResult of its faces, window by window
+        window, restored_windows, next_to_write = [], [], 0
+
+        def write_ready(final: bool) -> None:
+            nonlocal next_to_write
+            lookahead = 0 if final or self.guard is None else 1
+            while next_to_write < len(restored_windows) - lookahead:
+                self._write_window(restored_windows, next_to_write, sample_frames, writer, result, guarded_parts)
+                next_to_write += 1
+                if next_to_write > 1:  # the window before the next one to write is all the context kept
+                    restored_windows.pop(0)
+                    next_to_write -= 1
+
         with ChunkWriter(output, self.info, self.codec) as writer:
             for frame in read_frames(self.info.path, chunk.first_frame, chunk.last_frame, frame_pts):
                 window.append(frame)
                 if len(window) == COMPOSE_WINDOW:
-                    self._compose_window(window, faces_in_frame, sample_frames, writer, result)
+                    restored_windows.append(self._restore_window(window, faces_in_frame, result))
                     window = []
+                    write_ready(final=False)
             if window:
-                self._compose_window(window, faces_in_frame, sample_frames, writer, result)
+                restored_windows.append(self._restore_window(window, faces_in_frame, result))
+            write_ready(final=True)
         if result.frames != len(chunk.frames):
             raise RuntimeError(f"chunk {chunk.index}: decoded {result.frames} frames, expected {len(chunk.frames)}")
+        result.tracks = [{"track": number, **summarise(parts)} for number, parts in sorted(guarded_parts.items())]
         return result
 
-    def _compose_window(self, window, faces_in_frame, sample_frames, writer, result: ChunkResult) -> None:
-        aligned = {}  # (frame, track number) -> (AlignedFace, actor)
+    def _restore_window(self, window, faces_in_frame, result: ChunkResult) -> tuple:
+        """(frames, {(frame, track number): (AlignedFace, actor)}, {(frame, track number): restored crop})."""
+        aligned = {}
         for index, _, picture in window:
             faces = faces_in_frame.get(index, [])
             if faces:
@@ -139,8 +165,34 @@ class Composer:
             boxes = np.stack([aligned[key][0].boxes for key in keys])
             restored.update(zip(keys, self.restore(crops, boxes, actor)))
             result.faces_by_actor[actor or ""] = result.faces_by_actor.get(actor or "", 0) + len(keys)
+        return window, aligned, restored
+
+    def _guarded(self, restored_windows, position: int, guarded_parts) -> dict:
+        """The window's final crops: each track guarded over this window and its neighbours."""
+        _, aligned, restored = restored_windows[position]
+        if self.guard is None:
+            return restored
+        context = {}
+        for _, near_aligned, near_restored in restored_windows[max(position - 1, 0):position + 2]:
+            for key in near_aligned:
+                context[key] = (near_aligned[key], near_restored[key])
+        final = {}
+        for number in sorted({number for _, number in aligned}):
+            keys = sorted(key for key in context if key[1] == number)
+            actor = context[keys[0]][0][1]
+            track_result = self.guard(np.stack([context[k][0][0].crop for k in keys]),
+                                      np.stack([context[k][1] for k in keys]), actor)
+            mine = np.array([key in aligned for key in keys])
+            part = track_result.part(mine)
+            guarded_parts[number].append(part)
+            final.update(zip([k for k in keys if k in aligned], part.faces))
+        return final
+
+    def _write_window(self, restored_windows, position: int, sample_frames, writer, result: ChunkResult, guarded_parts) -> None:
+        window, aligned, _ = restored_windows[position]
+        final = self._guarded(restored_windows, position, guarded_parts)
         for index, pts, picture in window:
-            pairs = [(aligned[key][0], restored[key]) for key in aligned if key[0] == index]
+            pairs = [(aligned[key][0], final[key]) for key in aligned if key[0] == index]
             if pairs:
                 layer, alpha = face_layer((self.info.height, self.info.width), pairs)
                 picture = picture.blended(layer, alpha)
@@ -150,5 +202,5 @@ class Composer:
         for (index, number), (face, actor) in aligned.items():
             if sample_frames.get(number) == index:
                 result.samples.append(
-                    {"frame": index, "actor": actor, "before": _thumbnail(face.crop), "after": _thumbnail(restored[index, number])}
+                    {"frame": index, "actor": actor, "before": _thumbnail(face.crop), "after": _thumbnail(final[index, number])}
                 )

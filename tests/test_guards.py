@@ -85,3 +85,30 @@ def test_strength_is_a_number_from_0_to_1_or_auto():
     for bad in ("1.5", "-0.1", "strong", None):
         with pytest.raises(ValueError, match="strength must be a number from 0 to 1 or 'auto'"):
             guards.parse_strength(bad)
+
+
+def test_composer_with_guards_and_a_restorer_that_changes_nothing_writes_todays_round_trip(talking_head, tmp_path):
+    from conftest import asset
+    from film_restore.identity import Identifier
+    from film_restore.stages import Analyser, Composer, Scanner
+    from film_restore.video import probe, read_frames
+    from media import make_film
+
+    film = tmp_path / "film.mkv"
+    make_film(film, [asset("media/clips/retalk_2.mp4")], 11, size=(256, 256), with_audio=False)
+    scan = Scanner(250).scan(film)
+    chunk = scan.chunks[0]
+    identifier = Identifier({"Speaker": talking_head["reference"][None]}, 0.45)
+    tracks = Analyser(asset("models"), identifier, detector_size=320).analyse(film, chunk, scan.frame_pts)
+    assert [t.actor for t in tracks] == ["Speaker"]
+    unchanged = lambda crops, boxes, actor: crops.astype(np.float32)
+    guard = guards.TrackGuard(talking_head["embed"], {"Speaker": talking_head["reference"]})
+    outputs = {}
+    for name, composer_guard in (("today", None), ("guarded", guard)):
+        outputs[name] = tmp_path / f"{name}.mkv"
+        result = Composer(probe(film), "ffv1", unchanged, 128, composer_guard).compose(chunk, tracks, scan.frame_pts, outputs[name])
+    frames = {name: [picture.rgb() for _, _, picture in read_frames(path)] for name, path in outputs.items()}
+    assert len(frames["today"]) == 11 and all(np.array_equal(a, b) for a, b in zip(frames["today"], frames["guarded"]))
+    [summary] = result.tracks
+    assert summary["faces"] == 11 and summary["held_back"] == 0 and summary["flicker_ratio"] == pytest.approx(1.0)
+    assert summary["identity_out"] == pytest.approx(summary["identity_in"], abs=1e-4)
