@@ -100,8 +100,9 @@ class Composer:
 
     Faces are restored COMPOSE_WINDOW frames at a time; with a guard, a window is written
     only once the next one is restored, and each track's faces in it are guarded with the
-    window before and after as context (guards.GUARD_HORIZON <= COMPOSE_WINDOW), so the
-    result is that of guarding whole tracks while only three windows are held.
+    window before and after as context (guards.GUARD_HORIZON <= COMPOSE_WINDOW): the result
+    is that of guarding whole tracks (but for the input's effective resolution, estimated
+    over those three windows) while no more than three windows are held.
     """
 
     def __init__(self, info: VideoInfo, codec: str, restore: Callable, face_size: int = 512, guard: Callable | None = None):
