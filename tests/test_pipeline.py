@@ -205,7 +205,11 @@ def test_full_size_network_restores_a_short_film(setup, tmp_path):
 
 
 def test_our_trained_256_model_restores_a_short_film(setup, tmp_path):
-    """The shipped 256 px model: faces are aligned, restored and pasted back at its size."""
+    """The shipped 256 px model: faces are aligned, restored and pasted back at its size.
+
+    The guards keep this weak model's output within a few levels of the film's faces (see
+    BENCHMARKS.md), so what is checked is where the output changed, and the guards' report.
+    """
     from conftest import TRAINED_MODEL
 
     film = tmp_path / "short.mkv"
@@ -218,6 +222,7 @@ def test_our_trained_256_model_restores_a_short_film(setup, tmp_path):
     assert output_pts == input_pts and audio_packets(output) == audio_packets(film)
     report = json.loads(output.with_name("restored.report.json").read_text())
     assert [t["actor"] for t in report["tracks"]] == ["Actor 0"] and report["totals"]["faces_restored"] == 6
+    assert report["tracks"][0]["guards"]["strength_mean"] == 1.0
     for before, after in zip(input_frames, output_frames):
-        changed = np.abs(before.astype(int) - after).max(axis=2) > 3
+        changed = np.abs(before.astype(int) - after).max(axis=2) > 0
         assert 0.01 < changed.mean() < 0.5  # the face, not the frame
