@@ -1,19 +1,21 @@
-"""The compose stage: a chunk's faces restored, pasted back into its frames in their native
-pixel format, and the chunk encoded."""
+"""The compose stage: a chunk's faces restored, guarded along their tracks, pasted back into the
+frames in their native pixel format with the film's texture, and the chunk encoded."""
 from __future__ import annotations
 
 import base64
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import cv2
 import numpy as np
 
 from film_restore.faces import align_face
+from film_restore.guards import TrackGuard, summarise
 from film_restore.paste import face_layer
 from film_restore.records import Chunk, ChunkResult, Track
-from film_restore.settings import GRAIN, MIN_FACE
+from film_restore.settings import GRAIN, MIN_FACE, STRENGTH
 from film_restore.texture import TrackGrain, texture_ratio
 from film_restore.video import ChunkWriter, VideoInfo, read_frames
 
@@ -21,6 +23,34 @@ from film_restore.video import ChunkWriter, VideoInfo, read_frames
 COMPOSE_WINDOW = 8
 # Side of the before/after thumbnails kept for the report.
 SAMPLE_SIDE = 128
+
+
+@dataclass(frozen=True)
+class ComposeSettings:
+    """How a film's chunks are composed. face_size: the side of the aligned faces the model
+    restores (its image_size: 512 for the authors' model). Faces whose box is narrower or
+    shorter than min_face pixels are left as they are, and counted. grain: "auto" re-creates
+    the film's grain on restored faces (texture.TrackGrain), "off" does not. strength: the
+    run's (guards.parse_strength), actor_strengths: the cast file's per actor; references:
+    actor -> identity centroid and models_dir: the face models whose recogniser the identity
+    guard uses (None: no guards, the restorer's faces are pasted as they are)."""
+
+    codec: str
+    face_size: int
+    min_face: int = MIN_FACE
+    grain: str = GRAIN
+    strength: float | str = STRENGTH
+    actor_strengths: dict = field(default_factory=dict)
+    references: dict = field(default_factory=dict)
+    models_dir: str | None = None
+
+
+class _RestoredWindow(NamedTuple):
+    frames: list            # the window's Frames
+    aligned: dict           # (frame, track number) -> (AlignedFace, actor)
+    restored: dict          # (frame, track number) -> restored crop
+    rgb: dict               # frame -> its RGB (frames with faces)
+    landmarks: dict         # (frame, track number) -> the face's 68 landmarks in the frame
 
 
 def _thumbnail(rgb: np.ndarray) -> str:
@@ -32,21 +62,21 @@ class Composer:
     """Restores one chunk's faces and encodes the chunk.
 
     restore(crops, boxes, actor) -> float32 restored crops: a restorer's method (on Ray, a
-    function that calls a restore actor and waits). face_size: the side of the aligned faces
-    the model restores (its image_size: 512 for the authors' model). Faces whose box is
-    narrower or shorter than min_face pixels are left as they are, and counted. grain:
-    "auto" re-creates the film's grain on restored faces (texture.TrackGrain), "off" does not.
+    function that calls a restore actor and waits).
+
+    Faces are restored COMPOSE_WINDOW frames at a time; with guards, a window is written only
+    once the next one is restored, and each track's faces in it are guarded with the window
+    before and after as context (guards.GUARD_HORIZON <= COMPOSE_WINDOW): the result is that
+    of guarding whole tracks (but for the input's effective resolution, estimated over those
+    three windows) while no more than three windows are held.
     """
 
-    def __init__(self, info: VideoInfo, codec: str, restore: Callable, face_size: int, min_face: int = MIN_FACE,
-                 grain: str = GRAIN):
+    def __init__(self, info: VideoInfo, settings: ComposeSettings, restore: Callable):
         self.info = info
-        self.codec = codec
+        self.settings = settings
         self.restore = restore
-        self.face_size = face_size
-        self.min_face = min_face
-        self.grain = grain
-        self.track_grain = None
+        self.guard = None if settings.models_dir is None else TrackGuard.from_models_dir(
+            settings.models_dir, settings.references, settings.strength, settings.actor_strengths)
 
     def __call__(self, chunk: Chunk, tracks: list[Track], frame_pts, output: Path) -> ChunkResult:
         result = ChunkResult(chunk.index, 0, 0)
@@ -55,37 +85,53 @@ class Composer:
         for number, track in enumerate(tracks):
             for tracked in track.faces:
                 x1, y1, x2, y2 = tracked.face.box
-                if min(x2 - x1, y2 - y1) < self.min_face:
+                if min(x2 - x1, y2 - y1) < self.settings.min_face:
                     result.faces_too_small += 1
                 else:
                     faces_in_frame[tracked.frame].append((number, tracked.face, track.actor))
             sample_frames[number] = track.faces[len(track.faces) // 2].frame
-        self.track_grain = TrackGrain() if self.grain == "auto" else None  # track numbers are per chunk
-        window = []
-        with ChunkWriter(output, self.info, self.codec) as writer:
+        track_grain = TrackGrain() if self.settings.grain == "auto" else None  # track numbers are per chunk
+        guarded_parts = defaultdict(list)  # track number -> TrackResult of its faces, window by window
+        restored_windows, next_to_write = [], 0
+
+        def write_ready(final: bool) -> None:
+            nonlocal next_to_write
+            lookahead = 0 if final or self.guard is None else 1
+            while next_to_write < len(restored_windows) - lookahead:
+                self._write_window(restored_windows, next_to_write, sample_frames, track_grain, writer, result,
+                                   guarded_parts)
+                next_to_write += 1
+                if next_to_write > 1:  # the window before the next one to write is all the context kept
+                    restored_windows.pop(0)
+                    next_to_write -= 1
+
+        with ChunkWriter(output, self.info, self.settings.codec) as writer:
+            window = []
             for frame in read_frames(self.info.path, chunk.first_frame, chunk.last_frame, frame_pts):
                 window.append(frame)
                 if len(window) == COMPOSE_WINDOW:
-                    self._compose_window(window, faces_in_frame, sample_frames, writer, result)
+                    restored_windows.append(self._restore_window(window, faces_in_frame, track_grain, result))
                     window = []
+                    write_ready(final=False)
             if window:
-                self._compose_window(window, faces_in_frame, sample_frames, writer, result)
+                restored_windows.append(self._restore_window(window, faces_in_frame, track_grain, result))
+            write_ready(final=True)
         if result.frames != len(chunk.frames):
             raise RuntimeError(f"chunk {chunk.index}: decoded {result.frames} frames, expected {len(chunk.frames)}")
+        result.tracks = [{"track": number, **summarise(parts)} for number, parts in sorted(guarded_parts.items())]
         return result
 
-    def _compose_window(self, window, faces_in_frame, sample_frames, writer, result: ChunkResult) -> None:
-        aligned = {}  # (frame, track number) -> (AlignedFace, actor)
-        frames_rgb, landmarks = {}, {}
+    def _restore_window(self, window, faces_in_frame, track_grain, result: ChunkResult) -> _RestoredWindow:
+        aligned, rgb, landmarks = {}, {}, {}
         for frame in window:
             faces = faces_in_frame.get(frame.index, [])
             if faces:
-                rgb = frames_rgb[frame.index] = frame.picture.rgb()
+                rgb[frame.index] = frame.picture.rgb()
                 for number, face, actor in faces:
-                    aligned[frame.index, number] = (align_face(rgb, face, self.face_size), actor)
+                    aligned[frame.index, number] = (align_face(rgb[frame.index], face, self.settings.face_size), actor)
                     landmarks[frame.index, number] = face.landmarks
-        if self.track_grain is not None:
-            self.track_grain.observe({key: (frames_rgb[key[0]], points) for key, points in landmarks.items()})
+        if track_grain is not None:
+            track_grain.observe({key: (rgb[key[0]], points) for key, points in landmarks.items()})
         restored = {}
         by_actor = defaultdict(list)
         for key, (_, actor) in aligned.items():
@@ -95,25 +141,51 @@ class Composer:
             boxes = np.stack([aligned[key][0].boxes for key in keys])
             restored.update(zip(keys, self.restore(crops, boxes, actor)))
             result.faces_by_actor[actor or ""] = result.faces_by_actor.get(actor or "", 0) + len(keys)
+        return _RestoredWindow(window, aligned, restored, rgb, landmarks)
+
+    def _guarded(self, restored_windows, position: int, guarded_parts) -> dict:
+        """The window's final crops: each track guarded over this window and its neighbours."""
+        current = restored_windows[position]
+        if self.guard is None:
+            return current.restored
+        context = {}
+        for near in restored_windows[max(position - 1, 0):position + 2]:
+            for key in near.aligned:
+                context[key] = (near.aligned[key], near.restored[key])
+        final = {}
+        for number in sorted({number for _, number in current.aligned}):
+            keys = sorted(key for key in context if key[1] == number)
+            actor = context[keys[0]][0][1]
+            track_result = self.guard(np.stack([context[k][0][0].crop for k in keys]),
+                                      np.stack([context[k][1] for k in keys]), actor)
+            part = track_result.part(np.array([key in current.aligned for key in keys]))
+            guarded_parts[number].append(part)
+            final.update(zip([k for k in keys if k in current.aligned], part.faces))
+        return final
+
+    def _write_window(self, restored_windows, position: int, sample_frames, track_grain, writer, result: ChunkResult,
+                      guarded_parts) -> None:
+        current = restored_windows[position]
+        final = self._guarded(restored_windows, position, guarded_parts)
         texture = {}  # (frame, track number) -> texture ratio, on each track's sample frame
-        for frame in window:
-            keys = [key for key in aligned if key[0] == frame.index]
-            pairs = [(aligned[key][0], restored[key]) for key in keys]
+        for frame in current.frames:
+            keys = [key for key in current.aligned if key[0] == frame.index]
+            pairs = [(current.aligned[key][0], final[key]) for key in keys]
             picture = frame.picture
             if pairs:
-                grain = [self.track_grain.for_face(*key) for key in keys] if self.track_grain is not None else None
-                layer, alpha = face_layer((self.info.height, self.info.width), pairs, frames_rgb[frame.index], grain)
+                grain = [track_grain.for_face(*key) for key in keys] if track_grain is not None else None
+                layer, alpha = face_layer((self.info.height, self.info.width), pairs, current.rgb[frame.index], grain)
                 picture = picture.blended(layer, alpha)
                 for key in keys:
                     if sample_frames.get(key[1]) == frame.index:
-                        ratio = texture_ratio(frames_rgb[frame.index], picture.rgb(), landmarks[key])
+                        ratio = texture_ratio(current.rgb[frame.index], picture.rgb(), current.landmarks[key])
                         texture[key] = round(ratio, 3) if np.isfinite(ratio) else None
             writer.write(picture, frame.pts)
             result.frames += 1
             result.faces += len(pairs)
-        for (index, number), (face, actor) in aligned.items():
+        for (index, number), (face, actor) in current.aligned.items():
             if sample_frames.get(number) == index:
-                result.samples.append(
-                    {"frame": index, "actor": actor, "before": _thumbnail(face.crop), "after": _thumbnail(restored[index, number]),
-                     "texture_ratio": texture[index, number]}
-                )
+                result.samples.append({
+                    "frame": index, "actor": actor, "before": _thumbnail(face.crop),
+                    "after": _thumbnail(final[index, number]), "texture_ratio": texture[index, number],
+                })

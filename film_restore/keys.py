@@ -14,7 +14,7 @@ from dmdnet.files import file_sha256
 from film_restore.workdir import content_hash
 
 # Bumped when a stage's results would change for the same inputs and settings.
-SCAN_VERSION, ANALYSIS_VERSION, COMPOSE_VERSION = 1, 1, 1
+SCAN_VERSION, ANALYSIS_VERSION, COMPOSE_VERSION = 1, 1, 2
 
 
 def digest(*parts) -> str:
@@ -62,6 +62,7 @@ def job_keys(job, face_models: str, cast) -> RunKeys:
         "face_models": face_models,
         "cast": cast_parts(cast),
         "checkpoint_sha256": job.checkpoint and content_hash(job.checkpoint, job.workroot),
-        "compose_settings": {"codec": job.codec, "min_face": job.min_face, "grain": job.grain},
+        "compose_settings": {"codec": job.codec, "min_face": job.min_face, "grain": job.grain, "strength": job.strength,
+                             "actor_strengths": cast.strengths},
         "versions": [SCAN_VERSION, ANALYSIS_VERSION, COMPOSE_VERSION],
     })

@@ -163,3 +163,4 @@ class ChunkResult:
     faces_too_small: int = 0  # left as they were: smaller than the run's min_face
     faces_by_actor: dict[str, int] = field(default_factory=dict)
     samples: list[dict] = field(default_factory=list)
+    tracks: list[dict] = field(default_factory=list)  # per guarded track: guards.summarise and its number

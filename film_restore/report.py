@@ -25,6 +25,7 @@ def build(run, scan, tracks_by_chunk, results) -> dict:
     """The report of a FilmRun (film_restore.pipeline.film) from its stages' results."""
     job, info, cast = run.job, run.info, run.cast
     tracks = [track for index in sorted(tracks_by_chunk) for track in tracks_by_chunk[index]]
+    guarded = _guard_measures(tracks_by_chunk, results)
     faces_by_actor = Counter()
     for result in results:
         for actor, count in result.faces_by_actor.items():
@@ -42,7 +43,7 @@ def build(run, scan, tracks_by_chunk, results) -> dict:
         "shots": [dataclasses.asdict(shot) for shot in scan.shots],
         "tracks": [
             {"shot": t.shot, "first_frame": t.first_frame, "last_frame": t.last_frame, "actor": t.actor,
-             "similarity": round(t.similarity, 4), "faces": len(t.faces)}
+             "similarity": round(t.similarity, 4), "faces": len(t.faces), **guarded.get(id(t), {})}
             for t in tracks
         ],
         "totals": {
@@ -64,6 +65,32 @@ def build(run, scan, tracks_by_chunk, results) -> dict:
     return report
 
 
+def _guard_measures(tracks_by_chunk, results) -> dict[int, dict]:
+    """id(track) -> what the guards measured and decided for it (flicker, identity in/out, strength, held back and why)."""
+    by_chunk = {result.index: {entry["track"]: entry for entry in result.tracks} for result in results}
+    measures = {}
+    for index, tracks in tracks_by_chunk.items():
+        for number, track in enumerate(tracks):
+            entry = by_chunk.get(index, {}).get(number)
+            if entry is not None:
+                measures[id(track)] = {"guards": {key: value for key, value in entry.items() if key not in ("track", "faces")}}
+    return measures
+
+
+def _track_rows(tracks: list[dict]) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(t['actor'] or 'unknown')}</td><td>{t['first_frame']}-{t['last_frame']}</td>"
+        f"<td>{g['flicker_ratio']}</td><td>{g['identity_in']} &rarr; {g['identity_out']}</td>"
+        f"<td>{g['strength_mean']} (min {g['strength_min']})</td>"
+        f"<td>{g['held_back']}{': ' + html.escape('; '.join(f'{n} {why}' for why, n in g['held_back_why'].items())) if g['held_back'] else ''}</td></tr>"
+        for t in tracks if (g := t.get("guards"))
+    )
+    if not rows:
+        return ""
+    return ("<h2>Tracks</h2><table><tr><th>actor</th><th>frames</th><th>flicker (output / input)</th>"
+            "<th>identity in &rarr; out</th><th>strength</th><th>faces held back</th></tr>" + rows + "</table>")
+
+
 def write(report: dict, path: Path) -> None:
     """report.json, and report.html beside it with the before/after faces of each actor."""
     samples = report["samples"]
@@ -80,11 +107,13 @@ def write(report: dict, path: Path) -> None:
     totals = report["totals"]
     page = (
         "<!doctype html><meta charset='utf-8'><title>film_restore report</title>"
-        "<style>body{font-family:sans-serif}figure{display:inline-block;margin:4px}img{width:128px}</style>"
+        "<style>body{font-family:sans-serif}figure{display:inline-block;margin:4px}img{width:128px}"
+        "td,th{padding:2px 8px;text-align:left}</style>"
         f"<h1>{html.escape(report['input']['path'])}</h1>"
         f"<p>{totals['frames']} frames, {totals['shots']} shots, {totals['tracks']} tracks, "
         f"{totals['faces_restored']} faces restored, {totals['faces_too_small']['faces']} smaller than "
         f"{totals['faces_too_small']['min_face']} px left as they were. Each pair: before, after.</p>" + "".join(rows)
+        + _track_rows(report["tracks"])
     )
     with atomic_path(path.with_suffix(".html")) as temporary:
         temporary.write_text(page)

@@ -2,7 +2,8 @@
 
     python -m film_restore.run INPUT --cast CAST.yaml [-o OUTPUT] [--checkpoint DMDNet.pth]
         [--models DIR] [--workdir DIR] [--resume] [--codec auto|x264|x265|prores|dnxhd|ffv1]
-        [--report report.json] [--dry-run] [--grain auto|off] [--min-face PX] [--address HOST:PORT]
+        [--report report.json] [--dry-run] [--strength 0..1|auto] [--grain auto|off] [--min-face PX]
+        [--address HOST:PORT]
 
 Runs on an embedded local Ray, or on the cluster of `ray job submit` / RAY_ADDRESS.
 The output appears only when complete; the input is never written.
@@ -16,10 +17,18 @@ from pathlib import Path
 from dmdnet import CheckpointError
 from film_restore import settings
 from film_restore.cast import CastError
+from film_restore.guards import parse_strength
 from film_restore.models import ModelsError
 from film_restore.pipeline import Job, PipelineError, run
 from film_restore.texture import GRAIN_MODES
 from film_restore.video import CODECS, VideoError
+
+
+def _strength(value: str):
+    try:
+        return parse_strength(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -42,6 +51,8 @@ def parser() -> argparse.ArgumentParser:
                                              "else a local Ray)")
     arguments.add_argument("--grain", choices=GRAIN_MODES, default=settings.GRAIN,
                            help="auto re-creates the film's grain on restored faces; off leaves them clean")
+    arguments.add_argument("--strength", type=_strength, default=settings.STRENGTH,
+                           help="0..1: share of the restoration used; auto (default): the guards decide per face")
     return arguments
 
 
@@ -51,6 +62,7 @@ def job_from_args(args) -> Job:
         input=args.input, cast=args.cast, output=output, checkpoint=args.checkpoint, models=args.models,
         workdir=args.workdir, resume=args.resume, codec=args.codec, report=args.report, dry_run=args.dry_run,
         chunk_frames=args.chunk_frames, min_face=args.min_face, address=args.address, grain=args.grain,
+        strength=args.strength,
     )
 
 

@@ -15,6 +15,8 @@ CODEC = "auto"
 MIN_FACE = 24
 # Grain on restored faces: "auto" re-creates the film's own (film_restore.texture), "off" leaves them clean.
 GRAIN = "auto"
+# Share of the restoration a face gets: "auto" lets the guards decide per face (film_restore.guards), 0..1 fixes it.
+STRENGTH = "auto"
 
 
 def default_output(film: Path) -> Path:

@@ -39,3 +39,32 @@ def analyzer():
     from film_restore.faces import FaceAnalyzer
 
     return FaceAnalyzer.from_models_dir(asset("models"))
+
+
+@pytest.fixture(scope="session")
+def talking_head(tmp_path_factory):
+    """One real face track for the guard and quality tests (a few seconds, made once).
+
+    The first 20 frames of retalk_2 at 320 px, their main face tracked and smoothed with the
+    compact pack, aligned at 128 px; the actor's centroid from 3 frames of the clip's second
+    half. A dict: frames, faces (TrackedFace), crops (N x 128 x 128 x 3), reference, embed.
+    """
+    import numpy as np
+
+    from film_restore.faces import FaceAnalyzer, align_face
+    from film_restore.guards import aligned_embedder
+    from film_restore.faces.identity import centroid
+    from film_restore.records import Shot
+    from film_restore.tracking import smooth_track, track_shot
+    from tests.media import clip_frames
+
+    frames = clip_frames(asset("media/clips/retalk_2.mp4"), 100, (320, 320))
+    analyzer = FaceAnalyzer.from_models_dir(asset("models"), detector_size=320)
+    shown = frames[:20]
+    tracks = track_shot(Shot(0, 0, len(shown) - 1), {i: analyzer.analyze(f) for i, f in enumerate(shown)})
+    track = smooth_track(max(tracks, key=lambda t: len(t.faces)))
+    assert len(track.faces) == len(shown)
+    reference = centroid(np.stack([analyzer.analyze(frames[i])[0].embedding for i in (60, 80, 99)]))
+    crops = np.stack([align_face(f, t.face, 128).crop for f, t in zip(shown, track.faces)])
+    return {"frames": shown, "faces": track.faces, "crops": crops, "reference": reference,
+            "embed": aligned_embedder(analyzer.recogniser), "analyzer": analyzer}

@@ -3,6 +3,7 @@
     actors:
       - name: Audrey Hepburn
         references: [refs/hepburn/*.jpg]   # globs relative to the cast file
+        strength: 0.6                      # optional: 0..1 or auto, wins over the run's --strength
     match_threshold: 0.45                  # optional, cosine similarity
 
 Relative references never leave the cast file's folder (symlinks included); absolute ones
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from film_restore.guards import parse_strength
+
 DEFAULT_MATCH_THRESHOLD = 0.45
 
 
@@ -27,6 +30,7 @@ class CastError(ValueError):
 class Actor:
     name: str
     references: tuple[Path, ...]
+    strength: float | str | None = None  # None: the run's --strength
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,11 @@ class Cast:
     path: Path
     actors: tuple[Actor, ...]
     match_threshold: float = DEFAULT_MATCH_THRESHOLD
+
+    @property
+    def strengths(self) -> dict[str, float | str]:
+        """actor -> the strength the cast file gives them (actors without one are left out)."""
+        return {actor.name: actor.strength for actor in self.actors if actor.strength is not None}
 
     @classmethod
     def load(cls, path) -> "Cast":
@@ -108,7 +117,7 @@ class _CastReader(NodeReader):
         return Cast(self.path, tuple(actors), threshold)
 
     def actor(self, node, field: str) -> Actor:
-        entries = self.mapping(node, field, {"name", "references"})
+        entries = self.mapping(node, field, {"name", "references", "strength"})
         for required in ("name", "references"):
             if required not in entries:
                 self.fail(node, f"{field}.{required}", "missing")
@@ -120,7 +129,15 @@ class _CastReader(NodeReader):
         files = []
         for pattern in patterns:
             files += self.references(pattern, f"{field}.references")
-        return Actor(name, tuple(dict.fromkeys(files)))
+        strength = None
+        if "strength" in entries:
+            strength_node = entries["strength"][1]
+            value = self.scalar(strength_node, f"{field}.strength", "a number from 0 to 1 or auto")
+            try:
+                strength = parse_strength(value)
+            except ValueError as problem:
+                self.fail(strength_node, f"{field}.strength", str(problem))
+        return Actor(name, tuple(dict.fromkeys(files)), strength)
 
     def references(self, node, field: str) -> list[Path]:
         pattern = Path(node.value.strip()).expanduser()

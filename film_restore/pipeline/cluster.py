@@ -16,11 +16,12 @@ from urllib.parse import urlsplit
 import ray
 from ray._private.utils import read_ray_address
 
-from film_restore.compose import Composer
+from film_restore.compose import Composer, ComposeSettings
 from film_restore.pipeline.job import PipelineError
 from film_restore.records import Chunk, ChunkResult, Scan, Track
 from film_restore.restore import FaceRestorer
 from film_restore.stages import FaceTracker, Scanner
+from film_restore.video import VideoInfo
 
 
 # A cluster that does not accept a connection within this time is taken for dead.
@@ -155,8 +156,9 @@ class RemoteRestore:
 
 
 @ray.remote
-def compose_task(composer: Composer, chunk: Chunk, tracks: list[Track], frame_pts, output: str, film: str) -> ChunkResult:
-    result = composer(chunk, tracks, frame_pts, Path(output))
+def compose_task(info: VideoInfo, settings: ComposeSettings, restorer, chunk: Chunk, tracks: list[Track], frame_pts,
+                 output: str, film: str) -> ChunkResult:
+    result = Composer(info, settings, RemoteRestore(restorer))(chunk, tracks, frame_pts, Path(output))
     counter("film_restore_chunks_done", "chunks restored and encoded").inc(1, tags={"film": film})
     counter("film_restore_frames_done", "frames restored and encoded").inc(result.frames, tags={"film": film})
     return result

@@ -13,12 +13,11 @@ import dmdnet
 from film_restore import report as reports
 from film_restore.cast import Cast, CastStore
 from film_restore.faces import FaceAnalyzer
-from film_restore.compose import Composer
+from film_restore.compose import ComposeSettings
 from film_restore.keys import job_keys
 from film_restore.models import find_pack, pack_id, resolve_checkpoint
 from film_restore.pipeline.cluster import (
     AnalyseActor,
-    RemoteRestore,
     RestoreActor,
     as_completed,
     compose_task,
@@ -140,14 +139,18 @@ class FilmRun:
                 )
                 for i in range(max(1, min(gpus, len(missing))))
             ]
+            settings = ComposeSettings(
+                codec=self.job.codec, face_size=self.face_size, min_face=self.job.min_face, grain=self.job.grain,
+                strength=self.job.strength, actor_strengths=self.cast.strengths, models_dir=str(self.pack.directory),
+                references=dict(zip(self.identifier.names, self.identifier.centroids)),
+            )
             pending = {}
             for number, chunk in enumerate(missing):
                 video = self.work.chunk_video(chunk, key)
                 video.parent.mkdir(parents=True, exist_ok=True)
-                composer = Composer(self.info, self.job.codec, RemoteRestore(restorers[number % len(restorers)]),
-                                    self.face_size, self.job.min_face, self.job.grain)
                 reference = compose_task.options(name=f"film_restore.compose-{chunk.index}").remote(
-                    composer, chunk, tracks[chunk.index], scan.frame_pts, str(video), self.film)
+                    self.info, settings, restorers[number % len(restorers)], chunk, tracks[chunk.index], scan.frame_pts,
+                    str(video), self.film)
                 pending[reference] = chunk
             frames_done = sum(r.frames for r in results.values())
             for chunk, result in as_completed(pending):

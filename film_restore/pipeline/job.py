@@ -29,6 +29,7 @@ class Job:
     restore_batch: int = settings.RESTORE_BATCH
     min_face: int = settings.MIN_FACE
     grain: str = settings.GRAIN
+    strength: float | str = settings.STRENGTH
     address: str | None = None  # a Ray cluster to join (host:port, ray://host:port, auto); else RAY_ADDRESS, else local
 
     @property

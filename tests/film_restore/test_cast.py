@@ -37,6 +37,14 @@ def test_a_valid_cast_resolves_globs_relative_to_its_folder(refs_folder):
     assert cast.actors[0].name == "Audrey Hepburn"
     assert [p.name for p in cast.actors[0].references] == ["a.jpg", "b.jpg"]
     assert cast.match_threshold == 0.45
+    assert cast.strengths == {}
+
+
+def test_an_actor_may_have_their_own_strength(refs_folder):
+    cast = Cast.load(write(refs_folder, "actors:\n  - name: A\n    references: refs/a.jpg\n    strength: 0.6\n"
+                                       "  - name: B\n    references: refs/b.jpg\n    strength: auto\n"
+                                       "  - name: C\n    references: refs/b.jpg\n"))
+    assert cast.strengths == {"A": 0.6, "B": "auto"}
 
 
 @pytest.mark.parametrize(
@@ -52,6 +60,8 @@ def test_a_valid_cast_resolves_globs_relative_to_its_folder(refs_folder):
         ("actors: [\n", "not valid YAML"),
         ("", "the file is empty"),
         ("actors: []\n", ":1: actors: expected a non-empty list"),
+        ("actors:\n  - name: A\n    references: [refs/a.jpg]\n    strength: 2\n",
+         ":4: actors[0].strength: strength must be a number from 0 to 1 or 'auto', got '2'"),
     ],
 )
 def test_cast_errors_name_the_line_and_field(refs_folder, text, expected):

@@ -121,6 +121,13 @@ def test_output_keeps_frames_timestamps_audio_and_every_pixel_outside_faces(setu
     report = json.loads(full_run.with_name("restored.report.json").read_text())
     assert report["totals"]["faces_restored"] >= 3 * (FRAMES_PER_CLIP - 2)
     assert full_run.with_name("restored.report.html").read_text().count("<img") >= 2 * len(report["tracks"])
+    # Strength auto: the guards measured every track, and a seeded (untrained) network is held back
+    # wherever it would make a face less like the actor, or unlike itself.
+    for track in report["tracks"]:
+        guarded = track["guards"]
+        assert guarded["identity_out"] >= guarded["identity_in"] - 0.01, track
+        assert guarded["held_back"] == sum(guarded["held_back_why"].values())
+    assert "faces held back" in full_run.with_name("restored.report.html").read_text()
 
 
 def test_killed_run_resumes_without_redoing_finished_chunks(setup, full_run):
@@ -185,7 +192,7 @@ def test_full_size_network_restores_a_short_film(setup, tmp_path):
     make_film(film, [asset(CLIPS[0])], 6, size=(512, 512), with_audio=True)
     full = {**setup, "film": film, "checkpoint": checkpoint}
     output = tmp_path / "restored.mkv"
-    restore(full, "--codec", "ffv1", "--workdir", tmp_path / "work", output=output)
+    restore(full, "--codec", "ffv1", "--workdir", tmp_path / "work", "--strength", 1, output=output)
 
     input_pts, input_frames = decoded(film)
     output_pts, output_frames = decoded(output)
@@ -198,20 +205,25 @@ def test_full_size_network_restores_a_short_film(setup, tmp_path):
 
 
 def test_our_trained_256_model_restores_a_short_film(setup, tmp_path):
-    """The shipped 256 px model: faces are aligned, restored and pasted back at its size."""
+    """The shipped 256 px model: faces are aligned, restored and pasted back at its size.
+
+    The guards keep this weak model's output within a few levels of the film's faces (see
+    BENCHMARKS.md), so what is checked is where the output changed, and the guards' report.
+    """
     from tests.assets import TRAINED_MODEL
 
     film = tmp_path / "short.mkv"
     make_film(film, [asset(CLIPS[0])], 6, size=(512, 512), with_audio=True)
     output = tmp_path / "restored.mkv"
     restore({**setup, "film": film, "checkpoint": TRAINED_MODEL}, "--codec", "ffv1", "--workdir", tmp_path / "work",
-            output=output)
+            "--strength", 1, output=output)
     input_pts, input_frames = decoded(film)
     output_pts, output_frames = decoded(output)
     assert output_pts == input_pts and audio_packets(output) == audio_packets(film)
     report = json.loads(output.with_name("restored.report.json").read_text())
     assert [t["actor"] for t in report["tracks"]] == ["Actor 0"] and report["totals"]["faces_restored"] == 6
     assert 0.8 <= report["texture_ratios"][0]["ratio"] <= 1.25  # the face keeps the film's fine texture
+    assert report["tracks"][0]["guards"]["strength_mean"] == 1.0
     for before, after in zip(input_frames, output_frames):
-        changed = np.abs(before.astype(int) - after).max(axis=2) > 3
+        changed = np.abs(before.astype(int) - after).max(axis=2) > 0
         assert 0.01 < changed.mean() < 0.5  # the face, not the frame

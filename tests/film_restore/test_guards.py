@@ -1,0 +1,117 @@
+"""film_restore.guards on a real talking-head track: exact for a restorer that changes nothing,
+steady where a restorer flickers, faithful to the actor, identical in overlapping segments."""
+import numpy as np
+import pytest
+
+from film_restore import guards, quality
+
+
+def _run(talking_head, restored, count=10, **options):
+    crops = talking_head["crops"][:count]
+    return guards.guard_track(crops, restored[:count], talking_head["embed"], talking_head["reference"], **options)
+
+
+def test_a_restorer_that_returns_its_input_changes_nothing(talking_head):
+    crops = talking_head["crops"][:10]
+    result = _run(talking_head, crops.astype(np.float32))
+    assert np.array_equal(result.faces, crops.astype(np.float32))
+    assert (result.strength == 1).all() and not any(result.reasons)
+    assert result.identity_out == pytest.approx(result.identity_in, abs=1e-6)
+
+
+def test_flicker_added_by_a_restorer_is_filtered_away(talking_head):
+    crops = talking_head["crops"][:10]
+    flickering = crops + np.random.default_rng(0).normal(0, 5, crops.shape).astype(np.float32)
+    result = _run(talking_head, flickering, strength=1.0)
+    before = quality.flicker(crops, flickering, guards.face_mask(128)).ratio
+    after = result.change_out.sum() / result.change_in.sum()
+    assert before > 1.5 and after < 1.05 + 0.25 * (before - 1)
+
+
+def test_noise_a_restorer_removes_stays_removed(talking_head):
+    clean = talking_head["crops"][:10].astype(np.float32)
+    noisy = np.clip(np.round(clean + np.random.default_rng(1).normal(0, 6, clean.shape)), 0, 255).astype(np.uint8)
+    residuals = clean - noisy
+    stabilised, _ = guards.stabilise(noisy, residuals)
+    error = lambda faces: np.sqrt(((faces - clean) ** 2).mean())
+    # Residual filtering alone would put ~70% of the noise back; the cancelling share keeps it out.
+    assert error(noisy + stabilised) < 0.45 * error(noisy.astype(np.float32))
+
+
+def test_detail_that_moves_with_the_face_is_not_smeared(talking_head):
+    crops = talking_head["crops"][:10].astype(np.float32)
+    import cv2
+
+    sharpened = np.stack([crop + 1.5 * (crop - cv2.GaussianBlur(crop, (0, 0), 2)) for crop in crops])
+    residuals = sharpened - crops
+    stabilised, _ = guards.stabilise(talking_head["crops"][:10], residuals)
+    assert np.abs(stabilised - residuals).mean() < 0.35 * np.abs(residuals).mean()
+
+
+def test_a_restorer_that_changes_who_it_is_is_held_back(talking_head):
+    crops = talking_head["crops"][:10]
+    # Another person: the same clip's face mirrored top to bottom and shifted keeps the
+    # colours and texture but not the identity.
+    stranger = np.roll(crops[:, ::-1], 6, axis=1).astype(np.float32)
+    result = _run(talking_head, stranger, resolution=0.05)
+    assert result.strength.max() < 1 and all(result.reasons)
+    assert "identity" in result.reasons[0]
+    assert result.identity_out.mean() >= result.identity_in.mean() - guards.IDENTITY_TOLERANCE
+    fixed = _run(talking_head, stranger, resolution=0.05, strength=1.0)
+    assert (fixed.strength == 1).all() and fixed.identity_out.mean() < result.identity_out.mean() - 0.05
+
+
+def test_strengths_never_exceed_a_limit_and_do_not_pump():
+    limits = np.array([1, 1, 1, 1, 0.25, 1, 1, 1, 1, 1, 1, 1, 0.5, 0.5] + [1] * 8, np.float32)
+    strengths = guards.smooth_strengths(limits)
+    assert (strengths <= limits).all()
+    assert np.abs(np.diff(strengths)).max() <= 0.3
+    assert strengths[-1] == 1 and guards.smooth_strengths(np.ones(5, np.float32)) == pytest.approx(np.ones(5))
+
+
+def test_a_segment_with_the_horizon_either_side_gives_the_whole_tracks_faces(talking_head):
+    crops = talking_head["crops"][:2 * guards.GUARD_HORIZON + 2]
+    restored = crops + np.random.default_rng(2).normal(0, 8, crops.shape).astype(np.float32)
+    kept = guards.GUARD_HORIZON
+    whole = guards.guard_track(crops, restored, talking_head["embed"], talking_head["reference"], resolution=0.5)
+    part = guards.guard_track(crops[1:], restored[1:], talking_head["embed"], talking_head["reference"], resolution=0.5)
+    middle = slice(1 + kept, len(crops) - kept)
+    assert np.allclose(whole.faces[middle], part.faces[middle.start - 1:middle.stop - 1], atol=1e-3)
+    assert np.array_equal(whole.strength[middle], part.strength[middle.start - 1:middle.stop - 1])
+
+
+def test_strength_is_a_number_from_0_to_1_or_auto():
+    assert guards.parse_strength("auto") == guards.AUTO and guards.parse_strength("0.4") == 0.4
+    for bad in ("1.5", "-0.1", "strong", None):
+        with pytest.raises(ValueError, match="strength must be a number from 0 to 1 or 'auto'"):
+            guards.parse_strength(bad)
+
+
+def test_composer_with_guards_and_a_restorer_that_changes_nothing_writes_todays_round_trip(talking_head, tmp_path):
+    from tests.assets import asset
+    from film_restore.faces.identity import Identifier
+    from film_restore.compose import Composer, ComposeSettings
+    from film_restore.stages import FaceTracker, Scanner
+    from film_restore.video import probe, read_frames
+    from tests.media import make_film
+
+    film = tmp_path / "film.mkv"
+    make_film(film, [asset("media/clips/retalk_2.mp4")], 11, size=(256, 256), with_audio=False)
+    scan = Scanner(250)(film)
+    chunk = scan.chunks[0]
+    identifier = Identifier({"Speaker": talking_head["reference"][None]}, 0.45)
+    tracks = FaceTracker(asset("models"), identifier, detector_size=320)(film, chunk, scan.frame_pts)
+    assert [t.actor for t in tracks] == ["Speaker"]
+    unchanged = lambda crops, boxes, actor: crops.astype(np.float32)
+    today = ComposeSettings("ffv1", 128, grain="off")
+    guarded = ComposeSettings("ffv1", 128, grain="off", references={"Speaker": talking_head["reference"]},
+                              models_dir=str(asset("models")))
+    outputs = {}
+    for name, settings in (("today", today), ("guarded", guarded)):
+        outputs[name] = tmp_path / f"{name}.mkv"
+        result = Composer(probe(film), settings, unchanged)(chunk, tracks, scan.frame_pts, outputs[name])
+    frames = {name: [picture.rgb() for _, _, picture in read_frames(path)] for name, path in outputs.items()}
+    assert len(frames["today"]) == 11 and all(np.array_equal(a, b) for a, b in zip(frames["today"], frames["guarded"]))
+    [summary] = result.tracks
+    assert summary["faces"] == 11 and summary["held_back"] == 0 and summary["flicker_ratio"] == pytest.approx(1.0)
+    assert summary["identity_out"] == pytest.approx(summary["identity_in"], abs=1e-4)
