@@ -201,7 +201,11 @@ def test_full_size_network_restores_a_short_film(setup, tmp_path):
     report = json.loads(output.with_name("restored.report.json").read_text())
     assert [t["actor"] for t in report["tracks"]] == ["Actor 0"]
     assert report["totals"]["faces_restored"] == 6
-    assert all(np.abs(a.astype(int) - b).max() > 10 for a, b in zip(input_frames, output_frames))
+    # Seeded random weights restore nothing real: the fidelity guard keeps their output to the band the
+    # input cannot vouch for, so each face changes by a few levels (9-13 measured), and only the face.
+    for before, after in zip(input_frames, output_frames):
+        changed = np.abs(before.astype(int) - after).max(axis=2)
+        assert changed.max() > 3 and (changed > 3).mean() < 0.05
 
 
 def test_our_trained_256_model_restores_a_short_film(setup, tmp_path):
