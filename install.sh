@@ -6,3 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 python -m pip install "${FILM_RESTORE_TORCH:-torch==2.13.0}"
 python -m pip install -e '.[dev]'
+# The report's browser test renders report.html in headless chromium (Debian's package);
+# elsewhere that test skips.
+if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq chromium
+fi

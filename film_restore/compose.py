@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from film_restore.faces import align_face
-from film_restore.guards import TrackGuard, summarise
+from film_restore.guards import TrackGuard, TrackResult, summarise
 from film_restore.paste import face_layer
 from film_restore.records import Chunk, ChunkResult, Track
 from film_restore.settings import GRAIN, MIN_FACE, STRENGTH
@@ -21,8 +21,14 @@ from film_restore.video import ChunkWriter, VideoInfo, read_frames
 
 # Frames whose faces are sent to the restorers together: faces batch across frames.
 COMPOSE_WINDOW = 8
-# Side of the before/after thumbnails kept for the report.
+# Side of the before/after thumbnails of the aligned face kept for the report.
 SAMPLE_SIDE = 128
+# Largest side of the before/after crops of the frame around the face, kept at 1:1 scale (the film's texture).
+DETAIL_SIDE = 160
+THUMBNAIL_QUALITY = 85
+DETAIL_QUALITY = 90
+# Per-face series kept for the report's plots are rounded to this many decimals.
+SERIES_DECIMALS = 3
 
 
 @dataclass(frozen=True)
@@ -53,9 +59,31 @@ class _RestoredWindow(NamedTuple):
     landmarks: dict         # (frame, track number) -> the face's 68 landmarks in the frame
 
 
+def _jpeg(rgb: np.ndarray, quality: int) -> str:
+    picture = np.clip(rgb, 0, 255).astype(np.uint8)
+    return base64.b64encode(cv2.imencode(".jpg", picture[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])[1]).decode()
+
+
 def _thumbnail(rgb: np.ndarray) -> str:
-    small = cv2.resize(np.clip(rgb, 0, 255).astype(np.uint8), (SAMPLE_SIDE, SAMPLE_SIDE), interpolation=cv2.INTER_AREA)
-    return base64.b64encode(cv2.imencode(".jpg", small[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 85])[1]).decode()
+    return _jpeg(cv2.resize(np.clip(rgb, 0, 255).astype(np.uint8), (SAMPLE_SIDE, SAMPLE_SIDE),
+                            interpolation=cv2.INTER_AREA), THUMBNAIL_QUALITY)
+
+
+def _detail(before: np.ndarray, after: np.ndarray, landmarks: np.ndarray) -> tuple[str, str]:
+    """The frame around a face at 1:1 scale, input and output: at most DETAIL_SIDE square, centred on the landmarks."""
+    height, width = before.shape[:2]
+    side_x, side_y = min(DETAIL_SIDE, width), min(DETAIL_SIDE, height)
+    centre_x, centre_y = np.asarray(landmarks, np.float64).mean(axis=0)
+    x = int(np.clip(round(centre_x - side_x / 2), 0, width - side_x))
+    y = int(np.clip(round(centre_y - side_y / 2), 0, height - side_y))
+    return tuple(_jpeg(rgb[y:y + side_y, x:x + side_x], DETAIL_QUALITY) for rgb in (before, after))
+
+
+def _series(parts: list[tuple[list[int], TrackResult]]) -> dict:
+    """A track's per-face measures in frame order, small enough for the report: frame, identity in/out, strength."""
+    rounded = lambda name: [round(float(value), SERIES_DECIMALS) for _, part in parts for value in getattr(part, name)]
+    return {"frame": [frame for frames, _ in parts for frame in frames], "identity_in": rounded("identity_in"),
+            "identity_out": rounded("identity_out"), "strength": rounded("strength")}
 
 
 class Composer:
@@ -91,7 +119,7 @@ class Composer:
                     faces_in_frame[tracked.frame].append((number, tracked.face, track.actor))
             sample_frames[number] = track.faces[len(track.faces) // 2].frame
         track_grain = TrackGrain() if self.settings.grain == "auto" else None  # track numbers are per chunk
-        guarded_parts = defaultdict(list)  # track number -> TrackResult of its faces, window by window
+        guarded_parts = defaultdict(list)  # track number -> (frames, TrackResult) of its faces, window by window
         restored_windows, next_to_write = [], 0
 
         def write_ready(final: bool) -> None:
@@ -118,7 +146,8 @@ class Composer:
             write_ready(final=True)
         if result.frames != len(chunk.frames):
             raise RuntimeError(f"chunk {chunk.index}: decoded {result.frames} frames, expected {len(chunk.frames)}")
-        result.tracks = [{"track": number, **summarise(parts)} for number, parts in sorted(guarded_parts.items())]
+        result.tracks = [{"track": number, **summarise([part for _, part in parts]), "series": _series(parts)}
+                         for number, parts in sorted(guarded_parts.items())]
         return result
 
     def _restore_window(self, window, faces_in_frame, track_grain, result: ChunkResult) -> _RestoredWindow:
@@ -159,15 +188,16 @@ class Composer:
             track_result = self.guard(np.stack([context[k][0][0].crop for k in keys]),
                                       np.stack([context[k][1] for k in keys]), actor)
             part = track_result.part(np.array([key in current.aligned for key in keys]))
-            guarded_parts[number].append(part)
-            final.update(zip([k for k in keys if k in current.aligned], part.faces))
+            current_keys = [k for k in keys if k in current.aligned]
+            guarded_parts[number].append(([frame for frame, _ in current_keys], part))
+            final.update(zip(current_keys, part.faces))
         return final
 
     def _write_window(self, restored_windows, position: int, sample_frames, track_grain, writer, result: ChunkResult,
                       guarded_parts) -> None:
         current = restored_windows[position]
         final = self._guarded(restored_windows, position, guarded_parts)
-        texture = {}  # (frame, track number) -> texture ratio, on each track's sample frame
+        details = {}  # (frame, track number) -> texture ratio and the 1:1 crops, on each track's sample frame
         for frame in current.frames:
             keys = [key for key in current.aligned if key[0] == frame.index]
             pairs = [(current.aligned[key][0], final[key]) for key in keys]
@@ -178,8 +208,11 @@ class Composer:
                 picture = picture.blended(layer, alpha)
                 for key in keys:
                     if sample_frames.get(key[1]) == frame.index:
-                        ratio = texture_ratio(current.rgb[frame.index], picture.rgb(), current.landmarks[key])
-                        texture[key] = round(ratio, 3) if np.isfinite(ratio) else None
+                        before, after = current.rgb[frame.index], picture.rgb()
+                        ratio = texture_ratio(before, after, current.landmarks[key])
+                        details[key] = {"texture_ratio": round(ratio, 3) if np.isfinite(ratio) else None,
+                                        **dict(zip(("before_1to1", "after_1to1"),
+                                                   _detail(before, after, current.landmarks[key])))}
             writer.write(picture, frame.pts)
             result.frames += 1
             result.faces += len(pairs)
@@ -187,5 +220,5 @@ class Composer:
             if sample_frames.get(number) == index:
                 result.samples.append({
                     "frame": index, "actor": actor, "before": _thumbnail(face.crop),
-                    "after": _thumbnail(final[index, number]), "texture_ratio": texture[index, number],
+                    "after": _thumbnail(final[index, number]), **details[index, number],
                 })

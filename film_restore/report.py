@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from dmdnet.files import atomic_path, write_json
+from film_restore.report_plot import track_plot
 
 
 def _video_facts(info) -> dict:
@@ -66,14 +67,18 @@ def build(run, scan, tracks_by_chunk, results) -> dict:
 
 
 def _guard_measures(tracks_by_chunk, results) -> dict[int, dict]:
-    """id(track) -> what the guards measured and decided for it (flicker, identity in/out, strength, held back and why)."""
+    """id(track) -> what the guards measured and decided for it (flicker, identity in/out, strength, held back and
+    why) and, where the Composer recorded them, its per-face series (frame, identity in/out, strength)."""
     by_chunk = {result.index: {entry["track"]: entry for entry in result.tracks} for result in results}
     measures = {}
     for index, tracks in tracks_by_chunk.items():
         for number, track in enumerate(tracks):
             entry = by_chunk.get(index, {}).get(number)
             if entry is not None:
-                measures[id(track)] = {"guards": {key: value for key, value in entry.items() if key not in ("track", "faces")}}
+                measures[id(track)] = {
+                    "guards": {key: value for key, value in entry.items() if key not in ("track", "faces", "series")},
+                    **({"series": entry["series"]} if "series" in entry else {}),
+                }
     return measures
 
 
@@ -82,13 +87,19 @@ def _track_rows(tracks: list[dict]) -> str:
         f"<tr><td>{html.escape(t['actor'] or 'unknown')}</td><td>{t['first_frame']}-{t['last_frame']}</td>"
         f"<td>{g['flicker_ratio']}</td><td>{g['identity_in']} &rarr; {g['identity_out']}</td>"
         f"<td>{g['strength_mean']} (min {g['strength_min']})</td>"
-        f"<td>{g['held_back']}{': ' + html.escape('; '.join(f'{n} {why}' for why, n in g['held_back_why'].items())) if g['held_back'] else ''}</td></tr>"
+        f"<td>{g['held_back']}{': ' + html.escape('; '.join(f'{n} {why}' for why, n in g['held_back_why'].items())) if g['held_back'] else ''}</td>"
+        f"<td>{_plot_cell(t.get('series'))}</td></tr>"
         for t in tracks if (g := t.get("guards"))
     )
     if not rows:
         return ""
     return ("<h2>Tracks</h2><table><tr><th>actor</th><th>frames</th><th>flicker (output / input)</th>"
-            "<th>identity in &rarr; out</th><th>strength</th><th>faces held back</th></tr>" + rows + "</table>")
+            "<th>identity in &rarr; out</th><th>strength</th><th>faces held back</th><th>over time</th></tr>"
+            + rows + "</table>")
+
+
+def _plot_cell(series: dict | None) -> str:
+    return f'<img class="plot" alt="identity and strength over time" src="{track_plot(series)}">' if series else ""
 
 
 def write(report: dict, path: Path) -> None:
@@ -98,7 +109,8 @@ def write(report: dict, path: Path) -> None:
     rows = []
     for actor in sorted({s["actor"] or "" for s in samples}):
         cells = "".join(
-            f'<figure><img src="data:image/jpeg;base64,{s["before"]}"><img src="data:image/jpeg;base64,{s["after"]}">'
+            f'<figure><img class="thumb" src="data:image/jpeg;base64,{s["before"]}">'
+            f'<img class="thumb" src="data:image/jpeg;base64,{s["after"]}">{_detail_row(s)}'
             f"<figcaption>frame {s['frame']}, texture {s.get('texture_ratio')}</figcaption></figure>"
             for s in samples
             if (s["actor"] or "") == actor
@@ -107,13 +119,23 @@ def write(report: dict, path: Path) -> None:
     totals = report["totals"]
     page = (
         "<!doctype html><meta charset='utf-8'><title>film_restore report</title>"
-        "<style>body{font-family:sans-serif}figure{display:inline-block;margin:4px}img{width:128px}"
+        "<style>body{font-family:sans-serif}figure{display:inline-block;margin:4px;vertical-align:top}"
+        "img.thumb{width:128px}img.detail{image-rendering:pixelated}"
         "td,th{padding:2px 8px;text-align:left}</style>"
         f"<h1>{html.escape(report['input']['path'])}</h1>"
         f"<p>{totals['frames']} frames, {totals['shots']} shots, {totals['tracks']} tracks, "
         f"{totals['faces_restored']} faces restored, {totals['faces_too_small']['faces']} smaller than "
-        f"{totals['faces_too_small']['min_face']} px left as they were. Each pair: before, after.</p>" + "".join(rows)
+        f"{totals['faces_too_small']['min_face']} px left as they were. Each pair: before, after; the aligned face, "
+        f"then the frame around it at 1:1 scale.</p>" + "".join(rows)
         + _track_rows(report["tracks"])
     )
     with atomic_path(path.with_suffix(".html")) as temporary:
         temporary.write_text(page)
+
+
+def _detail_row(sample: dict) -> str:
+    """The frame around the face at 1:1 scale, before and after (samples from before they were kept have none)."""
+    if "before_1to1" not in sample:
+        return ""
+    return "<br>" + "".join(f'<img class="detail" src="data:image/jpeg;base64,{sample[key]}">'
+                            for key in ("before_1to1", "after_1to1"))
