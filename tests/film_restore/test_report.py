@@ -64,7 +64,8 @@ def test_the_html_report_renders_with_every_image_at_its_own_size(tmp_path):
     shot = cv2.imread(str(screenshot), cv2.IMREAD_COLOR)
     assert shot.shape[:2] == (WINDOW[1], WINDOW[0])
     assert shot.std() > 20 and len(np.unique(shot.reshape(-1, 3), axis=0)) > 1000, "the screenshot is blank"
-    # Every image is drawn, at 1:1 (thumbnails are SAMPLE_SIDE px and shown so): each is found in the screenshot.
+    # Every image is drawn, at 1:1 (thumbnails are SAMPLE_SIDE px and shown so): each is found in the screenshot,
+    # pixel for pixel (a drawn image matches at 1.0; a missing "after" crop still finds its blurred "before" at 0.97).
     for name, image in images.items():
         match = cv2.matchTemplate(shot, image, cv2.TM_CCOEFF_NORMED).max()
-        assert match > 0.95, f"{name} is not on the page (best match {match:.2f})"
+        assert match > 0.99, f"{name} is not on the page (best match {match:.2f})"
