@@ -8,12 +8,10 @@ are private read-only copies, so a record cannot change after it is made. Coordi
 frame pixels unless a field says otherwise. Only film_restore.workdir turns them into JSON.
 """
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from film_restore.faces.align import AlignmentTransform
 
 
 def _frozen_array(value, shape: tuple, name: str) -> np.ndarray:
@@ -75,13 +73,14 @@ class AlignedFace(NamedTuple):
 
     crop: uint8 RGB size x size x 3; landmarks: 68 x 2 float32 in crop pixels;
     boxes: int64 4 x 4 component boxes (rows left eye, right eye, nose, mouth; columns
-    x1, y1, x2, y2) as dmdnet.boxes.component_boxes gives them; transform: frame <-> crop.
+    x1, y1, x2, y2) as dmdnet.boxes.component_boxes gives them; transform: frame <-> crop
+    (a film_restore.faces.align.AlignmentTransform).
     """
 
     crop: np.ndarray
     landmarks: np.ndarray
     boxes: np.ndarray
-    transform: "AlignmentTransform"
+    transform: object
 
 
 @dataclass(frozen=True)
