@@ -13,7 +13,6 @@ from typing import NamedTuple
 import numpy as np
 
 
-
 def _frozen_array(value, shape: tuple, name: str) -> np.ndarray:
     array = np.array(value, dtype=np.float32)
     if array.shape != shape:
