@@ -76,15 +76,15 @@ def test_nightly_skips_done_films_runs_new_ones_and_reports_failures(case):
 
     # Another codec for the done film: no longer complete for the same settings.
     from jobs.archive import load
-    from jobs.nightly import Outcome, Plan, completion_key, completion_parts, film_arguments, plan, why_not_complete
+    from jobs.nightly import Outcome, Plan, completion_keys, film_arguments, plan, why_not_complete
 
     (folder / "x264.yaml").write_text(archive.read_text().replace("codec: ffv1", "codec: x264"))
     film = load(folder / "x264.yaml").films[0]
-    parts = completion_parts(film)
-    assert why_not_complete(film, completion_key(parts), parts) == "settings or model changed (settings)"
+    keys = completion_keys(film)
+    assert why_not_complete(film, keys.compose, keys.parts) == "settings or model changed (compose_settings)"
     film = load(archive).films[0]
-    parts = completion_parts(film)
-    assert why_not_complete(film, completion_key(parts), parts) is None
+    keys = completion_keys(film)
+    assert why_not_complete(film, keys.compose, keys.parts) is None
 
     # Forced again, the film resumes: its work folder keeps the finished stages' results.
     planned = plan(film, force=True)
