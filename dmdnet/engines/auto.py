@@ -69,7 +69,7 @@ def choose(model: DMDNet, precision: str, device: torch.device, cache=None):
     return _fastest_on_cpu(model, precision, device, cache, lq, boxes, expected, reference)
 
 
-def _label(name: str, precision: str, options: dict) -> str:
+def label(name: str, precision: str, options: dict) -> str:
     return " ".join([name, precision, *[k.replace("_", "-") for k, on in options.items() if on]])
 
 
@@ -79,11 +79,11 @@ def _try(candidate, model, device, cache, lq, boxes, expected, notes: list[str])
     try:
         engine = build(name, model, precision, device, cache, **options)
     except EngineUnavailable as error:
-        notes.append(f"{_label(*candidate)} unavailable: {error}")
+        notes.append(f"{label(*candidate)} unavailable: {error}")
         return None
     quality = psnr_db(engine(lq, boxes), expected)
     if quality < MIN_PSNR_DB:
-        notes.append(f"{_label(*candidate)} only {quality:.1f} dB against float32 (needs {MIN_PSNR_DB:.0f})")
+        notes.append(f"{label(*candidate)} only {quality:.1f} dB against float32 (needs {MIN_PSNR_DB:.0f})")
         return None
     return engine, quality
 
@@ -101,7 +101,7 @@ def _first_passing(model, order, device, cache, lq, boxes, expected):
         found = _try(candidate, model, device, cache, lq, boxes, expected, notes)
         if found:
             engine, quality = found
-            return _finish(engine, f"auto on {device}: first available of {', '.join(_label(*c) for c in order)}; "
+            return _finish(engine, f"auto on {device}: first available of {', '.join(label(*c) for c in order)}; "
                                    f"{quality:.1f} dB against float32", notes)
     raise EngineUnavailable("no engine passed on " + str(device) + ": " + "; ".join(notes))
 
@@ -119,7 +119,7 @@ def _fastest_on_cpu(model, precision, device, cache, lq, boxes, expected, refere
         f"threads{torch.get_num_threads()}", precision) + ".json")
     if record_path.is_file():
         record = json.loads(record_path.read_text())
-        chosen = next((c for c in candidates if _label(*c) == record["chosen"]), None)
+        chosen = next((c for c in candidates if label(*c) == record["chosen"]), None)
         if chosen:
             engine = build(chosen[0], model, chosen[1], device, cache, **chosen[2])
             return _finish(engine, f"auto on cpu: measured fastest earlier ({record['summary']})", [])
@@ -132,6 +132,6 @@ def _fastest_on_cpu(model, precision, device, cache, lq, boxes, expected, refere
             timed.append((_seconds(engine, lq, boxes), quality, candidate, engine))
     timed.sort(key=lambda entry: entry[0])
     seconds, quality, candidate, engine = timed[0]
-    summary = ", ".join(f"{_label(*c)} {s:.3f} s" for s, _, c, _ in timed)
-    write_json(record_path, {"chosen": _label(*candidate), "summary": summary})
+    summary = ", ".join(f"{label(*c)} {s:.3f} s" for s, _, c, _ in timed)
+    write_json(record_path, {"chosen": label(*candidate), "summary": summary})
     return _finish(engine, f"auto on cpu: fastest measured per face ({summary}); {quality:.1f} dB against float32", notes)
