@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from dmdnet import engines
-from dmdnet.engines.auto import label
+from dmdnet.engines.auto import label, native_bfloat16
 from dmdnet.files import atomic_path
 from seeded import faces_and_dictionary, seeded_model
 
@@ -28,9 +28,9 @@ REFERENCES = 8
 
 def candidates(device: torch.device, compile: bool) -> list[tuple[str, str, dict]]:
     """(engine, precision, options) rows; torch float32 first, the reference of every PSNR."""
-    if device.type == "cpu":
-        return [("torch", "float32", {}), ("torch", "float32", {"channels_last": True}),
-                ("torch", "bfloat16", {"channels_last": True}), ("onnxruntime", "float32", {})]
+    if device.type == "cpu":  # bfloat16 only where the CPU has it natively (else emulated, slow)
+        return [("torch", "float32", {}), ("torch", "float32", {"channels_last": True}), ("onnxruntime", "float32", {}),
+                *([("torch", "bfloat16", {"channels_last": True})] if native_bfloat16() else [])]
     rows = [("torch", "float32", {}), ("torch", "bfloat16", {"channels_last": True}),
             ("torch", "float16", {"channels_last": True})]
     if compile:
@@ -67,6 +67,7 @@ def main() -> None:
     arguments.add_argument("--device", default="cuda")
     arguments.add_argument("--quick", action="store_true", help="batches 1 and 2, one timed call: a smoke run")
     arguments.add_argument("--width", type=int, default=64, help="network width (64 = the authors' full size)")
+    arguments.add_argument("--checkpoint", help="a DMDNet checkpoint instead of seeded weights (--width is then its own)")
     arguments.add_argument("--calls", type=int, default=5, help="timed calls per row")
     arguments.add_argument("--budget", type=float, default=420, help="seconds; later rows are skipped")
     arguments.add_argument("--compile", action="store_true", help="also torch.compile (GPU; compiles per batch size)")
@@ -78,10 +79,10 @@ def main() -> None:
         sys.exit("gpu_check: torch has no CUDA device here: install a CUDA build of torch or pass --device cpu --quick")
     batches, calls = ((1, 2), 1) if args.quick else ((1, 8, 32), args.calls)
     started = time.perf_counter()
-    model = seeded_model(width=args.width)
+    model = engines.model_from(args.checkpoint) if args.checkpoint else seeded_model(width=args.width)
     faces, boxes, dictionary = faces_and_dictionary(model, batch=max(batches), references=REFERENCES)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    lines = [f"DMDNet width {args.width}, {model.image_size} px, stored dictionary of {REFERENCES} references, "
+    lines = [f"DMDNet width {model.width}, {model.image_size} px, stored dictionary of {REFERENCES} references, "
              f"on {name}, torch {torch.__version__}, {calls} timed calls after a warm-up", "",
              "| engine | batch | faces/s | PSNR vs float32 (dB) | peak memory (GiB) |", "|---|---:|---:|---:|---:|"]
     references: dict[int, torch.Tensor] = {}

@@ -1,8 +1,14 @@
 """dmdnet.engines: each engine restores what eager float32 torch restores, within its tolerance."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
+from conftest import REPO, save_small_checkpoint
 
 from dmdnet import engines
+from dmdnet.engines.auto import native_bfloat16
 from dmdnet.engines.onnx_engine import onnx_graph
 from dmdnet.export import example_inputs
 
@@ -40,6 +46,8 @@ def _restore(engine, case, specific):
     ids=["float32-channels-last", "bfloat16"],
 )
 def test_torch_engine_matches_float32(small_model, case, specific, precision, options, min_db):
+    if precision == "bfloat16" and not native_bfloat16():
+        pytest.skip("this CPU has no native bfloat16 (avx512_bf16 or amx): torch emulates it, too slow for a test")
     engine = engines.load(small_model, "torch", precision, device="cpu", **options)
     restored, expected = _restore(engine, case, specific)
     assert restored.dtype == torch.float32 and restored.shape == expected.shape
@@ -117,3 +125,21 @@ def test_bad_inputs_are_one_line_errors(onnx_engine, case):
         onnx_engine(lq[:, :, :256], boxes)
     with pytest.raises(ValueError, match="one 4 x 4 box set per face"):
         onnx_engine(lq, boxes[:1])
+
+
+def test_gpu_check_runs_on_the_cpu(tmp_path, cache, onnx_engine):
+    """bench/gpu_check.py's smoke mode: every CPU engine row measured, PSNR against float32."""
+    output = tmp_path / "check.md"
+    checkpoint = save_small_checkpoint(tmp_path / "small.pth")
+    command = [sys.executable, "bench/gpu_check.py", "--device", "cpu", "--quick", "--checkpoint", str(checkpoint),
+               "--cache", str(cache), "-o", str(output)]
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split(" | ") for line in output.read_text().splitlines() if line.startswith("| ") and "---" not in line]
+    measured = {(row[0][2:], int(row[1])): (float(row[2]), float(row[3])) for row in rows[1:]}
+    for engine in ("torch float32", "torch float32 channels-last", "onnxruntime float32"):
+        for batch in (1, 2):
+            faces_per_s, psnr = measured[engine, batch]
+            assert faces_per_s > 0 and psnr >= 100
+    assert any(engine.startswith("auto: ") for engine, _ in measured)

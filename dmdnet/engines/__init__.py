@@ -19,7 +19,7 @@ ENGINES = ("auto", *CLASSES)
 # Precision an engine named without one runs in, by device type.
 DEFAULT_PRECISION = {"cpu": "float32", "cuda": "float16"}
 
-__all__ = ["ENGINES", "MIN_PSNR_DB", "PRECISIONS", "Engine", "EngineUnavailable", "load", "psnr_db"]
+__all__ = ["ENGINES", "MIN_PSNR_DB", "PRECISIONS", "Engine", "EngineUnavailable", "load", "model_from", "psnr_db"]
 
 
 def load(source, engine: str = "auto", precision: str = "auto", device=None, cache=None, **options) -> Engine:

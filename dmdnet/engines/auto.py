@@ -51,9 +51,14 @@ def cpu_flags() -> set[str]:
     return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
 
 
+def native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (elsewhere torch emulates it, slower than float32)."""
+    return bool(cpu_flags() & set(NATIVE_BF16_FLAGS))
+
+
 def cpu_candidates(precision: str) -> list[tuple[str, str, dict]]:
     candidates = list(CPU_CANDIDATES)
-    if cpu_flags() & set(NATIVE_BF16_FLAGS):
+    if native_bfloat16():
         candidates.append(("torch", "bfloat16", {"channels_last": True}))
     return [c for c in candidates if precision in ("auto", c[1])]
 
