@@ -21,13 +21,21 @@ def seeded_model(width: int = 64, dictionary_size: int = 128, seed: int = 0) -> 
         for module in model.modules():
             if isinstance(module, nn.Conv2d):
                 weight = torch.randn(module.weight.shape, generator=generator)
-                spectral = torch.linalg.matrix_norm(weight.flatten(1), ord=2)
-                module.weight.copy_(weight / spectral * GAIN)
+                module.weight.copy_(weight / _spectral_norm(weight.flatten(1), generator) * GAIN)
                 module.bias.copy_(0.01 * torch.randn(module.bias.shape, generator=generator))
         for name, parameter in model.named_parameters():
             if name.endswith(("generic_key", "generic_value")):
                 parameter.copy_(torch.randn(parameter.shape, generator=generator))
     return model.eval()
+
+
+def _spectral_norm(matrix: torch.Tensor, generator: torch.Generator, steps: int = 30) -> torch.Tensor:
+    """Largest singular value by power iteration (LAPACK's SVD crawls on a busy machine)."""
+    vector = torch.randn(matrix.shape[1], generator=generator)
+    for _ in range(steps):
+        vector = matrix.T @ torch.nn.functional.normalize(matrix @ vector, dim=0)
+        vector = torch.nn.functional.normalize(vector, dim=0)
+    return (matrix @ vector).norm()
 
 
 def faces_and_dictionary(model: DMDNet, batch: int, references: int = 8):
