@@ -32,7 +32,7 @@ def _concatenate(parts):
     return np.concatenate(parts) if isinstance(parts[0], np.ndarray) else torch.cat(parts)
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: the pending queue removes requests by `is`
 class _Request:
     crops: object
     boxes: object
@@ -143,6 +143,17 @@ class BatchingRestorer:
             return slices
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as error:  # a bug here must fail the callers, not leave them waiting
+            with self._ready:
+                self._closed = True
+                for request in self._pending:
+                    if not request.future.done():
+                        request.future.set_exception(error)
+            raise
+
+    def _serve(self) -> None:
         while (slices := self._next_pass()) is not None:
             crops = _concatenate([request.crops[start:stop] for request, start, stop in slices])
             boxes = _concatenate([request.boxes[start:stop] for request, start, stop in slices])

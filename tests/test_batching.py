@@ -103,16 +103,16 @@ def test_async_callers_are_merged():
 
 
 def test_merged_passes_restore_what_each_request_gets_alone(small_model):
-    """The real narrow network: three callers, two actors' dictionaries and the generic one."""
-    lq, boxes = example_inputs(small_model, batch=6)
-    refs, ref_boxes = example_inputs(small_model, batch=2)
-    dictionaries = {"ann": small_model.build_dictionary(refs, ref_boxes), "bob": small_model.build_dictionary(-refs, ref_boxes), None: None}
+    """The real narrow network: two callers of one actor merged, a generic face apart."""
+    lq, boxes = example_inputs(small_model, batch=3)
+    refs, ref_boxes = example_inputs(small_model, batch=1)
+    dictionaries = {"ann": small_model.build_dictionary(refs, ref_boxes), None: None}
 
     def forward(crops, boxes, actor):
         with torch.inference_mode():
             return small_model(crops, boxes, dictionaries[actor])
 
-    requests = [(lq[0:2], boxes[0:2], "ann"), (lq[2:5], boxes[2:5], "ann"), (lq[5:6], boxes[5:6], None)]
+    requests = [(lq[0:1], boxes[0:1], "ann"), (lq[1:2], boxes[1:2], "ann"), (lq[2:3], boxes[2:3], None)]
     with BatchingRestorer(forward, batch_size=8, max_wait_s=0.5) as batcher:
         results = _concurrently(batcher, requests)
         counts = batcher.counts()
