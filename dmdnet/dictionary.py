@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from dmdnet.files import atomic_path
 
@@ -47,6 +45,8 @@ class SpecificDictionary:
 
     def save(self, path) -> None:
         """Writes the dictionary as safetensors, atomically (a temporary file, then a rename)."""
+        from safetensors.torch import save_file  # imported on use: inference alone needs only torch
+
         path = Path(path)
         tensors = {f"{name}.key": t.contiguous().cpu() for name, t in self.keys.items()}
         tensors.update({f"{name}.value": t.contiguous().cpu() for name, t in self.values.items()})
@@ -61,6 +61,8 @@ class SpecificDictionary:
 
     @classmethod
     def load(cls, path) -> "SpecificDictionary":
+        from safetensors import SafetensorError, safe_open
+
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no dictionary file at {path}: build one with `python -m dmdnet dictionary`")

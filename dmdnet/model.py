@@ -178,6 +178,35 @@ class PartMemory(nn.Module):
         return self.attention(memory - crop) * memory + crop
 
 
+def checked_batch(images, boxes, image_size: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (B x 3 x size x size, float) and boxes (B x 4 x 4) as tensors, or a one-line error."""
+    images, boxes = torch.as_tensor(images), torch.as_tensor(boxes)
+    size = image_size
+    if images.dim() != 4 or images.shape[1:] != (3, size, size) or not images.is_floating_point():
+        raise ValueError(
+            f"{name} must be float B x 3 x {size} x {size} RGB in [-1, 1] (dmdnet.images.to_tensor "
+            f"converts uint8 images), got {images.dtype} {tuple(images.shape)}"
+        )
+    if boxes.shape[:1] != images.shape[:1]:
+        raise ValueError(f"{images.shape[0]} faces in {name} but {tuple(boxes.shape)} boxes: one 4 x 4 box set per face")
+    check_boxes(boxes)
+    return images, boxes
+
+
+def check_boxes(boxes: torch.Tensor) -> None:
+    if boxes.dim() != 3 or boxes.shape[1:] != (4, 4):
+        raise ValueError(f"boxes must be B x 4 x 4 (LE, RE, NO, MO; x1, y1, x2, y2), got {tuple(boxes.shape)}")
+
+
+def check_dictionary(dictionary: SpecificDictionary, fingerprint: str) -> None:
+    """A one-line error unless `dictionary` was built by the model with this fingerprint."""
+    if dictionary.fingerprint != fingerprint:
+        raise ValueError(
+            f"this dictionary was built by model {dictionary.fingerprint[:12]}, not by the loaded model "
+            f"{fingerprint[:12]}: rebuild it with this checkpoint"
+        )
+
+
 def _interpolation(
     destination: torch.Tensor, source_length: torch.Tensor, destination_length, source_positions: torch.Tensor
 ) -> torch.Tensor:
@@ -325,22 +354,13 @@ class DMDNet(nn.Module):
 
     def _batch(self, images, boxes, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Images and boxes (tensors or arrays) checked and placed on the model's device."""
-        images, boxes = torch.as_tensor(images), torch.as_tensor(boxes)
-        size = self.image_size
-        if images.dim() != 4 or images.shape[1:] != (3, size, size) or not images.is_floating_point():
-            raise ValueError(
-                f"{name} must be float B x 3 x {size} x {size} RGB in [-1, 1] (dmdnet.images.to_tensor "
-                f"converts uint8 images), got {images.dtype} {tuple(images.shape)}"
-            )
-        if boxes.shape[:1] != images.shape[:1]:
-            raise ValueError(f"{images.shape[0]} faces in {name} but {tuple(boxes.shape)} boxes: one 4 x 4 box set per face")
+        images, boxes = checked_batch(images, boxes, self.image_size, name)
         weight = next(self.parameters())
         return images.to(weight.device, weight.dtype), boxes.to(weight.device)
 
     def windows(self, boxes: torch.Tensor) -> dict[str, Window]:
         """Crop/paste windows of every part, for boxes B x 4 x 4."""
-        if boxes.dim() != 3 or boxes.shape[1:] != (4, 4):
-            raise ValueError(f"boxes must be B x 4 x 4 (LE, RE, NO, MO; x1, y1, x2, y2), got {tuple(boxes.shape)}")
+        check_boxes(boxes)
         boxes = boxes.to(torch.float32)
         return {
             f"{component}_{scale}": Window(
@@ -397,11 +417,7 @@ class DMDNet(nn.Module):
         lq, boxes = self._batch(lq, boxes, "lq")
         if dictionary is None:
             return self.restore(lq, boxes)
-        if dictionary.fingerprint != self.fingerprint:
-            raise ValueError(
-                f"this dictionary was built by model {dictionary.fingerprint[:12]}, not by the loaded model "
-                f"{self.fingerprint[:12]}: rebuild it with this checkpoint"
-            )
+        check_dictionary(dictionary, self.fingerprint)
         return self.restore(lq, boxes, *dictionary.tensors(lq.device, lq.dtype))
 
     def restore(
