@@ -23,7 +23,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-DEFAULT_BATCH = 8
+from film_restore.settings import RESTORE_BATCH
+
 # Long enough for the other compose tasks' requests to arrive, short against a forward pass.
 DEFAULT_MAX_WAIT_S = 0.02
 
@@ -54,7 +55,7 @@ class BatchingRestorer:
     (a mean batch above the mean request size shows requests were merged).
     """
 
-    def __init__(self, forward: Callable, batch_size: int = DEFAULT_BATCH, max_wait_s: float = DEFAULT_MAX_WAIT_S):
+    def __init__(self, forward: Callable, batch_size: int = RESTORE_BATCH, max_wait_s: float = DEFAULT_MAX_WAIT_S):
         if batch_size < 1 or max_wait_s < 0:
             raise ValueError(f"batch_size must be >= 1 and max_wait_s >= 0, got {batch_size} and {max_wait_s}")
         self.forward, self.batch_size, self.max_wait_s = forward, batch_size, max_wait_s

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import ray
 from ray._private.utils import read_ray_address
 
+from film_restore.batching import BatchingRestorer
 from film_restore.compose import Composer, ComposeSettings
 from film_restore.pipeline.job import PipelineError
 from film_restore.records import Chunk, ChunkResult, Scan, Track
@@ -137,12 +138,17 @@ class RestoreActor:
             # is the bottleneck and the compose tasks mostly wait for it.
             torch.set_num_threads(os.cpu_count() or 1)
         self.restorer = FaceRestorer(checkpoint, dictionaries, device=device, batch=batch)
+        # Concurrent calls (the actor is threaded) from several compose tasks share forward passes.
+        self.batcher = BatchingRestorer(self.restorer.restore, batch_size=batch)
         self.faces = counter("film_restore_faces_restored", "faces restored by DMDNet")
         self.film = film
 
     def restore(self, crops, boxes, actor):
         self.faces.inc(len(crops), tags={"film": self.film})
-        return self.restorer.restore(crops, boxes, actor)
+        return self.batcher.restore(crops, boxes, actor)
+
+    def batching(self) -> dict:
+        return self.batcher.counts()
 
 
 class RemoteRestore:

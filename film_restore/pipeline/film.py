@@ -63,6 +63,7 @@ class FilmRun:
         self.identifier = store.identifier(self.cast)
         self.dictionaries: dict[str, Path] = {}
         self.fingerprint = self.face_size = None
+        self.batching = None  # the restorers' counts, once chunks were restored in this run
         if job.checkpoint is not None:
             model = dmdnet.load(job.checkpoint)
             self.fingerprint, self.face_size = model.fingerprint, model.image_size
@@ -133,11 +134,15 @@ class FilmRun:
         missing = [chunk for chunk in scan.chunks if chunk.index not in results]
         if missing:
             gpus = restore_gpus()
+            count = max(1, min(gpus, len(missing)))
+            # Every compose task that may wait on a restorer at once gets a thread there.
+            concurrency = -(-cpu_workers(len(missing)) // count) + 1
             restorers = [
-                RestoreActor.options(name=f"film_restore.restore-{i}-{os.getpid()}", **({"num_gpus": 1} if gpus else {})).remote(
+                RestoreActor.options(name=f"film_restore.restore-{i}-{os.getpid()}", max_concurrency=concurrency,
+                                     **({"num_gpus": 1} if gpus else {})).remote(
                     str(self.job.checkpoint), {a: str(p) for a, p in self.dictionaries.items()}, self.job.restore_batch, self.film
                 )
-                for i in range(max(1, min(gpus, len(missing))))
+                for i in range(count)
             ]
             settings = ComposeSettings(
                 codec=self.job.codec, face_size=self.face_size, min_face=self.job.min_face, grain=self.job.grain,
@@ -158,9 +163,17 @@ class FilmRun:
                 results[chunk.index] = result
                 frames_done += result.frames
                 self.progress.frames("restored", frames_done, len(scan.frame_pts))
+            self.batching = _merged_counts([get(restorer.batching.remote()) for restorer in restorers])
             for restorer in restorers:
                 ray.kill(restorer)
         return [results[chunk.index] for chunk in scan.chunks]
+
+
+def _merged_counts(counts: list[dict]) -> dict:
+    """The restorers' batching counts as one: forward passes, faces, requests, mean batch and request size."""
+    total = {name: sum(c[name] for c in counts) for name in ("forward_passes", "faces", "requests")}
+    return {**total, "mean_batch": round(total["faces"] / max(total["forward_passes"], 1), 2),
+            "mean_request": round(total["faces"] / max(total["requests"], 1), 2)}
 
 
 def _stored(scan: Scan, load) -> dict:

@@ -120,6 +120,8 @@ def test_output_keeps_frames_timestamps_audio_and_every_pixel_outside_faces(setu
     assert changed_frames >= 0.9 * len(input_frames)
     report = json.loads(full_run.with_name("restored.report.json").read_text())
     assert report["totals"]["faces_restored"] >= 3 * (FRAMES_PER_CLIP - 2)
+    batching = report["restore_batching"]
+    assert batching["faces"] == report["totals"]["faces_restored"] and batching["mean_batch"] >= batching["mean_request"]
     assert full_run.with_name("restored.report.html").read_text().count("<img") >= 2 * len(report["tracks"])
     # Strength auto: the guards measured every track, and a seeded (untrained) network is held back
     # wherever it would make a face less like the actor, or unlike itself.
