@@ -5,14 +5,18 @@ degraded copy (x3 down and up, per-frame Gaussian noise of sigma 6, seeded): fac
 tracked with the compact face stack, aligned at the model's size, restored by
 film_restore.restore.FaceRestorer with the actor's dictionary (built from frames of the
 clip's second half, which also give the actor's reference centroid), pasted back with
-blend.face_layer. Printed per clip and variant, in the frame:
+paste.face_layer. Printed per clip and variant, in the frame:
   flicker   output / input frame-to-frame change along the input's flow, in the face box
+            (and both changes, levels)
+  texture   texture.texture_ratio, output / input (mean over frames; 1 = the film's texture kept)
   id in/out cosine of input and output faces to the actor's centroid (mean over frames)
   PSNR      face box against the clean frame (degraded copies), input -> output
   change    mean |output - input| in the face box (levels): how visibly restored
 Variants: input (no restoration), round trip (a restorer that returns its input: aligned,
-pasted back), today (restored crops pasted as they are), each guard alone, and all guards
-(guards.guard_track, strength auto).
+pasted back), today (restored crops pasted as they are), each guard alone, all guards
+(guards.guard_track, strength auto), and the full pipeline: all guards pasted back as the
+Composer does, with the frame's detail above the crop's resolution, without and with the
+film's grain (texture.TrackGrain, estimated on the copy itself).
 
     FILM_RESTORE_ASSETS=../shared python -m bench.film_look [--frames 72] [--clips retalk_2 liveportrait_d10]
 """
@@ -32,11 +36,13 @@ import torch
 import dmdnet
 from dmdnet.images import to_tensor
 from film_restore import guards, quality
+from film_restore.compose import COMPOSE_WINDOW
 from film_restore.paste import face_layer
 from film_restore.faces import FaceAnalyzer, align_face
 from film_restore.faces.identity import centroid
 from film_restore.records import Shot
 from film_restore.restore import FaceRestorer
+from film_restore.texture import TrackGrain, texture_ratio
 from film_restore.tracking import smooth_track, track_shot
 from tests.assets import ASSETS, TRAINED_MODEL as CHECKPOINT
 
@@ -70,10 +76,20 @@ def main_track(analyzer: FaceAnalyzer, frames: list[np.ndarray]):
     return track
 
 
-def paste(frame: np.ndarray, aligned, crop: np.ndarray) -> np.ndarray:
-    layer, alpha = face_layer(frame.shape, [(aligned, crop)])
+def paste(frame: np.ndarray, aligned, crop: np.ndarray, original: np.ndarray | None = None, grain=None) -> np.ndarray:
+    """The frame with one face pasted back; original and grain (one face's entry) as in face_layer."""
+    layer, alpha = face_layer(frame.shape, [(aligned, crop)], original, None if grain is None else [grain])
     blended = frame.astype(np.float32) + alpha[..., None] * (layer - frame)
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+
+def track_grain(frames: list[np.ndarray], track) -> TrackGrain:
+    """The track's grain model (track number 0), estimated as the Composer does: from the first
+    COMPOSE_WINDOW frames the track appears in."""
+    grain = TrackGrain()
+    grain.observe({(index, 0): (frames[index], tracked.face.landmarks)
+                   for index, tracked in enumerate(track.faces[:COMPOSE_WINDOW])})
+    return grain
 
 
 def measures(inputs, outputs, clean, track, analyzer, reference) -> dict:
@@ -85,6 +101,9 @@ def measures(inputs, outputs, clean, track, analyzer, reference) -> dict:
     embed = lambda frames: np.stack([analyzer.recogniser.embedding(f, t.face.keypoints) for f, t in zip(frames, track.faces)])
     row = {
         "flicker": flick.ratio,
+        "change_in": flick.input,
+        "change_out": flick.output,
+        "texture": float(np.nanmean([texture_ratio(i, o, t.face.landmarks) for i, o, t in zip(inputs, outputs, track.faces)])),
         "id_in": float(quality.identity(embed(inputs), reference).mean()),
         "id_out": float(quality.identity(embed(outputs), reference).mean()),
         "change": float(np.mean([quality.mean_change(o, i, b) for o, i, b in zip(outputs, inputs, boxes)])),
@@ -161,16 +180,25 @@ def main() -> None:
             for name, faces in {"round trip": crops.astype(np.float32), **outputs}.items():
                 pasted = [paste(frame, a, face) for frame, a, face in zip(inputs, aligned, faces)]
                 rows.append((clip, version, name, measures(inputs, pasted, truth, track, analyzer, reference)))
+            grain = track_grain(inputs, track)
+            for name, with_grain in (("full pipeline", False), ("full pipeline + grain", True)):
+                pasted = [paste(frame, a, face, frame, grain.for_face(index, 0) if with_grain else None)
+                          for index, (frame, a, face) in enumerate(zip(inputs, aligned, full.faces))]
+                rows.append((clip, version, name, measures(inputs, pasted, truth, track, analyzer, reference)))
+            grain_model = grain.models.get(0)
+            mid_tones = "none found" if grain_model is None else " / ".join(f"{v:.1f}" for v in grain_model.amplitude[2:6])
             held = int((full.strength < 1).sum())
             print(f"{clip} {version}: restore {restore_s:.0f} s, guards (all variants) {guard_s:.0f} s; resolution "
                   f"{full.resolution:.2f}, strength mean {full.strength.mean():.2f} min {full.strength.min():.2f}, "
-                  f"{held}/{len(full.strength)} faces held back", flush=True)
+                  f"{held}/{len(full.strength)} faces held back; grain (luma std, luma 80-176) {mid_tones}", flush=True)
     print(f"\n{args.frames} frames per clip, model {args.checkpoint.name}, faces {size} px aligned\n")
-    print("| clip | copy | variant | flicker ratio | identity in -> out | face PSNR vs clean in -> out | change (levels) |")
-    print("|---|---|---|---:|---:|---:|---:|")
+    print("| clip | copy | variant | flicker ratio | frame-to-frame change in -> out (levels) | texture ratio | "
+          "identity in -> out | face PSNR vs clean in -> out | change (levels) |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for clip, version, name, row in rows:
         psnr = f"{row['psnr_in']:.2f} -> {row['psnr_out']:.2f}" if "psnr_in" in row else "-"
-        print(f"| {clip} | {version} | {name} | {row['flicker']:.3f} | {row['id_in']:.3f} -> {row['id_out']:.3f} | "
+        print(f"| {clip} | {version} | {name} | {row['flicker']:.3f} | {row['change_in']:.2f} -> {row['change_out']:.2f} | "
+              f"{row['texture']:.2f} | {row['id_in']:.3f} -> {row['id_out']:.3f} | "
               f"{psnr} | {row['change']:.2f} |")
 
 
