@@ -47,10 +47,10 @@ class FilmRun:
         if not job.dry_run and not job.output.parent.is_dir():
             raise PipelineError(f"the output folder {job.output.parent} does not exist: create it or choose another -o")
         self.info = probe(job.input)
-        init_ray(job.address)  # before the slow preparations: a cluster that does not answer fails now
         if not job.dry_run:
             for warning in check_output(job.output, self.info, job.codec).warnings:
                 self.progress.say(f"note: {warning}")
+        init_ray(job.address)  # before the slow preparations: a cluster that does not answer fails now
         # Resolved once (flag, environment, cache, shipped model); a dry run restores nothing and needs none.
         self.checkpoint = None if job.dry_run else resolve_checkpoint(job.checkpoint)
         if self.checkpoint is not None and self.checkpoint.note:
@@ -71,7 +71,7 @@ class FilmRun:
                 self.dictionaries[actor.name], _ = store.dictionary(store.references(actor), model)
         self.keys = job_keys(job, face_models, self.cast)
         self.work = WorkFolder(job.workroot, job.input, self.keys.parts["input_sha256"])
-        self.timings = {"cast": time.perf_counter() - started}
+        self.timings = {"prepare": time.perf_counter() - started}  # checks, Ray, models, cast, dictionaries
         self._started = started
 
     def run(self) -> dict:
