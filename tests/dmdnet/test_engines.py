@@ -98,7 +98,7 @@ def test_tensorrt_unavailable_here_says_why(small_model, cache):
 
 def test_tensorrt_engine_matches_float32(small_model, case, cache):
     if not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU on this machine: the TensorRT engine runs on GPU nodes (bench/gpu_check.py)")
+        pytest.skip("no CUDA GPU on this machine: the TensorRT engine runs on GPU nodes (python -m bench.gpu_check)")
     pytest.importorskip("tensorrt", reason="TensorRT is not installed on this GPU node: pip install tensorrt")
     engine = engines.load(small_model, "tensorrt", "float16", device="cuda", cache=cache)
     restored, expected = _restore(engine, case, True)
