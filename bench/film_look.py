@@ -119,7 +119,7 @@ def variants(inputs, restored, embed, reference):
     residual = restored - inputs.astype(np.float32)
     resolution = guards.effective_resolution(inputs)
     stabilised, _ = guards.stabilise(inputs, residual)
-    limits, _ = guards.identity_limits(inputs, residual, embed, reference)
+    limits, _ = guards.identity_limits(inputs, residual, embed, reference, embed(inputs))
     full = guards.guard_track(inputs, restored, embed, reference)
     return {
         "today": restored,

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from dmdnet import engines
-from dmdnet.engines.auto import label, native_bfloat16
+from dmdnet.engines.auto import cpu_candidates, label
 from dmdnet.files import atomic_path
 from bench.seeded import faces_and_dictionary, seeded_model
 
@@ -28,9 +28,8 @@ REFERENCES = 8
 
 def candidates(device: torch.device, compile: bool) -> list[tuple[str, str, dict]]:
     """(engine, precision, options) rows; torch float32 first, the reference of every PSNR."""
-    if device.type == "cpu":  # bfloat16 only where the CPU has it natively (else emulated, slow)
-        return [("torch", "float32", {}), ("torch", "float32", {"channels_last": True}), ("onnxruntime", "float32", {}),
-                *([("torch", "bfloat16", {"channels_last": True})] if native_bfloat16() else [])]
+    if device.type == "cpu":  # auto's CPU candidates: bfloat16 only where the CPU has it natively (else emulated, slow)
+        return cpu_candidates("auto")
     rows = [("torch", "float32", {}), ("torch", "bfloat16", {"channels_last": True}),
             ("torch", "float16", {"channels_last": True})]
     if compile:

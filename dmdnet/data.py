@@ -350,7 +350,7 @@ def main(argv=None) -> int:
     command.add_argument("--models", default=None, help="face models folder or pack name (default $FILM_RESTORE_MODELS, else buffalo_l, fetched)")
     command.add_argument("--min-face", type=int, default=None, help="shortest accepted face box side in photo pixels (default 3/16 of --size)")
     command.add_argument("--detector-size", type=int, default=DEFAULT_DETECTOR_SIZE,
-                         help="detector input side (default 640; 320 is ~4x faster on photos of at most 320 px)")
+                         help=f"detector input side (default {DEFAULT_DETECTOR_SIZE}; 320 is ~4x faster on photos of at most 320 px)")
     args = parser.parse_args(argv)
     try:
         _checked(args.src_dir, args.out_dir, args.size, args.min_face)  # bad arguments are named before models load

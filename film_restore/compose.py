@@ -206,13 +206,12 @@ class Composer:
                 grain = [track_grain.for_face(*key) for key in keys] if track_grain is not None else None
                 layer, alpha = face_layer((self.info.height, self.info.width), pairs, current.rgb[frame.index], grain)
                 picture = picture.blended(layer, alpha)
-                for key in keys:
-                    if sample_frames.get(key[1]) == frame.index:
-                        before, after = current.rgb[frame.index], picture.rgb()
-                        ratio = texture_ratio(before, after, current.landmarks[key])
-                        details[key] = {"texture_ratio": round(ratio, 3) if np.isfinite(ratio) else None,
-                                        **dict(zip(("before_1to1", "after_1to1"),
-                                                   _detail(before, after, current.landmarks[key])))}
+                sampled = [key for key in keys if sample_frames.get(key[1]) == frame.index]
+                before, after = current.rgb[frame.index], picture.rgb() if sampled else None
+                for key in sampled:
+                    ratio = texture_ratio(before, after, current.landmarks[key])
+                    details[key] = {"texture_ratio": round(ratio, 3) if np.isfinite(ratio) else None,
+                                    **dict(zip(("before_1to1", "after_1to1"), _detail(before, after, current.landmarks[key])))}
             writer.write(picture, frame.pts)
             result.frames += 1
             result.faces += len(pairs)

@@ -5,7 +5,7 @@ it; a restorer that returns its input leaves every face exactly as it was.
 
 fidelity       the residual loses the band the input can vouch for (below the input's effective
                resolution, `effective_resolution`): the restored face re-degraded to that
-               resolution agrees with the input. blend.match_colour does this for the coarsest
+               resolution agrees with the input. paste.match_colour does this for the coarsest
                scales only; this extends it to every frequency the input really has.
 stabilisation  a centred (zero-lag) temporal filter of the residual along the input's optical
                flow (Bonneel et al. 2015, Lai et al. 2018, without their training or lag): each
@@ -30,6 +30,7 @@ overlapping segments with results identical to a whole-track run.
 """
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
@@ -38,7 +39,7 @@ import cv2
 import numpy as np
 
 from film_restore.faces.align import ffhq_template
-from film_restore.quality import flow_pair, identity, temporal_changes, warp
+from film_restore.quality import flow_pair, gray, identity, temporal_changes, warp
 
 AUTO = "auto"
 
@@ -150,7 +151,7 @@ def effective_resolution(crops: np.ndarray) -> float:
     counts = np.bincount(bins.ravel(), minlength=51)
     estimates = []
     for crop in crops:
-        luma = cv2.cvtColor(np.clip(crop, 0, 255).astype(np.uint8), cv2.COLOR_RGB2GRAY).astype(np.float32)
+        luma = gray(crop).astype(np.float32)
         luma = (luma - luma.mean()) * window
         power = np.abs(np.fft.fft2(luma)) ** 2
         profile = np.bincount(bins.ravel(), power.ravel(), minlength=51)[:50] / np.maximum(counts[:50], 1)
@@ -216,9 +217,9 @@ def _similarity(embeddings, reference, input_embeddings) -> np.ndarray:
     return identity(embeddings, reference if reference is not None else input_embeddings)
 
 
-def identity_limits(inputs: np.ndarray, residuals: np.ndarray, embed, reference) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(highest allowed strength, identity of the input, identity at full strength) per face."""
-    input_embeddings = embed(inputs)
+def identity_limits(inputs: np.ndarray, residuals: np.ndarray, embed, reference,
+                    input_embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(highest allowed strength, identity of the input) per face; input_embeddings: embed(inputs)."""
     baseline = identity(input_embeddings, reference) if reference is not None else np.ones(len(inputs), np.float32)
     limits = np.zeros(len(inputs), np.float32)
     undecided = np.arange(len(inputs))
@@ -263,14 +264,17 @@ def guard_track(inputs: np.ndarray, restored: np.ndarray, embed: Callable[[np.nd
     resolution = effective_resolution(inputs) if resolution is None else resolution
     residuals = match_band(restored.astype(np.float32) - inputs.astype(np.float32), resolution)
     residuals, backward_flows = stabilise(inputs, residuals)
-    limits, identity_in = identity_limits(inputs, residuals, embed, reference) if strength == AUTO else (None, None)
-    strengths = smooth_strengths(limits) if strength == AUTO else np.full(len(inputs), strength, np.float32)
+    input_embeddings = embed(inputs)
+    if strength == AUTO:
+        limits, identity_in = identity_limits(inputs, residuals, embed, reference, input_embeddings)
+        strengths = smooth_strengths(limits)
+    else:
+        limits = None
+        identity_in = identity(input_embeddings, reference) if reference is not None else np.ones(len(inputs), np.float32)
+        strengths = np.full(len(inputs), strength, np.float32)
     faces = _compose(inputs, residuals, strengths)
     output_embeddings = embed(np.clip(np.round(faces), 0, 255).astype(np.uint8))
-    if identity_in is None:
-        input_embeddings = embed(inputs)
-        identity_in = identity(input_embeddings, reference) if reference is not None else np.ones(len(inputs), np.float32)
-    identity_out = identity(output_embeddings, reference) if reference is not None else identity(output_embeddings, embed(inputs))
+    identity_out = identity(output_embeddings, reference if reference is not None else input_embeddings)
     reasons = np.array([_reason(strengths[t], limits, reference, t) for t in range(len(inputs))], dtype=object)
     sums_in, sums_out, weights = temporal_changes(inputs, faces, face_mask(inputs.shape[1]) if mask is None else mask, backward_flows)
     pad = lambda values: np.concatenate([[0.0], values])
@@ -303,14 +307,21 @@ class TrackGuard:
     @classmethod
     def from_models_dir(cls, models_dir, references, strength=AUTO, actor_strengths=None) -> "TrackGuard":
         """A guard embedding faces with the recogniser of the face models in models_dir."""
-        from film_restore.faces.recogniser import Recogniser
         from film_restore.models import find_pack
 
-        return cls(aligned_embedder(Recogniser(find_pack(models_dir).recogniser)), references, strength, actor_strengths)
+        return cls(_pack_embedder(str(find_pack(models_dir).recogniser)), references, strength, actor_strengths)
 
     def __call__(self, inputs: np.ndarray, restored: np.ndarray, actor: str | None) -> TrackResult:
         strength = self.actor_strengths.get(actor, self.strength) if actor is not None else self.strength
         return guard_track(inputs, restored, self.embed, self.references.get(actor) if actor else None, strength)
+
+
+@functools.lru_cache(maxsize=2)
+def _pack_embedder(recogniser_path: str) -> Callable[[np.ndarray], np.ndarray]:
+    """One recogniser per worker process: each chunk's Composer builds a guard, and Ray reuses workers."""
+    from film_restore.faces.recogniser import Recogniser
+
+    return aligned_embedder(Recogniser(recogniser_path))
 
 
 def summarise(results: list[TrackResult]) -> dict:

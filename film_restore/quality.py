@@ -30,7 +30,7 @@ FB_RELATIVE = 0.01
 FB_ABSOLUTE = 0.5  # squared pixels
 
 
-def _gray(image: np.ndarray) -> np.ndarray:
+def gray(image: np.ndarray) -> np.ndarray:
     image = np.clip(image, 0, 255).astype(np.uint8) if image.dtype != np.uint8 else image
     return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
 
@@ -55,7 +55,7 @@ def flow_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     height, width = a.shape[:2]
     scale = min(1.0, FLOW_SIDE / max(height, width))
     small = (max(round(width * scale), 8), max(round(height * scale), 8))
-    gray_a, gray_b = (cv2.resize(_gray(image), small, interpolation=cv2.INTER_AREA) for image in (a, b))
+    gray_a, gray_b = (cv2.resize(gray(image), small, interpolation=cv2.INTER_AREA) for image in (a, b))
     dis = _dis()
     forward = dis.calc(gray_a, gray_b, None)
     backward = dis.calc(gray_b, gray_a, None)

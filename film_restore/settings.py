@@ -1,4 +1,4 @@
-"""Every default of a run in one place: the command line, the pipeline and the archive jobs read them here."""
+"""The defaults of a run's settings in one place: the command line, the pipeline and the archive jobs read them here."""
 from __future__ import annotations
 
 from pathlib import Path

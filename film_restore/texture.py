@@ -30,7 +30,7 @@ HIGH_PASS_SIGMA = 1.0
 CENTRAL_FACE_SHRINK = 0.15
 # The ring: frame pixels this far (fractions of the face width) outside the landmark hull
 # with the forehead lifted by RING_FOREHEAD_LIFT of the brow-to-chin height, more than
-# blend.FOREHEAD_LIFT, so the ring is never inside a matte.
+# paste.FOREHEAD_LIFT, so the ring is never inside a matte.
 RING_DISTANCE = (0.1, 0.35)
 RING_FOREHEAD_LIFT = 0.6
 
@@ -135,9 +135,11 @@ def texture_regions(frame_shape: tuple, landmarks) -> tuple[tuple[slice, slice],
     return np.s_[y0:y1, x0:x1], central, ring
 
 
-def relative_texture(rgb: np.ndarray, landmarks) -> float:
-    """High-pass luma std inside the central face over that in the ring around it (NaN where either is empty)."""
-    window, central, ring = texture_regions(rgb.shape, landmarks)
+def relative_texture(rgb: np.ndarray, landmarks, regions=None) -> float:
+    """High-pass luma std inside the central face over that in the ring around it (NaN where either is empty).
+
+    regions: texture_regions(rgb.shape, landmarks), when the caller has them already."""
+    window, central, ring = regions or texture_regions(rgb.shape, landmarks)
     detail = fine_detail(rgb[window])
     if not central.any() or not ring.any():
         return float("nan")
@@ -146,7 +148,8 @@ def relative_texture(rgb: np.ndarray, landmarks) -> float:
 
 def texture_ratio(before: np.ndarray, after: np.ndarray, landmarks) -> float:
     """relative_texture of the output frame over that of the input frame, for one face (68 frame landmarks)."""
-    return relative_texture(after, landmarks) / relative_texture(before, landmarks)
+    regions = texture_regions(before.shape, landmarks)
+    return relative_texture(after, landmarks, regions) / relative_texture(before, landmarks, regions)
 
 
 # ---- band split

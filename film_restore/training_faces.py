@@ -41,7 +41,7 @@ class PhotoFaces:
     def __init__(self, models_dir: ModelsDir, detector_size: int):
         with _models_checked():
             pack = find_pack(models_dir)
-            self.analyzer = FaceAnalyzer.from_models_dir(models_dir, detector_size=detector_size)
+            self.analyzer = FaceAnalyzer.from_models_dir(pack.directory, detector_size=detector_size)
         self.models_id = pack_id(pack)
         self.models_name = pack.name
         self.settings = {"detector_size": detector_size}

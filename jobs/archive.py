@@ -57,22 +57,22 @@ class Film:
     def name(self) -> str:
         return self.input.name
 
-    @property
-    def workroot(self) -> Path:
-        """The work folder root the run uses (the pipeline's default when none is given)."""
-        return self.workdir or settings.default_workroot(self.output)
-
     def job(self):
         """The pipeline's Job for this film (film_restore.pipeline.Job)."""
         from film_restore.pipeline import Job
 
         return Job(input=self.input, cast=self.cast, output=self.output, checkpoint=self.checkpoint, models=self.models,
-                   workdir=self.workroot, resume=self.resume, codec=self.codec, chunk_frames=self.chunk_frames)
+                   workdir=self.workdir, resume=self.resume, codec=self.codec, chunk_frames=self.chunk_frames)
+
+    @property
+    def workroot(self) -> Path:
+        """The work folder root the run uses (the pipeline's default when none is given)."""
+        return self.job().workroot
 
     @property
     def report(self) -> Path:
         """The report the pipeline writes."""
-        return settings.default_report(self.output)
+        return self.job().report_path
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,7 @@ def why_not_complete(film: Film, key: str, parts: dict) -> str | None:
 
 
 def record_complete(film: Film, key: str, parts: dict, how: dict) -> None:
-    from film_restore.workdir import write_json
+    from dmdnet.files import write_json
 
     report = json.loads(film.report.read_text())
     write_json(sidecar_path(film), {
@@ -376,7 +376,7 @@ def main(argv=None) -> int:
             for (number, _), outcome in zip(to_run, pool.map(one, [p for _, p in to_run])):
                 outcomes[number] = outcome
     seconds = time.perf_counter() - started
-    from film_restore.workdir import write_json
+    from dmdnet.files import write_json
 
     write_json(summary, {
         "archive": str(archive.path),

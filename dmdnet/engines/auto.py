@@ -66,12 +66,15 @@ def cpu_candidates(precision: str) -> list[tuple[str, str, dict]]:
 def choose(model: DMDNet, precision: str, device: torch.device, cache=None):
     """The engine auto picks, with its reason (and a logged line for each engine passed over)."""
     lq, boxes = example_inputs(model, batch=1)
-    reference = TorchEngine(model, "float32", device)
-    expected = reference(lq, boxes)
     if device.type == "cuda":
         order = [c for c in GPU_ORDER if precision in ("auto", c[1])] or [("torch", precision, {})]
-        return _first_passing(model, order, device, cache, lq, boxes, expected)
-    return _fastest_on_cpu(model, precision, device, cache, lq, boxes, expected, reference)
+        return _first_passing(model, order, device, cache, lq, boxes, _float32_output(model, device, lq, boxes))
+    return _fastest_on_cpu(model, precision, device, cache, lq, boxes)
+
+
+def _float32_output(model, device, lq, boxes):
+    """What every candidate is measured against: eager float32 on the same inputs."""
+    return TorchEngine(model, "float32", device)(lq, boxes)
 
 
 def label(name: str, precision: str, options: dict) -> str:
@@ -117,7 +120,7 @@ def _seconds(engine, lq, boxes) -> float:
     return time.perf_counter() - start
 
 
-def _fastest_on_cpu(model, precision, device, cache, lq, boxes, expected, reference):
+def _fastest_on_cpu(model, precision, device, cache, lq, boxes):
     candidates = cpu_candidates(precision)
     record_path = cache_dir(cache) / (key_name(
         "auto", model.fingerprint, platform.processor() or platform.machine(), f"torch{torch.__version__}",
@@ -128,6 +131,7 @@ def _fastest_on_cpu(model, precision, device, cache, lq, boxes, expected, refere
         if chosen:
             engine = build(chosen[0], model, chosen[1], device, cache, **chosen[2])
             return _finish(engine, f"auto on cpu: measured fastest earlier ({record['summary']})", [])
+    expected = _float32_output(model, device, lq, boxes)
     notes: list[str] = []
     timed = []
     for candidate in candidates:

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import av
 
-from dmdnet.files import temporary_beside
+from dmdnet.files import atomic_path
 from film_restore.video.encoding import CODEC_NAME, EncoderChoice, choose_encoder
 from film_restore.video.formats import RANGE_FULL, VideoError, av_error, open_input
 from film_restore.video.probe import VideoInfo, probe
@@ -171,19 +171,12 @@ def join(chunk_paths: Sequence, input_path, output_path, info: VideoInfo | None 
         raise VideoError(f"chunk {chunk_paths[0].name} holds {signature[0]} video: encode chunks with ChunkWriter")
     plan = check_output(output_path, info, codec)
     output_path = plan.path
-    temp = temporary_beside(output_path)
     steps = _OutputSteps(output_path)
     try:
-        _write_output(chunk_paths, input_path, temp, info, plan, frame_pts, steps)
-        os.replace(temp, output_path)
-    except BaseException as error:
-        try:
-            temp.unlink()
-        except FileNotFoundError:
-            pass
-        if isinstance(error, av.FFmpegError):
-            raise steps.failure(error) from None
-        raise
+        with atomic_path(output_path) as temp:
+            _write_output(chunk_paths, input_path, temp, info, plan, frame_pts, steps)
+    except av.FFmpegError as error:
+        raise steps.failure(error) from None
     return plan
 
 

@@ -9,6 +9,8 @@ sample's footprint, so the two directions are exact inverses.
 """
 from __future__ import annotations
 
+import functools
+
 import av
 import cv2
 import numpy as np
@@ -55,6 +57,12 @@ class _ColourModel:
         self.luma_offset = float(offset[0])
         self.luma_to_grey = float(inverse[0, 0])                   # rgb255 grey level per luma code
         self.full_range = full_range
+
+
+@functools.lru_cache(maxsize=16)
+def _colour_model(colorspace: int, full_range: bool, bit_depth: int, height: int) -> _ColourModel:
+    """Shared by every frame of a film: the matrices are read only, and building them per frame is waste."""
+    return _ColourModel(colorspace, full_range, bit_depth, height)
 
 
 class Picture:
@@ -122,7 +130,7 @@ class Picture:
 
     def _colour(self) -> _ColourModel:
         if self._model is None:
-            self._model = _ColourModel(self.colorspace, self.full_range, self.bit_depth, self.height)
+            self._model = _colour_model(self.colorspace, self.full_range, self.bit_depth, self.height)
         return self._model
 
     def __repr__(self) -> str:
