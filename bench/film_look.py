@@ -15,8 +15,9 @@ paste.face_layer. Printed per clip and variant, in the frame:
 Variants: input (no restoration), round trip (a restorer that returns its input: aligned,
 pasted back), today (restored crops pasted as they are), each guard alone, all guards
 (guards.guard_track, strength auto), and the full pipeline: all guards pasted back as the
-Composer does, with the frame's detail above the crop's resolution, without and with the
-film's grain (texture.TrackGrain, estimated on the copy itself).
+Composer does: the frame's detail above the crop's resolution but for the film's grain
+(grain.TrackGrain, estimated on the copy itself), with --grain off and with the default
+--grain auto (fresh grain in the amount of texture the face lacks).
 
     FILM_RESTORE_ASSETS=../shared python -m bench.film_look [--frames 72] [--clips retalk_2 liveportrait_d10]
 """
@@ -42,7 +43,8 @@ from film_restore.faces import FaceAnalyzer, align_face
 from film_restore.faces.identity import centroid
 from film_restore.records import Shot
 from film_restore.restore import FaceRestorer
-from film_restore.texture import TrackGrain, texture_ratio
+from film_restore.grain import TrackGrain
+from film_restore.texture import texture_ratio
 from film_restore.tracking import smooth_track, track_shot
 from tests.assets import ASSETS, TRAINED_MODEL as CHECKPOINT
 
@@ -76,9 +78,10 @@ def main_track(analyzer: FaceAnalyzer, frames: list[np.ndarray]):
     return track
 
 
-def paste(frame: np.ndarray, aligned, crop: np.ndarray, original: np.ndarray | None = None, grain=None) -> np.ndarray:
-    """The frame with one face pasted back; original and grain (one face's entry) as in face_layer."""
-    layer, alpha = face_layer(frame.shape, [(aligned, crop)], original, None if grain is None else [grain])
+def paste(frame: np.ndarray, aligned, crop: np.ndarray, original: np.ndarray | None = None, grain=None,
+          add_grain: bool = True) -> np.ndarray:
+    """The frame with one face pasted back; original, grain (one face's entry) and add_grain as in face_layer."""
+    layer, alpha = face_layer(frame.shape, [(aligned, crop)], original, None if grain is None else [grain], add_grain)
     blended = frame.astype(np.float32) + alpha[..., None] * (layer - frame)
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)
 
@@ -181,16 +184,17 @@ def main() -> None:
                 pasted = [paste(frame, a, face) for frame, a, face in zip(inputs, aligned, faces)]
                 rows.append((clip, version, name, measures(inputs, pasted, truth, track, analyzer, reference)))
             grain = track_grain(inputs, track)
-            for name, with_grain in (("full pipeline", False), ("full pipeline + grain", True)):
-                pasted = [paste(frame, a, face, frame, grain.for_face(index, 0) if with_grain else None)
+            for name, add_grain in (("full pipeline, --grain off", False), ("full pipeline", True)):
+                pasted = [paste(frame, a, face, frame, grain.for_face(index, 0), add_grain)
                           for index, (frame, a, face) in enumerate(zip(inputs, aligned, full.faces))]
                 rows.append((clip, version, name, measures(inputs, pasted, truth, track, analyzer, reference)))
             grain_model = grain.models.get(0)
-            mid_tones = "none found" if grain_model is None else " / ".join(f"{v:.1f}" for v in grain_model.amplitude[2:6])
+            mid_tones = "none found" if grain_model is None else (
+                " / ".join(f"{v:.1f}" for v in grain_model.amplitude[2:6]) + f", new each frame {grain_model.new_each_frame:.2f}")
             held = int((full.strength < 1).sum())
             print(f"{clip} {version}: restore {restore_s:.0f} s, guards (all variants) {guard_s:.0f} s; resolution "
                   f"{full.resolution:.2f}, strength mean {full.strength.mean():.2f} min {full.strength.min():.2f}, "
-                  f"{held}/{len(full.strength)} faces held back; grain (luma std, luma 80-176) {mid_tones}", flush=True)
+                  f"{held}/{len(full.strength)} faces held back; grain (luma std new each frame, luma 80-176) {mid_tones}", flush=True)
     print(f"\n{args.frames} frames per clip, model {args.checkpoint.name}, faces {size} px aligned\n")
     print("| clip | copy | variant | flicker ratio | frame-to-frame change in -> out (levels) | texture ratio | "
           "identity in -> out | face PSNR vs clean in -> out | change (levels) |")

@@ -2,10 +2,11 @@
 
 For each shared talking-head clip, clean and with grain-like noise fresh on every frame
 (grey grain correlated over about a pixel, stronger in the mid-tones, a little chroma),
-a few frames are restored with our model (weights/, through FaceRestorer, generic
+consecutive frames from its middle are restored with our model (weights/, through FaceRestorer, generic
 dictionary) and pasted back two ways:
   before  the plain paste-back (face_layer without the frame: restored band only, no grain)
-  after   the frame's detail above the crop's resolution kept, grain matched per clip
+  after   the frame's detail above the crop's resolution kept but for the grain, grain
+          re-created per clip (the share new each frame)
 and the texture ratio (texture.texture_ratio: the face's high-pass luma over the ring
 around it, output over input; 1 = kept) is averaged over the frames. Also printed: the
 noisy copies' estimated grain against the noise added (mid-tone luma bins).
@@ -19,7 +20,7 @@ import av
 import cv2
 import numpy as np
 
-from film_restore import texture
+from film_restore import grain, texture
 from film_restore.faces import FaceAnalyzer, align_face
 from film_restore.paste import face_layer
 from film_restore.restore import FaceRestorer
@@ -33,10 +34,11 @@ GOAL = (0.8, 1.25)
 
 
 def clip_frames(name: str, count: int) -> list[np.ndarray]:
+    """count consecutive frames from the clip's middle (the grain's change from frame to frame is measured)."""
     with av.open(str(ASSETS / f"media/clips/{name}.mp4")) as container:
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
-    step = max(len(frames) // count, 1)
-    return frames[::step][:count]
+    start = max(len(frames) // 2 - count // 2, 0)
+    return frames[start:start + count]
 
 
 def noise_amplitude(luma: np.ndarray) -> np.ndarray:
@@ -65,26 +67,26 @@ def measure(frames, analyzer, restorer, size):
         found = analyzer.analyze(rgb)
         if found:
             faces.append((rgb, max(found, key=lambda face: texture.face_width(face.landmarks))))
-    grain = texture.TrackGrain()
-    grain.observe({(index, 0): (rgb, face.landmarks) for index, (rgb, face) in enumerate(faces)})
+    track_grain = grain.TrackGrain()
+    track_grain.observe({(index, 0): (rgb, face.landmarks) for index, (rgb, face) in enumerate(faces)})
     before, after, scales = [], [], []
     for index, (rgb, face) in enumerate(faces):
         aligned = align_face(rgb, face, size)
         restored = restorer.restore(aligned.crop[None], aligned.boxes[None], None)[0]
         pair = [(aligned, restored)]
         plain = composite(rgb, *face_layer(rgb.shape, pair))
-        kept = composite(rgb, *face_layer(rgb.shape, pair, rgb, [grain.for_face(index, 0)]))
+        kept = composite(rgb, *face_layer(rgb.shape, pair, rgb, [track_grain.for_face(index, 0)]))
         before.append(texture.texture_ratio(rgb, plain, face.landmarks))
         after.append(texture.texture_ratio(rgb, kept, face.landmarks))
         scales.append(aligned.transform.scale)
     if not faces:
         return None
-    return np.nanmean(before), np.nanmean(after), np.mean(scales), grain.models.get(0), len(faces)
+    return np.nanmean(before), np.nanmean(after), np.mean(scales), track_grain.models.get(0), len(faces)
 
 
 def main() -> None:
     arguments = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    arguments.add_argument("--frames", type=int, default=6, help="frames per clip, spread over it")
+    arguments.add_argument("--frames", type=int, default=6, help="consecutive frames per clip, from its middle")
     arguments.add_argument("--clips", nargs="*", default=CLIPS)
     args = arguments.parse_args()
     analyzer = FaceAnalyzer.from_models_dir(ASSETS / "models")
@@ -114,11 +116,11 @@ def main() -> None:
         inside = "yes" if GOAL[0] <= ratio_after <= GOAL[1] else "no"
         print(f"| {name} | {copy} | {faces} | {scale:.2f} | {ratio_before:.2f} | {ratio_after:.2f} | {inside} |")
     print("\nnoisy copies: grain estimated around the face (luma std per luma bin) against the noise added\n")
-    centres = texture.LUMA_BIN_CENTRES
+    centres = grain.LUMA_BIN_CENTRES
     print("| clip | " + " | ".join(f"luma {c:.0f}" for c in centres[2:6]) + " | monochrome | AR (0,-1) (-1,0) |")
     print("|---|" + "---:|" * 4 + "---|---|")
     print("| added | " + " | ".join(f"{noise_amplitude(c):.1f}" for c in centres[2:6]) + " | - | - |")
-    left, up = texture.GRAIN_OFFSETS.index((0, -1)), texture.GRAIN_OFFSETS.index((-1, 0))
+    left, up = grain.GRAIN_OFFSETS.index((0, -1)), grain.GRAIN_OFFSETS.index((-1, 0))
     for name, model in grain_rows:
         cells = " | ".join(f"{value:.1f}" for value in model.amplitude[2:6])
         print(f"| {name} | {cells} | {model.monochrome} | {model.ar[left]:.2f} {model.ar[up]:.2f} |")

@@ -16,7 +16,8 @@ from film_restore.guards import TrackGuard, TrackResult, summarise
 from film_restore.paste import face_layer
 from film_restore.records import Chunk, ChunkResult, Track
 from film_restore.settings import GRAIN, MIN_FACE, STRENGTH
-from film_restore.texture import TrackGrain, texture_ratio
+from film_restore.grain import TrackGrain
+from film_restore.texture import texture_ratio
 from film_restore.video import ChunkWriter, VideoInfo, read_frames
 
 # Frames whose faces are sent to the restorers together: faces batch across frames.
@@ -36,7 +37,8 @@ class ComposeSettings:
     """How a film's chunks are composed. face_size: the side of the aligned faces the model
     restores (its image_size: 512 for the authors' model). Faces whose box is narrower or
     shorter than min_face pixels are left as they are, and counted. grain: "auto" re-creates
-    the film's grain on restored faces (texture.TrackGrain), "off" does not. strength: the
+    the film's grain on restored faces (grain.TrackGrain), "off" does not (the grain is
+    estimated either way: the frame's detail kept above the crop's resolution leaves it out). strength: the
     run's (guards.parse_strength), actor_strengths: the cast file's per actor; references:
     actor -> identity centroid and models_dir: the face models whose recogniser the identity
     guard uses (None: no guards, the restorer's faces are pasted as they are)."""
@@ -118,7 +120,7 @@ class Composer:
                 else:
                     faces_in_frame[tracked.frame].append((number, tracked.face, track.actor))
             sample_frames[number] = track.faces[len(track.faces) // 2].frame
-        track_grain = TrackGrain() if self.settings.grain == "auto" else None  # track numbers are per chunk
+        track_grain = TrackGrain()  # track numbers are per chunk
         guarded_parts = defaultdict(list)  # track number -> (frames, TrackResult) of its faces, window by window
         restored_windows, next_to_write = [], 0
 
@@ -159,8 +161,7 @@ class Composer:
                 for number, face, actor in faces:
                     aligned[frame.index, number] = (align_face(rgb[frame.index], face, self.settings.face_size), actor)
                     landmarks[frame.index, number] = face.landmarks
-        if track_grain is not None:
-            track_grain.observe({key: (rgb[key[0]], points) for key, points in landmarks.items()})
+        track_grain.observe({key: (rgb[key[0]], points) for key, points in landmarks.items()})
         restored = {}
         by_actor = defaultdict(list)
         for key, (_, actor) in aligned.items():
@@ -203,8 +204,9 @@ class Composer:
             pairs = [(current.aligned[key][0], final[key]) for key in keys]
             picture = frame.picture
             if pairs:
-                grain = [track_grain.for_face(*key) for key in keys] if track_grain is not None else None
-                layer, alpha = face_layer((self.info.height, self.info.width), pairs, current.rgb[frame.index], grain)
+                grain = [track_grain.for_face(*key) for key in keys]
+                layer, alpha = face_layer((self.info.height, self.info.width), pairs, current.rgb[frame.index], grain,
+                                          add_grain=self.settings.grain == "auto")
                 picture = picture.blended(layer, alpha)
                 sampled = [key for key in keys if sample_frames.get(key[1]) == frame.index]
                 before, after = current.rgb[frame.index], picture.rgb() if sampled else None

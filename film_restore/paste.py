@@ -5,6 +5,7 @@ with the inverse alignment, and blended through a soft matte built from the face
 landmarks (jaw and brows raised over the forehead, eroded and feathered in proportion
 to face size). Frame pixels where every matte is zero keep their exact values.
 """
+from functools import partial
 from typing import Sequence
 
 import cv2
@@ -12,7 +13,8 @@ import numpy as np
 
 from film_restore.faces.align import WARP_INTERPOLATION
 from film_restore.records import AlignedFace
-from film_restore.texture import MONOCHROME_CHROMA_STD, add_missing_grain, keep_frame_detail
+from film_restore.grain import MONOCHROME_CHROMA_STD, add_missing_grain
+from film_restore.texture import keep_frame_detail, luma
 from film_restore.validation import check_points, check_rgb_image
 
 # Brows are raised by this fraction of the brow-to-chin height to take in the forehead
@@ -92,7 +94,8 @@ def frame_matte(frame_shape: tuple, aligned: AlignedFace) -> np.ndarray:
 
 
 def face_layer(frame_shape: tuple, restored_faces: Sequence[tuple[AlignedFace, np.ndarray]],
-               original: np.ndarray | None = None, grain: Sequence | None = None) -> tuple[np.ndarray, np.ndarray]:
+               original: np.ndarray | None = None, grain: Sequence | None = None,
+               add_grain: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The restored faces as a frame-sized layer: (RGB float32 H x W x 3 on the 0..255 scale, alpha H x W).
 
     restored crops are RGB of the aligned crop's size, uint8 or float32 on the 0..255
@@ -101,8 +104,9 @@ def face_layer(frame_shape: tuple, restored_faces: Sequence[tuple[AlignedFace, n
     laid first, so where mattes overlap the larger (usually nearer) face ends on top.
     original: the frame's RGB; with it, a face larger in the frame than in the crop keeps
     the frame's detail above the crop's resolution (texture.keep_frame_detail).
-    grain: per face, (texture.GrainModel, seed) or None: grain in the amount of texture the
-    face lacks against the original is added (texture.add_missing_grain; needs original).
+    grain: per face, (grain.GrainModel, seed) or None (needs original): the frame's detail is
+    kept but for the film's grain, and, with add_grain, fresh grain in the amount of texture
+    the face lacks against the original is added (grain.add_missing_grain).
     """
     for aligned, restored in restored_faces:
         if not isinstance(aligned, AlignedFace):
@@ -128,8 +132,9 @@ def face_layer(frame_shape: tuple, restored_faces: Sequence[tuple[AlignedFace, n
         face = cv2.warpAffine(corrected, to_region, alpha.shape[::-1], flags=WARP_INTERPOLATION, borderMode=cv2.BORDER_REPLICATE)
         region = np.s_[y0:y0 + alpha.shape[0], x0:x0 + alpha.shape[1]]
         if original is not None:
-            face = keep_frame_detail(face, original[region], aligned.transform.scale)
-        if face_grain is not None:
+            grain_std = None if face_grain is None else partial(face_grain[0].std_above, luma(original[region]))
+            face = keep_frame_detail(face, original[region], aligned.transform.scale, grain_std)
+        if face_grain is not None and add_grain:
             face = add_missing_grain(face, original[region], alpha, *face_grain)
         # "Over" compositing in premultiplied form: a later face covers earlier ones by its alpha.
         premultiplied[region] = premultiplied[region] * (1 - alpha[..., None]) + alpha[..., None] * face

@@ -47,13 +47,14 @@ def warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
                      interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def flow_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(flow a->b, valid in a, flow b->a, valid in b) of two RGB images of one size, at full size.
+def flow_pair(a: np.ndarray, b: np.ndarray, side: int = FLOW_SIDE) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(flow a->b, valid in a, flow b->a, valid in b) of two RGB images of one size, at full size,
+    computed on the images shrunk to at most `side` pixels.
 
     valid: bool H x W, False where the forward-backward check fails (occluded or mistracked).
     """
     height, width = a.shape[:2]
-    scale = min(1.0, FLOW_SIDE / max(height, width))
+    scale = min(1.0, side / max(height, width))
     small = (max(round(width * scale), 8), max(round(height * scale), 8))
     gray_a, gray_b = (cv2.resize(gray(image), small, interpolation=cv2.INTER_AREA) for image in (a, b))
     dis = _dis()

@@ -20,7 +20,7 @@ from film_restore.cast import CastError
 from film_restore.guards import parse_strength
 from film_restore.models import ModelsError
 from film_restore.pipeline import Job, PipelineError, run
-from film_restore.texture import GRAIN_MODES
+from film_restore.grain import GRAIN_MODES
 from film_restore.video import CODECS, VideoError
 
 

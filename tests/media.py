@@ -38,6 +38,31 @@ def clip_frames(path, count: int, size: tuple[int, int]) -> list[np.ndarray]:
     return frames
 
 
+def clip_frame(name: str, number: int = 0) -> np.ndarray:
+    """Frame `number` of a shared clip (media/clips/NAME.mp4) as it is, uint8 RGB."""
+    from tests.assets import asset
+
+    with av.open(str(asset(f"media/clips/{name}.mp4"))) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if index == number:
+                return frame.to_ndarray(format="rgb24")
+    raise ValueError(f"{name} has no frame {number}")
+
+
+def old_film(name: str = "100") -> np.ndarray:
+    """One frame of the shared black-and-white film (media/oldfilm_001/NAME.png), uint8 RGB."""
+    from tests.assets import asset
+
+    return np.ascontiguousarray(cv2.imread(str(asset(f"media/oldfilm_001/{name}.png")))[:, :, ::-1])
+
+
+def largest_face(analyzer, rgb):
+    """The widest face the analyzer finds in a real frame."""
+    faces = analyzer.analyze(rgb)
+    assert faces, "the real frame shows a face"
+    return max(faces, key=lambda face: np.linalg.norm(face.landmarks[16] - face.landmarks[0]))
+
+
 def clip_audio(path, seconds: float, rate: int = AUDIO_RATE) -> np.ndarray:
     """float32 2 x N stereo samples of the clip's first `seconds` at `rate` (silence where it has none)."""
     wanted = int(round(seconds * rate))

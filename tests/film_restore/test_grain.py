@@ -1,0 +1,166 @@
+"""The film's grain on real frames: estimated (only the share new each frame), re-created
+fresh on restored faces with the film's spectrum, luma scaling and colour correlation."""
+import cv2
+import numpy as np
+import pytest
+
+from film_restore import grain, texture
+from film_restore.faces import align_face
+from film_restore.paste import face_layer, paste_back
+from tests.film_restore.test_texture import CROP, blend
+from tests.media import clip_frame, largest_face, old_film
+
+
+def correlated_noise(rng, shape, sigma_px: float) -> np.ndarray:
+    noise = cv2.GaussianBlur(rng.standard_normal(shape).astype(np.float32), (0, 0), sigma_px)
+    return noise / noise.std()
+
+
+def test_grain_estimate_recovers_known_grain_on_a_real_frame():
+    # Black-and-white film (its own grain ~2 levels) plus known grey grain of 8 levels,
+    # correlated over about a pixel: the estimate is close to their sum, per luma bin.
+    rgb = old_film().astype(np.float32)
+    own = grain.estimate_grain([(rgb, np.ones(rgb.shape[:2], bool))])
+    added = 8.0 * correlated_noise(np.random.default_rng(1), rgb.shape[:2], 0.7)
+    model = grain.estimate_grain([(rgb + added[..., None], np.ones(rgb.shape[:2], bool))])
+    assert model.monochrome and own.monochrome
+    populated = slice(1, 6)  # the luma bins this frame fills
+    expected = np.sqrt(own.amplitude ** 2 + 8.0 ** 2)[populated]
+    assert np.allclose(model.amplitude[populated], expected, rtol=0.1), (model.amplitude, expected)
+
+
+def autocorrelation(fields: np.ndarray, dy: int, dx: int) -> float:
+    """Correlation of ... x H x W fields with themselves shifted by (dy, dx) (dy, dx >= 0), pooled."""
+    height, width = fields.shape[-2:]
+    a, b = fields[..., dy:, dx:], fields[..., :height - dy, :width - dx]
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def test_synthesised_grain_matches_the_estimate_of_a_real_noisy_frame():
+    rgb = old_film().astype(np.float32)
+    noisy = rgb + 6.0 * correlated_noise(np.random.default_rng(2), rgb.shape[:2], 0.8)[..., None]
+    everywhere = np.ones(rgb.shape[:2], bool)
+    model = grain.estimate_grain([(noisy, everywhere)])
+    # Amplitude per luma bin: the synthesised grain's std among pixels of each luma bin.
+    grey = cv2.GaussianBlur(texture.luma(rgb), (0, 0), 3)
+    synthesised = grain.synthesise_grain(model, grey, np.random.default_rng(3))
+    bins = np.clip(np.digitize(grey, grain.LUMA_BIN_EDGES) - 1, 0, grain.LUMA_BINS - 1)
+    for k in range(grain.LUMA_BINS):
+        inside = bins == k
+        if inside.sum() > 5000:
+            expected = model.amplitude_at(grey[inside])
+            assert synthesised[..., 0][inside].std() == pytest.approx(np.sqrt((expected ** 2).mean()), rel=0.1)
+    # Spectrum: re-estimated from the synthesised grain on a flat grey picture, the model comes back.
+    flat = np.full(rgb.shape, 128, np.float32)
+    unit = grain.GrainModel(np.full(grain.LUMA_BINS, 6.0), model.ar, np.ones(3), None)
+    again = grain.estimate_grain([(flat + grain.synthesise_grain(unit, flat[..., 0], np.random.default_rng(4)), everywhere)])
+    residual = grain.flat_blocks(noisy, everywhere)[1]
+    synthetic = grain.flat_blocks(flat + grain.synthesise_grain(unit, flat[..., 0], np.random.default_rng(5)), everywhere)[1]
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (0, 2)):
+        source, synthesised = autocorrelation(residual, dy, dx), autocorrelation(synthetic, dy, dx)
+        assert synthesised == pytest.approx(source, abs=0.07), (dy, dx)
+    assert again.amplitude[4] == pytest.approx(6.0, rel=0.07)
+
+
+def test_black_and_white_film_gets_monochrome_grain_and_colour_keeps_its_channel_correlation():
+    rng = np.random.default_rng(6)
+    old = old_film().astype(np.float32)
+    mono = grain.estimate_grain([(old, np.ones(old.shape[:2], bool))])
+    field = grain.synthesise_grain(mono, texture.luma(old), rng)
+    assert mono.monochrome and np.array_equal(field[..., 0], field[..., 2])
+    # Colour stock: each dye layer its own grain plus a shared part; red and green closer.
+    rgb = clip_frame("liveportrait_d9").astype(np.float32)
+    shared, red_green, own = (correlated_noise(rng, rgb.shape[:2], 0.6) for _ in range(3))
+    channels = np.stack([5 * shared + 4 * red_green + 2 * own, 5 * shared + 4 * red_green - 2 * own,
+                         5 * shared + 4 * correlated_noise(rng, rgb.shape[:2], 0.6)], axis=-1)
+    model = grain.estimate_grain([(rgb + channels, np.ones(rgb.shape[:2], bool))])
+    assert not model.monochrome
+    estimated = model.channel_mix @ model.channel_mix.T
+    synthesised = np.corrcoef(grain.synthesise_grain(model, texture.luma(rgb), rng).reshape(-1, 3).T)
+    # The estimate sees the colour frame's own fine texture too, so the truth is met loosely.
+    truth = np.corrcoef(channels.reshape(-1, 3).T)
+    assert np.allclose(synthesised, estimated, atol=0.03)
+    assert np.allclose(estimated, truth, atol=0.12), (estimated, truth)
+    assert estimated[0, 1] > estimated[0, 2] + 0.1
+
+
+def film_track(analyzer, frames: list[np.ndarray]) -> grain.TrackGrain:
+    """Track 0's grain from consecutive frames of one face (its largest), as the Composer observes a window."""
+    tracks = grain.TrackGrain()
+    tracks.observe({(index, 0): (rgb, largest_face(analyzer, rgb).landmarks) for index, rgb in enumerate(frames)})
+    return tracks
+
+
+def test_only_the_share_of_texture_new_each_frame_counts_as_grain(analyzer):
+    # A clean real clip: its fine texture (skin, hair, compression) moves with the face.
+    clean = [clip_frame("retalk_2", number) for number in range(3)]
+    noisy = [np.clip(frame + np.random.default_rng(number).normal(0, 6, frame.shape), 0, 255).astype(np.uint8)
+             for number, frame in enumerate(clean)]
+    face = largest_face(analyzer, clean[0])
+    window = grain.grain_window(clean[0].shape, face.landmarks)
+    assert grain.temporal_detail([frame[window] for frame in clean]).new_each_frame < 0.35
+    assert grain.temporal_detail([frame[window] for frame in noisy]).new_each_frame > 0.85  # noise is new each frame
+    assert grain.temporal_detail(clean[:1]) is None
+    clean_track, noisy_track = film_track(analyzer, clean).models[0], film_track(analyzer, noisy).models[0]
+    assert clean_track.new_each_frame < 0.35 and noisy_track.new_each_frame > 0.85
+    assert noisy_track.amplitude[3] == pytest.approx(0.668 * 6, rel=0.15)  # the luma of RGB noise of 6
+    # A restorer that smoothed the face: the noise it removed comes back as fresh grain, the
+    # clean face's lost texture (which moved with the face) mostly does not.
+    for frames, model, least, most in ((noisy, noisy_track, 0.6, 0.95), (clean, clean_track, 0.0, 0.35)):
+        region = frames[1][window].astype(np.float32)
+        smooth, inside = cv2.GaussianBlur(region, (0, 0), 2), np.ones(region.shape[:2], bool)
+        added = grain.add_missing_grain(smooth, region, inside.astype(np.float32), model, (1, 0)) - smooth
+        lost = grain.detail_energy(region, inside) - grain.detail_energy(smooth, inside)
+        assert least <= grain.detail_energy(added, inside) / lost <= most
+    # One frame shows nothing of its grain's change: no model until two consecutive frames come.
+    tracks = grain.TrackGrain()
+    tracks.observe({(0, 0): (clean[0], face.landmarks), (2, 0): (clean[2], face.landmarks)})
+    assert tracks.for_face(0, 0) is None
+
+
+def test_grain_is_fresh_each_frame_and_reproducible(analyzer):
+    rgb = old_film()
+    face = largest_face(analyzer, rgb)
+    tracks = film_track(analyzer, [rgb, old_film("102")])
+    aligned = align_face(rgb, face, CROP)
+    smooth = cv2.GaussianBlur(aligned.crop, (0, 0), 2).astype(np.float32)  # a "restored" face without grain
+
+    def layer(frame):
+        return face_layer(rgb.shape, [(aligned, smooth)], rgb, [tracks.for_face(frame, 0)])
+
+    (first, alpha), (again, _), (second, _) = layer(10), layer(10), layer(11)
+    inside = alpha >= 1
+    plain, _ = face_layer(rgb.shape, [(aligned, smooth)], rgb)
+    grain_t, grain_next = (first - plain)[inside][:, 0], (second - plain)[inside][:, 0]
+    assert np.array_equal(first, again)
+    assert abs(np.corrcoef(grain_t, grain_next)[0, 1]) < 0.1  # about 2,000 pixels of correlated grain
+    assert 0.3 < grain_t.std() <= grain.GRAIN_MAX_GAIN * tracks.models[0].amplitude.max() * 1.1
+
+
+def test_grain_fills_only_the_texture_the_face_lacks():
+    rgb = old_film().astype(np.float32)
+    model = grain.estimate_grain([(rgb, np.ones(rgb.shape[:2], bool))])
+    region, alpha = rgb[100:228, 200:328], np.ones((128, 128), np.float32)
+    assert np.array_equal(grain.add_missing_grain(region, region, alpha, model, (0, 0)), region)
+    # A restorer that removed exactly the film's grain: the grain comes back in its amount,
+    # up to GRAIN_TEXTURE_SHARE of the texture (the rest would only be distance from the scene).
+    smooth = cv2.GaussianBlur(region, (0, 0), 3)
+    grainy = smooth + grain.synthesise_grain(model, texture.luma(smooth), np.random.default_rng(1))
+    filled = grain.add_missing_grain(smooth, grainy, alpha, model, (0, 0))
+    detail = lambda image: grain.detail_energy(image, alpha >= 1)  # noqa: E731
+    assert detail(smooth) < 0.3 * detail(grainy)
+    assert detail(filled) == pytest.approx(grain.GRAIN_TEXTURE_SHARE ** 2 * detail(grainy), rel=0.1)
+    # A loss of structure beyond the film's grain is filled only up to GRAIN_MAX_GAIN times it.
+    capped = grain.add_missing_grain(smooth, region + 20 * (region - smooth), alpha, model, (0, 0)) - smooth
+    assert capped.std() < grain.GRAIN_MAX_GAIN * model.amplitude.max() * 1.2
+
+
+def test_paste_back_with_texture_leaves_pixels_outside_the_matte(analyzer):
+    rgb = clip_frame("retalk_2")
+    face = largest_face(analyzer, rgb)
+    tracks = film_track(analyzer, [rgb, clip_frame("retalk_2", 1)])
+    aligned = align_face(rgb, face, CROP)
+    layer, alpha = face_layer(rgb.shape, [(aligned, aligned.crop)], rgb, [tracks.for_face(0, 0)])
+    result = blend(rgb.astype(np.float32), layer, alpha)
+    assert np.array_equal(result[alpha == 0], rgb[alpha == 0].astype(np.float32))
+    assert paste_back(rgb, [(aligned, aligned.crop)]).shape == rgb.shape
