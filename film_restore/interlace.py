@@ -5,10 +5,11 @@ and one in its odd rows. Found, tracked and restored as one picture, a moving fa
 mixture of two instants. So each field is a picture of its own, in the order the fields are
 shown: frame n becomes pictures 2n and 2n + 1 (face tracks, their smoothing and the guards
 along a track see two pictures per frame, in time order). For face work a field is brought
-to square pixels by putting its rows back on the frame rows they are shown on (FieldPicture.rgb); restored faces are shrunk
-back to the field's rows and blended into the field in its own pixel format; FieldWeaver
-weaves the two fields back into the frame the encoder gets. A sample outside the face mattes
-keeps its exact value: a field's row is touched only where the stretched matte is not 0.
+to square pixels by putting its rows back on the frame rows they are shown on, the rows
+between interpolated (FieldPicture.rgb); restored faces are taken on the field's own rows and
+blended into the field in its own pixel format; FieldWeaver weaves the two fields back into
+the frame the encoder gets. A sample outside the face mattes keeps its exact value: a
+field's row is touched only where the matte on that frame row is not 0.
 
 combing measures what a field-unaware restoration leaves in a woven frame: energy that
 alternates line to line (between the fields) beyond what each field's own vertical detail explains.
@@ -75,12 +76,16 @@ class FieldPicture:
         layer = _field_rows(np.asarray(rgb_float, np.float32), self.row)
         field_alpha = _field_rows(np.asarray(alpha, np.float32), self.row)
         rows, columns = np.nonzero(alpha > 0)
-        touched = self.touched
-        if rows.size:
-            box = (int(columns.min()), int(rows.min()), int(columns.max()) + 1, int(rows.max()) + 1)
-            touched = box if touched is None else (min(box[0], touched[0]), min(box[1], touched[1]),
-                                                    max(box[2], touched[2]), max(box[3], touched[3]))
-        return FieldPicture(self.field.blended(layer, field_alpha), self.row, self.source, touched)
+        box = (int(columns.min()), int(rows.min()), int(columns.max()) + 1, int(rows.max()) + 1) if rows.size else None
+        return FieldPicture(self.field.blended(layer, field_alpha), self.row, self.source, _union(self.touched, box))
+
+
+def _union(*boxes) -> tuple | None:
+    """The smallest (x0, y0, x1, y1) holding every box given (None ones left out); None if there is none."""
+    boxes = [box for box in boxes if box is not None]
+    if not boxes:
+        return None
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
 
 
 def _field_rows(image: np.ndarray, row: int) -> np.ndarray:
@@ -131,10 +136,9 @@ class FieldWeaver:
             return
         first, self._first = self._first, None
         woven = weave(first.field, picture.field, self.order)
-        boxes = [box for box in (first.touched, picture.touched) if box is not None]
-        if boxes:
-            x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
-            x1, y1 = max(b[2] for b in boxes), max(b[3] for b in boxes)
+        box = _union(first.touched, picture.touched)
+        if box is not None:
+            x0, y0, x1, y1 = box
             source = weave(first.source, picture.source, self.order)
             before = combing(source.planes[0][y0:y1, x0:x1], source.bit_depth)
             after = combing(woven.planes[0][y0:y1, x0:x1], woven.bit_depth)
