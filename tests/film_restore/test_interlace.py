@@ -101,13 +101,12 @@ def sd_master(tmp_path_factory, analyzer):
     return master, Identifier({"Speaker": reference[None]}, 0.45)
 
 
-def compose(master, identifier, info, scan, output, restorer=sharpen, grain=GRAIN):
-    """Track and compose the master as one chunk with the restorer at the authors' 512 px, lossless; the join."""
+def compose(master, info, scan, tracks, output, restorer=sharpen, grain=GRAIN):
+    """The master composed as one chunk with the restorer at the authors' 512 px, lossless, and joined; the ChunkResult."""
     [chunk] = scan.chunks
-    tracks = FaceTracker(asset("models"), identifier, 320, restored_field_order(info))(master, chunk, scan.frame_pts)
     result = Composer(info, ComposeSettings("ffv1", 512, grain=grain), restorer)(chunk, tracks, scan.frame_pts, output.with_suffix(".chunk"))
     join([output.with_suffix(".chunk")], master, output, info, frame_pts=scan.frame_pts)
-    return tracks, result
+    return result
 
 
 def test_interlaced_talking_head_is_restored_field_by_field_without_more_combing(sd_master, tmp_path):
@@ -116,8 +115,15 @@ def test_interlaced_talking_head_is_restored_field_by_field_without_more_combing
     assert info.field_order == "tt" and restored_field_order(info) == "tt"
     output = tmp_path / "restored.mkv"
     scan = Scanner(250)(master)
-    tracks, result = compose(master, identifier, info, scan, output)
-    [track] = tracks
+    tracker = FaceTracker(asset("models"), identifier, 320)
+
+    def tracks(order):
+        tracker.field_order = order
+        return tracker(master, scan.chunks[0], scan.frame_pts)
+
+    field_tracks = tracks(restored_field_order(info))
+    result = compose(master, info, scan, field_tracks, output)
+    [track] = field_tracks
     assert [face.frame for face in track.faces] == list(range(2 * FRAMES))  # two fields per frame, in time order
     assert result.frames == FRAMES and result.faces == 2 * FRAMES
     assert probe(output).field_order == "tt" and all(frames_flagged(output))
@@ -126,8 +132,8 @@ def test_interlaced_talking_head_is_restored_field_by_field_without_more_combing
 
     # The same woven frames restored as progressive pictures (what a field-unaware pipeline does), and field by field
     # with a restorer that changes nothing (no grain: re-created fresh on each field, it would add some).
-    compose(master, identifier, dataclasses.replace(info, field_order="progressive"), scan, tmp_path / "woven.mkv")
-    compose(master, identifier, info, scan, tmp_path / "unchanged.mkv", lambda crops, boxes, actor: crops.astype(np.float32),
+    compose(master, dataclasses.replace(info, field_order="progressive"), scan, tracks(None), tmp_path / "woven.mkv")
+    compose(master, info, scan, field_tracks, tmp_path / "unchanged.mkv", lambda crops, boxes, actor: crops.astype(np.float32),
             grain="off")
 
     inputs, outputs, woven, unchanged = (list(read_frames(path)) for path in
