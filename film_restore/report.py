@@ -143,11 +143,20 @@ def write(report: dict, path: Path) -> None:
         f"<p>{totals['frames']} frames, {totals['shots']} shots, {totals['tracks']} tracks, "
         f"{totals['faces_restored']} faces restored, {totals['faces_too_small']['faces']} smaller than "
         f"{totals['faces_too_small']['min_face']} px left as they were. Each pair: before, after; the aligned face, "
-        f"then the frame around it at 1:1 scale.</p>" + "".join(rows)
+        f"then the frame around it at 1:1 scale.</p>" + _interlace_line(report.get("interlace")) + "".join(rows)
         + _track_rows(report["tracks"])
     )
     with atomic_path(path.with_suffix(".html")) as temporary:
         temporary.write_text(page)
+
+
+def _interlace_line(interlace: dict | None) -> str:
+    if not interlace:
+        return ""
+    combing = interlace["combing"]
+    return (f"<p>Interlaced ({interlace['field_order']}): faces restored on {interlace['restored_as']} (face numbers "
+            f"count {interlace['track_frames_count']}); combing of the face regions, input {combing['input']}, "
+            f"output {combing['output']} (over {combing['frames']} frames).</p>")
 
 
 def _detail_row(sample: dict) -> str:
