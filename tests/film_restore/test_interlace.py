@@ -10,7 +10,7 @@ import pytest
 from film_restore.compose import Composer, ComposeSettings
 from film_restore.faces import align_face
 from film_restore.faces.identity import Identifier
-from film_restore.interlace import FieldPicture, combing, restored_field_order
+from film_restore.interlace import FieldPicture, combing, restored_field_order, whole_frames_note
 from film_restore.paste import frame_matte
 from film_restore.settings import GRAIN
 from film_restore.stages import FaceTracker, Scanner
@@ -160,3 +160,12 @@ def test_interlaced_talking_head_is_restored_field_by_field_without_more_combing
     assert mean["woven"] >= mean["input"] * (1 + 3 * SHARPENED_MOTION)  # the measure catches the field-unaware restoration
     assert result.combing["frames"] == FRAMES  # the report's: over the faces' boxes, every frame
     assert result.combing["output"] <= result.combing["input"] * (1 + SHARPENED_MOTION)
+
+
+def test_fields_that_do_not_split_into_chroma_rows_are_restored_whole_and_said_so(tmp_path):
+    master = make_master(tmp_path / "42 lines.mkv", container="matroska", encoder="ffv1", pix_fmt="yuv420p", size=(64, 42),
+                         frames=2, audio=(), subtitles=None, chapters=False, field_order="tt")
+    info = probe(master)
+    assert info.field_order == "tt" and restored_field_order(info) is None  # 21-row fields of 4:2:0: half a chroma row
+    assert whole_frames_note(info) == ("the film is interlaced (tt) but its 42 lines do not split into two yuv420p fields: "
+                                       "faces are restored on whole frames and may comb where they move")
