@@ -13,6 +13,7 @@ import numpy as np
 
 from film_restore.faces import align_face
 from film_restore.guards import TrackGuard, TrackResult, summarise
+from film_restore.interlace import FieldWeaver, field_frames, restored_field_order
 from film_restore.paste import face_layer
 from film_restore.records import Chunk, ChunkResult, Track
 from film_restore.settings import GRAIN, MIN_FACE, STRENGTH
@@ -89,7 +90,7 @@ def _series(parts: list[tuple[list[int], TrackResult]]) -> dict:
 
 
 class Composer:
-    """Restores one chunk's faces and encodes the chunk.
+    """Restores one chunk's faces and encodes the chunk (an interlaced film's field by field: film_restore.interlace).
 
     restore(crops, boxes, actor) -> float32 restored crops: a restorer's method (on Ray, a
     function that calls a restore actor and waits).
@@ -135,9 +136,12 @@ class Composer:
                     restored_windows.pop(0)
                     next_to_write -= 1
 
-        with ChunkWriter(output, self.info, self.settings.codec) as writer:
+        order = restored_field_order(self.info)  # interlaced: each field restored as a picture of its own
+        with ChunkWriter(output, self.info, self.settings.codec) as encoder:
+            writer = encoder if order is None else FieldWeaver(encoder, order)
+            frames = read_frames(self.info.path, chunk.first_frame, chunk.last_frame, frame_pts)
             window = []
-            for frame in read_frames(self.info.path, chunk.first_frame, chunk.last_frame, frame_pts):
+            for frame in frames if order is None else field_frames(frames, order):
                 window.append(frame)
                 if len(window) == COMPOSE_WINDOW:
                     restored_windows.append(self._restore_window(window, faces_in_frame, track_grain, result))
@@ -146,6 +150,10 @@ class Composer:
             if window:
                 restored_windows.append(self._restore_window(window, faces_in_frame, track_grain, result))
             write_ready(final=True)
+            if order is not None:
+                writer.close()
+                result.combing = writer.combing
+        result.frames = encoder.frames_written
         if result.frames != len(chunk.frames):
             raise RuntimeError(f"chunk {chunk.index}: decoded {result.frames} frames, expected {len(chunk.frames)}")
         result.tracks = [{"track": number, **summarise([part for _, part in parts]), "series": _series(parts)}
@@ -215,7 +223,6 @@ class Composer:
                     details[key] = {"texture_ratio": round(ratio, 3) if np.isfinite(ratio) else None,
                                     **dict(zip(("before_1to1", "after_1to1"), _detail(before, after, current.landmarks[key])))}
             writer.write(picture, frame.pts)
-            result.frames += 1
             result.faces += len(pairs)
         for (index, number), (face, actor) in current.aligned.items():
             if sample_frames.get(number) == index:

@@ -153,7 +153,8 @@ class Scan:
 
 @dataclass
 class ChunkResult:
-    """What composing one chunk did: counts, and before/after thumbnails per track (JPEG, base64)."""
+    """What composing one chunk did: counts, and before/after thumbnails per track (JPEG, base64).
+    An interlaced film's fields are restored as pictures of their own: faces count fields, frames count frames."""
 
     index: int
     frames: int
@@ -162,3 +163,5 @@ class ChunkResult:
     faces_by_actor: dict[str, int] = field(default_factory=dict)
     samples: list[dict] = field(default_factory=list)
     tracks: list[dict] = field(default_factory=list)  # per guarded track: guards.summarise and its number
+    # Interlaced films: the face regions' combing summed over frames, input and output (film_restore.interlace).
+    combing: dict = field(default_factory=dict)

@@ -7,7 +7,9 @@ from collections import Counter
 from pathlib import Path
 
 from dmdnet.files import atomic_path, write_json
+from film_restore.interlace import restored_field_order
 from film_restore.report_plot import track_plot
+from film_restore.video.fields import is_interlaced
 
 
 def _video_facts(info) -> dict:
@@ -19,7 +21,20 @@ def _video_facts(info) -> dict:
         "pix_fmt": info.pix_fmt,
         "bit_depth": info.bit_depth,
         "time_base": str(info.time_base),
+        "field_order": info.field_order,
     }
+
+
+def _interlace(info, results) -> dict | None:
+    """An interlaced film: how it was restored and its face regions' mean combing per frame, input and output."""
+    if not is_interlaced(info.field_order):
+        return None
+    frames = sum(r.combing.get("frames", 0) for r in results)
+    mean = lambda side: round(sum(r.combing.get(side, 0.0) for r in results) / frames, 3) if frames else None
+    fields = restored_field_order(info) is not None
+    return {"field_order": info.field_order, "restored_as": "fields" if fields else "frames",
+            "track_frames_count": "fields" if fields else "frames",
+            "combing": {"input": mean("input"), "output": mean("output"), "frames": frames}}
 
 
 def build(run, scan, tracks_by_chunk, results) -> dict:
@@ -59,6 +74,7 @@ def build(run, scan, tracks_by_chunk, results) -> dict:
         },
         "timings_s": {stage: round(seconds, 2) for stage, seconds in run.timings.items()},
         "restore_batching": run.batching,
+        "interlace": _interlace(info, results),
         # Per track, on its middle frame: the face's fine texture kept, output over input (texture.texture_ratio).
         "texture_ratios": [{"frame": s["frame"], "actor": s["actor"], "ratio": s.get("texture_ratio")}
                            for result in results for s in result.samples],
@@ -127,11 +143,20 @@ def write(report: dict, path: Path) -> None:
         f"<p>{totals['frames']} frames, {totals['shots']} shots, {totals['tracks']} tracks, "
         f"{totals['faces_restored']} faces restored, {totals['faces_too_small']['faces']} smaller than "
         f"{totals['faces_too_small']['min_face']} px left as they were. Each pair: before, after; the aligned face, "
-        f"then the frame around it at 1:1 scale.</p>" + "".join(rows)
+        f"then the frame around it at 1:1 scale.</p>" + _interlace_line(report.get("interlace")) + "".join(rows)
         + _track_rows(report["tracks"])
     )
     with atomic_path(path.with_suffix(".html")) as temporary:
         temporary.write_text(page)
+
+
+def _interlace_line(interlace: dict | None) -> str:
+    if not interlace:
+        return ""
+    combing = interlace["combing"]
+    return (f"<p>Interlaced ({interlace['field_order']}): faces restored on {interlace['restored_as']} (face numbers "
+            f"count {interlace['track_frames_count']}); combing of the face regions, input {combing['input']}, "
+            f"output {combing['output']} (over {combing['frames']} frames).</p>")
 
 
 def _detail_row(sample: dict) -> str:

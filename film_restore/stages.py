@@ -2,7 +2,8 @@
 
 Scanner      decodes the film once: every frame's timestamp, a signature for shot cuts,
              shots, and chunks of whole shots.
-FaceTracker  per chunk: faces on every frame, tracks within shots, smoothing, identities.
+FaceTracker  per chunk: faces on every frame (every field of an interlaced film), tracks within
+             shots, smoothing, identities.
 
 The third, composing a chunk (restore, paste back, encode), is film_restore.compose.Composer;
 film_restore.pipeline runs all three on Ray.
@@ -16,6 +17,7 @@ import numpy as np
 
 from film_restore.faces import FaceAnalyzer
 from film_restore.faces.identity import Identifier
+from film_restore.interlace import field_frames, field_shot
 from film_restore.records import Chunk, Scan, Track
 from film_restore.settings import DETECTOR_SIZE
 from film_restore.shots import chunk_shots, find_shots, frame_signature
@@ -44,14 +46,17 @@ class Scanner:
 class FaceTracker:
     """Tracks and identities of chunks' faces: one set of face models, loaded once."""
 
-    def __init__(self, models_dir, identifier: Identifier, detector_size: int = DETECTOR_SIZE):
+    def __init__(self, models_dir, identifier: Identifier, detector_size: int = DETECTOR_SIZE,
+                 field_order: str | None = None):
         self.analyzer = FaceAnalyzer.from_models_dir(models_dir, detector_size=detector_size)
         self.identifier = identifier
+        self.field_order = field_order  # interlace.restored_field_order: tracks then count fields, not frames
 
     def __call__(self, path: Path, chunk: Chunk, frame_pts) -> list[Track]:
-        faces_by_frame = {
-            frame.index: self.analyzer.analyze(frame.picture.rgb())
-            for frame in read_frames(path, chunk.first_frame, chunk.last_frame, frame_pts)
-        }
-        tracks = [smooth_track(track) for shot in chunk.shots for track in track_shot(shot, faces_by_frame)]
+        frames = read_frames(path, chunk.first_frame, chunk.last_frame, frame_pts)
+        shots = chunk.shots
+        if self.field_order is not None:
+            frames, shots = field_frames(frames, self.field_order), [field_shot(shot) for shot in shots]
+        faces_by_frame = {frame.index: self.analyzer.analyze(frame.picture.rgb()) for frame in frames}
+        tracks = [smooth_track(track) for shot in shots for track in track_shot(shot, faces_by_frame)]
         return identify_tracks(tracks, self.identifier)

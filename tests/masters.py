@@ -1,9 +1,11 @@
 """Small archive masters made with PyAV for the output-container tests.
 
-``make_master`` writes a short film (a moving gradient, 64 x 64 by default) with the
-streams an archive master carries: a start timecode (a QuickTime tmcd track in MOV, the
-timecode tag elsewhere), audio tracks, text subtitles (``CUES``) and chapters. The
-``*_cues`` / ``packets`` helpers read a film back for stream-by-stream comparison.
+``make_master`` writes a short film (a moving gradient, 64 x 64 by default, or the pictures
+given) with the streams an archive master carries: a start timecode (a QuickTime tmcd track
+in MOV, the timecode tag elsewhere), audio tracks, text subtitles (``CUES``) and chapters,
+progressive or interlaced. ``woven_frames`` makes interlaced pictures of a real clip (each
+frame's fields from two consecutive frames). The ``*_cues`` / ``packets`` helpers read a film
+back for stream-by-stream comparison.
 """
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ from fractions import Fraction
 
 import av
 import numpy as np
+
+from film_restore.video.fields import FIELD_ORDER_CODES, FieldFlagger
+from tests.media import clip_frames
 
 # (start ms, end ms, text) of the subtitle cues every master carries.
 CUES = ((40, 200, "Hello there"), (240, 440, "Second line"))
@@ -35,18 +40,35 @@ def _pictures(count, width, height):
         yield np.stack([red, green, np.full_like(red, 128)], axis=2).astype(np.uint8)
 
 
+def woven_frames(clip, count: int, size, order: str = "tt") -> list[np.ndarray]:
+    """count interlaced RGB pictures of size (width, height) from a real clip: frame n's field shown first from the
+    clip's frame 2n, the other from frame 2n + 1 (fields 1/50 s apart from a 25 fps clip: real motion between them)."""
+    pictures = clip_frames(clip, 2 * count, size)
+    first_row = 0 if order in ("tt", "bt") else 1
+    woven = []
+    for earlier, later in zip(pictures[::2], pictures[1::2]):
+        frame = later.copy()
+        frame[first_row::2] = earlier[first_row::2]
+        woven.append(frame)
+    return woven
+
+
 def make_master(path, *, container: str = "mov", encoder: str = "prores_ks", pix_fmt: str = "yuv422p10le",
                 options: dict | None = None, size=(64, 64), frames: int = 12, rate: int = 25,
                 audio=(("pcm_s24le", "stereo"), ("aac", "stereo")), subtitles: str | None = "mov_text",
                 timecode: str | None = TIMECODE, chapters: bool = True, colour: dict | None = None, pgs: bool = False,
-                rotation: int | None = None, attachment: tuple[str, bytes] | None = None):
+                rotation: int | None = None, attachment: tuple[str, bytes] | None = None,
+                images: list | None = None, field_order: str | None = None):
     """Write a master film to path and return path.
 
     colour: codec-context colour tags of the video; rotation: a display matrix rotating by
     that many degrees counter-clockwise; attachment: (file name, data) attached (Matroska only); pgs: add a Blu-ray (PGS) bitmap subtitle
-    stream with one display set per cue (Matroska only).
+    stream with one display set per cue (Matroska only). images: the pictures (uint8 RGB of size), else the gradient;
+    field_order: code them interlaced ("tt", "bb"; the encoder's interlaced flags, each frame flagged, the stream tagged).
     """
     width, height = size
+    if images is not None:
+        frames = len(images)
     output = av.open(str(path), "w", format=container)
     output.metadata["title"] = "Archive master"
     video = output.add_stream(encoder, rate=rate, options=dict(options or {}))
@@ -55,6 +77,11 @@ def make_master(path, *, container: str = "mov", encoder: str = "prores_ks", pix
         setattr(video.codec_context, name, value)
     if rotation is not None:
         video.set_display_rotation(rotation)
+    flag_fields = None
+    if field_order is not None:
+        video.codec_context.flags |= av.codec.context.Flags.interlaced_dct | av.codec.context.Flags.interlaced_me
+        video.codec_context.field_order = FIELD_ORDER_CODES[field_order]
+        flag_fields = FieldFlagger(field_order, width, height, pix_fmt)
     if timecode:
         video.metadata["timecode"] = timecode
         if container != "mov":
@@ -80,9 +107,11 @@ def make_master(path, *, container: str = "mov", encoder: str = "prores_ks", pix
         output.set_chapters([{"id": number + 1, "start": start, "end": end, "time_base": Fraction(1, 1000),
                               "metadata": {"title": title}} for number, (start, end, title) in enumerate(CHAPTERS)])
     output.start_encoding()
-    for index, image in enumerate(_pictures(frames, width, height)):
+    for index, image in enumerate(_pictures(frames, width, height) if images is None else images):
         frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format=pix_fmt)
         frame.pts = index
+        if flag_fields is not None:
+            frame = flag_fields(frame)
         for packet in video.encode(frame):
             output.mux(packet)
     for packet in video.encode():

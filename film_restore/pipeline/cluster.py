@@ -120,8 +120,8 @@ def scan_task(path: str, chunk_frames: int, film: str) -> Scan:
 
 @ray.remote
 class AnalyseActor:
-    def __init__(self, models_dir: str, identifier, detector_size: int):
-        self.tracker = FaceTracker(models_dir, identifier, detector_size)
+    def __init__(self, models_dir: str, identifier, detector_size: int, field_order: str | None = None):
+        self.tracker = FaceTracker(models_dir, identifier, detector_size, field_order)
 
     def analyse(self, path: str, chunk: Chunk, frame_pts) -> list[Track]:
         return self.tracker(Path(path), chunk, frame_pts)

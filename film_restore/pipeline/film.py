@@ -13,6 +13,7 @@ import dmdnet
 from film_restore import report as reports
 from film_restore.cast import Cast, CastStore
 from film_restore.faces import FaceAnalyzer
+from film_restore.interlace import restored_field_order, whole_frames_note
 from film_restore.compose import ComposeSettings
 from film_restore.keys import job_keys
 from film_restore.models import find_pack, pack_id, resolve_checkpoint
@@ -50,6 +51,8 @@ class FilmRun:
         if not job.dry_run:
             for warning in check_output(job.output, self.info, job.codec).warnings:
                 self.progress.say(f"note: {warning}")
+        if whole_frames_note(self.info):
+            self.progress.say(f"note: {whole_frames_note(self.info)}")
         init_ray(job.address)  # before the slow preparations: a cluster that does not answer fails now
         # Resolved once (flag, environment, cache, shipped model); a dry run restores nothing and needs none.
         self.checkpoint = None if job.dry_run else resolve_checkpoint(job.checkpoint)
@@ -114,7 +117,7 @@ class FilmRun:
             return tracks
         actors = [
             AnalyseActor.options(name=f"film_restore.analyse-{i}-{os.getpid()}").remote(
-                str(self.pack.directory), self.identifier, self.job.detector_size
+                str(self.pack.directory), self.identifier, self.job.detector_size, restored_field_order(self.info)
             )
             for i in range(cpu_workers(len(missing)))
         ]

@@ -2,8 +2,8 @@
 
 Archival contract: nothing but face pixels changes. Frame count, every frame's timestamp
 (variable frame rate included), resolution, sample aspect ratio, bit depth and chroma
-subsampling, colour tags, HDR10 mastering metadata, rotation and the start timecode are
-kept; every other stream of the input (all audio, subtitles, data and attachments where
+subsampling, colour tags, HDR10 mastering metadata, rotation, the field order and the start timecode
+are kept; every other stream of the input (all audio, subtitles, data and attachments where
 the output container allows them), the container metadata and chapters are copied packet
 for packet, never re-encoded, except text subtitles the output container cannot hold,
 which are converted (same texts, same times).
@@ -27,7 +27,8 @@ integers in the input video stream's time base (:attr:`VideoInfo.time_base`).
 Modules: formats (the error type, pixel formats, opening an input), probe, display (HDR
 and rotation metadata), picture (Picture and the colour maths), reading (read_frames),
 encoding (choose_encoder, ChunkWriter), streams (where each other stream goes in the
-output), output (check_output, join).
+output), output (check_output, join), fields (an interlaced film's field order, its fields
+split and woven back).
 """
 from film_restore.video.encoding import CODECS, ChunkWriter, EncoderChoice, choose_encoder
 from film_restore.video.formats import SUPPORTED_PIX_FMTS, VideoError

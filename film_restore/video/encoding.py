@@ -9,6 +9,7 @@ from pathlib import Path
 import av
 
 from dmdnet.files import temporary_beside
+from film_restore.video.fields import FIELD_ORDER_CODES, FieldFlagger, is_interlaced
 from film_restore.video.formats import PIX_FMTS, RANGE_FULL, VideoError
 from film_restore.video.picture import Picture
 from film_restore.video.probe import VideoInfo
@@ -29,6 +30,8 @@ _CODEC_PIX_FMTS = {
     "dnxhd": set(_DNXHR_PROFILES),
     "ffv1": set(PIX_FMTS),
 }
+# Encoders that code interlaced pictures (the frames' fields and their order), and the codec flags they need.
+_INTERLACED_FLAGS = {"x264": ("interlaced_dct", "interlaced_me"), "prores": ("interlaced_dct",), "ffv1": ()}
 # Quality settings (constant quality, visually transparent; B-frames off so that chunks
 # join with monotonic DTS and every chunk opens with an IDR keyframe).
 X264_CRF = 14
@@ -46,6 +49,7 @@ class EncoderChoice:
     options: dict
     chunk_format: str
     note: str = ""
+    interlaced: bool = False  # pictures coded as interlaced, in the film's field order
 
 
 def choose_encoder(info: VideoInfo, codec: str = "auto") -> EncoderChoice:
@@ -58,6 +62,8 @@ def choose_encoder(info: VideoInfo, codec: str = "auto") -> EncoderChoice:
     ffv1 -> ffv1; any other input codec, or a pixel format the family's encoder cannot keep
     (12-bit H.264, 4:2:0 ProRes, grey), -> ffv1 (lossless, level 3, intra-only, slice CRCs).
     An explicit codec that cannot keep the input's bit depth and chroma subsampling is a VideoError.
+    An interlaced film is coded interlaced in its field order by x264, ProRes and FFV1; DNxHR
+    and x265 code it as progressive frames (both fields still woven in each), which the note says.
     """
     if codec not in CODECS:
         raise VideoError(f"unknown codec {codec!r}: choose one of {', '.join(CODECS)}")
@@ -75,6 +81,11 @@ def choose_encoder(info: VideoInfo, codec: str = "auto") -> EncoderChoice:
             allowed = ", ".join(sorted(_CODEC_PIX_FMTS[chosen]))
             raise VideoError(f"codec {codec} cannot keep the film's {info.pix_fmt} (it takes {allowed}): "
                              "use codec='ffv1' (lossless, any format) or 'auto'")
+    interlaced = is_interlaced(info.field_order) and chosen in _INTERLACED_FLAGS
+    if is_interlaced(info.field_order) and not interlaced:
+        note = "; ".join(filter(None, [note, f"{_ENCODERS[chosen]} cannot code interlaced pictures: the film's fields stay "
+                                       f"woven but are coded as progressive frames (field order {info.field_order} tagged): "
+                                       "use codec ffv1, prores or x264 to keep the interlacing"]))
     pix_fmt = info.pix_fmt
     hdr = info.display.encoder_parameters(chosen) if chosen in ("x264", "x265") else ""
     if info.display.hdr and not hdr:
@@ -92,7 +103,8 @@ def choose_encoder(info: VideoInfo, codec: str = "auto") -> EncoderChoice:
     else:
         pix_fmt = pix_fmt.replace("yuvj", "yuv")  # ffv1 takes the layout; full range goes in the tags
         options = {"level": "3", "g": "1", "slicecrc": "1", "context": "1"}
-    return EncoderChoice(chosen, _ENCODERS[chosen], pix_fmt, options, "mov" if chosen in ("prores", "dnxhd") else "nut", note)
+    return EncoderChoice(chosen, _ENCODERS[chosen], pix_fmt, options, "mov" if chosen in ("prores", "dnxhd") else "nut", note,
+                         interlaced)
 
 
 class ChunkWriter:
@@ -118,6 +130,7 @@ class ChunkWriter:
         self._container = None
         self._stream = None
         self._last_pts = None
+        self._flag_fields = None
 
     def __enter__(self) -> "ChunkWriter":
         return self
@@ -151,6 +164,12 @@ class ChunkWriter:
         context.color_primaries = info.color_primaries
         context.color_trc = info.color_trc
         context.max_b_frames = 0
+        if is_interlaced(info.field_order):
+            context.field_order = FIELD_ORDER_CODES[info.field_order]
+        if choice.interlaced:
+            for flag in _INTERLACED_FLAGS[choice.codec]:
+                context.flags |= getattr(av.codec.context.Flags, flag)
+            self._flag_fields = FieldFlagger(info.field_order, info.width, info.height, choice.pix_fmt)
         context.thread_type = "AUTO"
         context.options = dict(choice.options)
         self._stream = stream
@@ -171,6 +190,8 @@ class ChunkWriter:
         frame = picture.to_frame(self.choice.pix_fmt)
         frame.pts = pts
         frame.time_base = self.info.time_base
+        if self._flag_fields is not None:
+            frame = self._flag_fields(frame)
         try:
             for packet in self._stream.encode(frame):
                 self._container.mux(packet)

@@ -15,6 +15,7 @@ import av
 
 from dmdnet.files import atomic_path
 from film_restore.video.encoding import CODEC_NAME, EncoderChoice, choose_encoder
+from film_restore.video.fields import FIELD_ORDER_CODES, is_interlaced
 from film_restore.video.formats import RANGE_FULL, VideoError, av_error, open_input
 from film_restore.video.probe import VideoInfo, probe
 from film_restore.video.streams import FAMILY_SUFFIX, StreamRoute, SubtitleConverter, route_streams
@@ -153,7 +154,7 @@ def join(chunk_paths: Sequence, input_path, output_path, info: VideoInfo | None 
     frames. Other streams go as :func:`check_output` routes them (copied packet for packet,
     or text subtitles converted), with their metadata, language and dispositions; the
     container's metadata, chapters and start timecode are kept; the video stream keeps the
-    input's stream metadata, frame rate, sample aspect ratio and colour tags (from info,
+    input's stream metadata, frame rate, sample aspect ratio, colour tags and field order (from info,
     whatever the chunk container kept). A muxer failure names the output step that failed.
 
     Atomic: written to a temporary file beside the output and renamed on success; on any
@@ -230,6 +231,8 @@ def _add_video(output, source, template, info, plan):
     context.color_range = RANGE_FULL if info.pix_fmt.startswith("yuvj") else info.color_range
     if info.sample_aspect_ratio:
         context.sample_aspect_ratio = info.sample_aspect_ratio
+    if is_interlaced(info.field_order):
+        context.field_order = FIELD_ORDER_CODES[info.field_order]  # the container's tag (MOV fiel, Matroska FieldOrder)
     out_video.metadata.update(_clean_metadata(dict(in_video.metadata)))
     out_video.disposition = in_video.disposition
     if info.display.display_matrix:

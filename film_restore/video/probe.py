@@ -8,6 +8,7 @@ from pathlib import Path
 import av
 
 from film_restore.video.display import DisplayMetadata, display_metadata
+from film_restore.video.fields import PROGRESSIVE, field_order
 from film_restore.video.formats import PIX_FMTS, VideoError, open_input, positive_fraction, unsupported_format, video_stream
 
 
@@ -36,6 +37,8 @@ class VideoInfo:
     (AVColorSpace, AVColorRange, AVColorPrimaries, AVColorTransferCharacteristic; 2 and 0
     mean unspecified). container: FFmpeg's demuxer name (e.g. "mov,mp4,m4a,3gp,3g2,mj2").
     display: HDR mastering display, content light level and display matrix (rotation).
+    field_order: "progressive", or the interlaced film's field order as ffprobe names it
+    ("tt", "bb", "tb", "bt"; see :mod:`.fields`).
     """
 
     path: Path
@@ -56,6 +59,7 @@ class VideoInfo:
     stream_index: int
     other_streams: tuple[StreamSummary, ...] = field(default=())
     display: DisplayMetadata = field(default=DisplayMetadata())
+    field_order: str = PROGRESSIVE
 
     @property
     def chroma_subsampling(self) -> tuple[int, int] | None:
@@ -110,4 +114,5 @@ def probe(path) -> VideoInfo:
             color_primaries=int(context.color_primaries), color_trc=int(context.color_trc),
             sample_aspect_ratio=positive_fraction(context.sample_aspect_ratio), container=container.format.name,
             stream_index=stream.index, other_streams=tuple(others),
-            display=display_metadata(first) if first is not None else DisplayMetadata())
+            display=display_metadata(first) if first is not None else DisplayMetadata(),
+            field_order=field_order(first, context.field_order) if first is not None else PROGRESSIVE)
