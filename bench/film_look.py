@@ -37,7 +37,7 @@ import torch
 import dmdnet
 from dmdnet.images import to_tensor
 from film_restore import guards, quality
-from film_restore.compose import COMPOSE_WINDOW
+from film_restore.compose import COMPOSE_WINDOW, paste_window
 from film_restore.paste import face_layer
 from film_restore.faces import FaceAnalyzer, align_face
 from film_restore.faces.identity import centroid
@@ -78,12 +78,27 @@ def main_track(analyzer: FaceAnalyzer, frames: list[np.ndarray]):
     return track
 
 
-def paste(frame: np.ndarray, aligned, crop: np.ndarray, original: np.ndarray | None = None, grain=None,
-          add_grain: bool = True) -> np.ndarray:
-    """The frame with one face pasted back; original, grain (one face's entry) and add_grain as in face_layer."""
-    layer, alpha = face_layer(frame.shape, [(aligned, crop)], original, None if grain is None else [grain], add_grain)
+def blend(frame: np.ndarray, layer: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     blended = frame.astype(np.float32) + alpha[..., None] * (layer - frame)
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+
+def paste(frame: np.ndarray, aligned, crop: np.ndarray) -> np.ndarray:
+    """The frame with one face pasted back in aligned space (no band split, no grain)."""
+    return blend(frame, *face_layer(frame.shape, [(aligned, crop)]))
+
+
+def paste_as_composer(frames, aligned, crops, track, add_grain: bool) -> list[np.ndarray]:
+    """The frames with the track's faces pasted back as the Composer does, COMPOSE_WINDOW frames at a time."""
+    grain = track_grain(frames, track)
+    pasted = []
+    for start in range(0, len(frames), COMPOSE_WINDOW):
+        indices = range(start, min(start + COMPOSE_WINDOW, len(frames)))
+        faces = paste_window(frames[0].shape, {i: ([(i, 0)], [(aligned[i], crops[i])]) for i in indices},
+                             dict(enumerate(frames)), {(i, 0): track.faces[i].face.landmarks for i in indices},
+                             grain, add_grain)
+        pasted += [blend(frames[i], *faces[i][2]) for i in indices]
+    return pasted
 
 
 def track_grain(frames: list[np.ndarray], track) -> TrackGrain:
@@ -183,12 +198,10 @@ def main() -> None:
             for name, faces in {"round trip": crops.astype(np.float32), **outputs}.items():
                 pasted = [paste(frame, a, face) for frame, a, face in zip(inputs, aligned, faces)]
                 rows.append((clip, version, name, measures(inputs, pasted, truth, track, analyzer, reference)))
-            grain = track_grain(inputs, track)
             for name, add_grain in (("full pipeline, --grain off", False), ("full pipeline", True)):
-                pasted = [paste(frame, a, face, frame, grain.for_face(index, 0), add_grain)
-                          for index, (frame, a, face) in enumerate(zip(inputs, aligned, full.faces))]
+                pasted = paste_as_composer(inputs, aligned, full.faces, track, add_grain)
                 rows.append((clip, version, name, measures(inputs, pasted, truth, track, analyzer, reference)))
-            grain_model = grain.models.get(0)
+            grain_model = track_grain(inputs, track).models.get(0)
             mid_tones = "none found" if grain_model is None else (
                 " / ".join(f"{v:.1f}" for v in grain_model.amplitude[2:6]) + f", new each frame {grain_model.new_each_frame:.2f}")
             held = int((full.strength < 1).sum())

@@ -5,8 +5,8 @@ For each shared talking-head clip, clean and with grain-like noise fresh on ever
 consecutive frames from its middle are restored with our model (weights/, through FaceRestorer, generic
 dictionary) and pasted back two ways:
   before  the plain paste-back (face_layer without the frame: restored band only, no grain)
-  after   the frame's detail above the crop's resolution kept but for the grain, grain
-          re-created per clip (the share new each frame)
+  after   as the Composer pastes (compose.paste_window): the frame's detail above the crop's
+          resolution kept but for the grain, fresh grain for the detail new each frame that was lost
 and the texture ratio (texture.texture_ratio: the face's high-pass luma over the ring
 around it, output over input; 1 = kept) is averaged over the frames. Also printed: the
 noisy copies' estimated grain against the noise added (mid-tone luma bins).
@@ -22,6 +22,7 @@ import numpy as np
 
 from film_restore import grain, texture
 from film_restore.faces import FaceAnalyzer, align_face
+from film_restore.compose import paste_window
 from film_restore.paste import face_layer
 from film_restore.restore import FaceRestorer
 from tests.assets import ASSETS, TRAINED_MODEL
@@ -67,20 +68,21 @@ def measure(frames, analyzer, restorer, size):
         found = analyzer.analyze(rgb)
         if found:
             faces.append((rgb, max(found, key=lambda face: texture.face_width(face.landmarks))))
-    track_grain = grain.TrackGrain()
-    track_grain.observe({(index, 0): (rgb, face.landmarks) for index, (rgb, face) in enumerate(faces)})
-    before, after, scales = [], [], []
-    for index, (rgb, face) in enumerate(faces):
-        aligned = align_face(rgb, face, size)
-        restored = restorer.restore(aligned.crop[None], aligned.boxes[None], None)[0]
-        pair = [(aligned, restored)]
-        plain = composite(rgb, *face_layer(rgb.shape, pair))
-        kept = composite(rgb, *face_layer(rgb.shape, pair, rgb, [track_grain.for_face(index, 0)]))
-        before.append(texture.texture_ratio(rgb, plain, face.landmarks))
-        after.append(texture.texture_ratio(rgb, kept, face.landmarks))
-        scales.append(aligned.transform.scale)
     if not faces:
         return None
+    track_grain = grain.TrackGrain()
+    track_grain.observe({(index, 0): (rgb, face.landmarks) for index, (rgb, face) in enumerate(faces)})
+    aligned = [align_face(rgb, face, size) for rgb, face in faces]
+    restored = restorer.restore(np.stack([a.crop for a in aligned]), np.stack([a.boxes for a in aligned]), None)
+    kept = paste_window(frames[0].shape, {i: ([(i, 0)], [(aligned[i], restored[i])]) for i in range(len(faces))},
+                        {i: rgb for i, (rgb, _) in enumerate(faces)}, {(i, 0): face.landmarks for i, (_, face) in enumerate(faces)},
+                        track_grain, add_grain=True)
+    before, after, scales = [], [], []
+    for index, (rgb, face) in enumerate(faces):
+        plain = composite(rgb, *face_layer(rgb.shape, [(aligned[index], restored[index])]))
+        before.append(texture.texture_ratio(rgb, plain, face.landmarks))
+        after.append(texture.texture_ratio(rgb, composite(rgb, *kept[index][2]), face.landmarks))
+        scales.append(aligned[index].transform.scale)
     return np.nanmean(before), np.nanmean(after), np.mean(scales), track_grain.models.get(0), len(faces)
 
 

@@ -89,6 +89,27 @@ def _series(parts: list[tuple[list[int], TrackResult]]) -> dict:
             "identity_out": rounded("identity_out"), "strength": rounded("strength")}
 
 
+def paste_window(shape: tuple, window_faces: dict, rgb: dict, landmarks: dict, track_grain: TrackGrain,
+                 add_grain: bool) -> dict:
+    """One window's faces pasted back: frame -> (keys, pairs, (layer, alpha)) (paste.face_layer).
+
+    window_faces: frame -> (keys (frame, track number), (AlignedFace, final crop) pairs);
+    rgb: frame -> its RGB; landmarks: key -> the face's 68 frame landmarks. With add_grain, the
+    layers get fresh grain in the amount of fine detail new each frame that each track lost,
+    measured on the layers without it (grain.TrackGrain.measure_loss)."""
+    def layers(**options):
+        return {index: (keys, pairs, face_layer(shape, pairs, rgb[index], [track_grain.for_face(*key) for key in keys],
+                                                **options))
+                for index, (keys, pairs) in window_faces.items()}
+
+    plain = layers(add_grain=False)
+    if not add_grain:
+        return plain
+    track_grain.measure_loss({key: (rgb[index], layer, alpha, landmarks[key])
+                              for index, (keys, _, (layer, alpha)) in plain.items() for key in keys})
+    return layers()
+
+
 class Composer:
     """Restores one chunk's faces and encodes the chunk (an interlaced film's field by field: film_restore.interlace).
 
@@ -207,14 +228,17 @@ class Composer:
         current = restored_windows[position]
         final = self._guarded(restored_windows, position, guarded_parts)
         details = {}  # (frame, track number) -> texture ratio and the 1:1 crops, on each track's sample frame
+        window_faces = {}
         for frame in current.frames:
             keys = [key for key in current.aligned if key[0] == frame.index]
-            pairs = [(current.aligned[key][0], final[key]) for key in keys]
+            if keys:
+                window_faces[frame.index] = keys, [(current.aligned[key][0], final[key]) for key in keys]
+        faces = paste_window((self.info.height, self.info.width), window_faces, current.rgb, current.landmarks,
+                             track_grain, self.settings.grain == "auto")
+        for frame in current.frames:
+            keys, pairs, (layer, alpha) = faces.get(frame.index, ([], [], (None, None)))
             picture = frame.picture
             if pairs:
-                grain = [track_grain.for_face(*key) for key in keys]
-                layer, alpha = face_layer((self.info.height, self.info.width), pairs, current.rgb[frame.index], grain,
-                                          add_grain=self.settings.grain == "auto")
                 picture = picture.blended(layer, alpha)
                 sampled = [key for key in keys if sample_frames.get(key[1]) == frame.index]
                 before, after = current.rgb[frame.index], picture.rgb() if sampled else None

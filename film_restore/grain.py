@@ -347,22 +347,48 @@ def synthesise_grain(model: GrainModel, luma_values: np.ndarray, rng: np.random.
     return (mixed * model.channel_gain.astype(np.float32) * scale[..., None]).astype(np.float32)
 
 
-def add_missing_grain(face: np.ndarray, original: np.ndarray, alpha: np.ndarray, model: GrainModel, seed) -> np.ndarray:
+def add_missing_grain(face: np.ndarray, original: np.ndarray, alpha: np.ndarray, model: GrainModel, seed,
+                      change_lost: float) -> np.ndarray:
     """The face layer region (float32 H x W x 3) with fresh grain of the model's kind (a fresh
-    field for each seed, e.g. frame and track) in the amount of fine texture (the texture
-    measure's high-pass luma energy inside alpha = 1) the face lacks against the original
-    region: the share of the lost texture that was new each frame (grain or noise; what
-    moved with the face cannot come back as grain without flicker), up to
-    GRAIN_TEXTURE_SHARE of the original's texture and GRAIN_MAX_GAIN times the film's grain."""
+    field for each seed, e.g. frame and track) inside alpha = 1, in the amount of fine texture
+    (the texture measure's high-pass luma energy) the face lacks against GRAIN_TEXTURE_SHARE of
+    the original's, at most GRAIN_MAX_GAIN times the film's grain, and adding no more change
+    from frame to frame than the restoration took away (change_lost, TrackGrain.measure_loss:
+    grain must not count as flicker)."""
     inside = alpha >= 1
     if not inside.any():
         return face
     grain = synthesise_grain(model, luma(face), np.random.default_rng(seed))
-    original_energy, face_energy = detail_energy(original, inside), detail_energy(face, inside)
-    missing = min(GRAIN_TEXTURE_SHARE ** 2 * original_energy - face_energy,
-                  model.new_each_frame * (original_energy - face_energy))
-    gain = np.sqrt(np.clip(missing / max(detail_energy(grain, inside), 1e-9), 0.0, GRAIN_MAX_GAIN ** 2))
-    return face + gain * grain if gain > 0 else face
+    missing = GRAIN_TEXTURE_SHARE ** 2 * detail_energy(original, inside) - detail_energy(face, inside)
+    # Fresh grain of energy e changes by 2e from one frame to the next.
+    gain_squared = min(missing / max(detail_energy(grain, inside), 1e-9),
+                       change_lost / 2 / max(float(np.mean(luma(grain)[inside] ** 2)), 1e-9), GRAIN_MAX_GAIN ** 2)
+    return face + np.sqrt(gain_squared) * grain if gain_squared > 0 else face
+
+
+def change_lost(inputs: list[np.ndarray], outputs: list[np.ndarray], masks: list[np.ndarray]) -> float | None:
+    """How much less the outputs change from frame to frame than the inputs, where masks (bool)
+    are set: consecutive same-size RGB pictures of one face before and after restoration, the
+    luma's change along the inputs' optical flow. Measured as flicker is (quality.flicker),
+    by its mean absolute value, and given as the variance of Gaussian change of that mean
+    absolute value (pi / 2 times its square), inputs less outputs: the few large changes of
+    edges and mistracked pixels that a restoration smooths do not count as room for grain.
+    None for fewer than two pictures."""
+    input_change = output_change = counted = 0.0
+    for t in range(1, len(inputs)):
+        flow, valid, _, _ = flow_pair(inputs[t], inputs[t - 1])
+        counting = valid & masks[t]
+        if not counting.any():
+            continue
+
+        def change(pictures):
+            return float(np.abs(luma(pictures[t]) - warp(luma(pictures[t - 1]), flow))[counting].sum())
+
+        input_change, output_change = input_change + change(inputs), output_change + change(outputs)
+        counted += float(counting.sum())
+    if not counted:
+        return None
+    return max(np.pi / 2 * ((input_change / counted) ** 2 - (output_change / counted) ** 2), 0.0)
 
 
 def detail_energy(rgb: np.ndarray, inside: np.ndarray) -> float:
@@ -373,10 +399,12 @@ def detail_energy(rgb: np.ndarray, inside: np.ndarray) -> float:
 class TrackGrain:
     """Grain models of one chunk's face tracks, each estimated once, from the first window of
     frames in which the track shows on at least two consecutive frames (its grain's change
-    from frame to frame must be seen), and a seed per frame and track."""
+    from frame to frame must be seen); how much change from frame to frame the restoration
+    took from each track, window by window; and a seed per frame and track."""
 
     def __init__(self):
         self.models: dict[int, GrainModel | None] = {}
+        self.lost: dict[int, float] = {}
 
     def observe(self, faces) -> None:
         """faces: {(frame index, track number): (frame RGB, 68 frame landmarks)} of one window."""
@@ -391,10 +419,32 @@ class TrackGrain:
             window = grain_window(frames[run[0]][0].shape, np.concatenate([frames[i][1] for i in run]))
             self.models[number] = estimate_track_grain([frames[i][0][window] for i in run])
 
+    def measure_loss(self, faces) -> None:
+        """faces: {(frame index, track number): (input RGB, face layer and alpha without new grain
+        (paste.face_layer), 68 frame landmarks)} of one window: how much less each track's
+        output changes from frame to frame than its input (change_lost) where alpha is 1, over
+        its longest run of consecutive frames; a track seen on one frame keeps its last measure."""
+        seen = defaultdict(dict)
+        for (index, number), face in faces.items():
+            if self.models.get(number) is not None:
+                seen[number][index] = face
+        for number, frames in seen.items():
+            run = _longest_run(sorted(frames))
+            if len(run) < 2:
+                continue
+            window = grain_window(frames[run[0]][0].shape, np.concatenate([frames[i][3] for i in run]))
+            inputs, layers, alphas = ([frames[i][part][window] for i in run] for part in range(3))
+            outputs = [picture + alpha[..., None] * (layer - picture)
+                       for picture, layer, alpha in zip((p.astype(np.float32) for p in inputs), layers, alphas)]
+            lost = change_lost(inputs, outputs, [alpha >= 1 for alpha in alphas])
+            if lost is not None:
+                self.lost[number] = lost
+
     def for_face(self, index: int, number: int):
-        """(model, seed) for the face of this track on this frame, or None without a model."""
+        """(model, seed, change lost) for the face of this track on this frame (add_missing_grain's
+        last three arguments), or None without a model; no grain before the loss is measured."""
         model = self.models.get(number)
-        return None if model is None else (model, (index, number))
+        return None if model is None else (model, (index, number), self.lost.get(number, 0.0))
 
 
 def _longest_run(indices: list[int]) -> list[int]:

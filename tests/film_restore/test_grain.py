@@ -107,10 +107,12 @@ def test_only_the_share_of_texture_new_each_frame_counts_as_grain(analyzer):
     # A restorer that smoothed the face: the noise it removed comes back as fresh grain, the
     # clean face's lost texture (which moved with the face) mostly does not.
     for frames, model, least, most in ((noisy, noisy_track, 0.6, 0.95), (clean, clean_track, 0.0, 0.35)):
-        region = frames[1][window].astype(np.float32)
-        smooth, inside = cv2.GaussianBlur(region, (0, 0), 2), np.ones(region.shape[:2], bool)
-        added = grain.add_missing_grain(smooth, region, inside.astype(np.float32), model, (1, 0)) - smooth
-        lost = grain.detail_energy(region, inside) - grain.detail_energy(smooth, inside)
+        regions = [frame[window].astype(np.float32) for frame in frames]
+        smooth = [cv2.GaussianBlur(region, (0, 0), 2) for region in regions]
+        inside = np.ones(regions[0].shape[:2], bool)
+        lost_change = grain.change_lost(regions, smooth, [inside] * len(regions))
+        added = grain.add_missing_grain(smooth[1], regions[1], inside.astype(np.float32), model, (1, 0), lost_change) - smooth[1]
+        lost = grain.detail_energy(regions[1], inside) - grain.detail_energy(smooth[1], inside)
         assert least <= grain.detail_energy(added, inside) / lost <= most
     # One frame shows nothing of its grain's change: no model until two consecutive frames come.
     tracks = grain.TrackGrain()
@@ -126,7 +128,7 @@ def test_grain_is_fresh_each_frame_and_reproducible(analyzer):
     smooth = cv2.GaussianBlur(aligned.crop, (0, 0), 2).astype(np.float32)  # a "restored" face without grain
 
     def layer(frame):
-        return face_layer(rgb.shape, [(aligned, smooth)], rgb, [tracks.for_face(frame, 0)])
+        return face_layer(rgb.shape, [(aligned, smooth)], rgb, [(tracks.models[0], (frame, 0), np.inf)])
 
     (first, alpha), (again, _), (second, _) = layer(10), layer(10), layer(11)
     inside = alpha >= 1
@@ -141,18 +143,22 @@ def test_grain_fills_only_the_texture_the_face_lacks():
     rgb = old_film().astype(np.float32)
     model = grain.estimate_grain([(rgb, np.ones(rgb.shape[:2], bool))])
     region, alpha = rgb[100:228, 200:328], np.ones((128, 128), np.float32)
-    assert np.array_equal(grain.add_missing_grain(region, region, alpha, model, (0, 0)), region)
+    assert np.array_equal(grain.add_missing_grain(region, region, alpha, model, (0, 0), np.inf), region)
     # A restorer that removed exactly the film's grain: the grain comes back in its amount,
     # up to GRAIN_TEXTURE_SHARE of the texture (the rest would only be distance from the scene).
     smooth = cv2.GaussianBlur(region, (0, 0), 3)
     grainy = smooth + grain.synthesise_grain(model, texture.luma(smooth), np.random.default_rng(1))
-    filled = grain.add_missing_grain(smooth, grainy, alpha, model, (0, 0))
+    filled = grain.add_missing_grain(smooth, grainy, alpha, model, (0, 0), np.inf)
     detail = lambda image: grain.detail_energy(image, alpha >= 1)  # noqa: E731
     assert detail(smooth) < 0.3 * detail(grainy)
     assert detail(filled) == pytest.approx(grain.GRAIN_TEXTURE_SHARE ** 2 * detail(grainy), rel=0.1)
     # A loss of structure beyond the film's grain is filled only up to GRAIN_MAX_GAIN times it.
-    capped = grain.add_missing_grain(smooth, region + 20 * (region - smooth), alpha, model, (0, 0)) - smooth
+    capped = grain.add_missing_grain(smooth, region + 20 * (region - smooth), alpha, model, (0, 0), np.inf) - smooth
     assert capped.std() < grain.GRAIN_MAX_GAIN * model.amplitude.max() * 1.2
+    # ... and adding no more change from frame to frame than the restoration took away.
+    lost = 0.5 * np.mean(texture.luma(grainy - smooth) ** 2)
+    added = texture.luma(grain.add_missing_grain(smooth, grainy, alpha, model, (0, 0), lost) - smooth)
+    assert 2 * np.mean(added ** 2) == pytest.approx(lost, rel=0.1)
 
 
 def test_paste_back_with_texture_leaves_pixels_outside_the_matte(analyzer):
@@ -160,7 +166,7 @@ def test_paste_back_with_texture_leaves_pixels_outside_the_matte(analyzer):
     face = largest_face(analyzer, rgb)
     tracks = film_track(analyzer, [rgb, clip_frame("retalk_2", 1)])
     aligned = align_face(rgb, face, CROP)
-    layer, alpha = face_layer(rgb.shape, [(aligned, aligned.crop)], rgb, [tracks.for_face(0, 0)])
+    layer, alpha = face_layer(rgb.shape, [(aligned, aligned.crop)], rgb, [(tracks.models[0], (0, 0), np.inf)])
     result = blend(rgb.astype(np.float32), layer, alpha)
     assert np.array_equal(result[alpha == 0], rgb[alpha == 0].astype(np.float32))
     assert paste_back(rgb, [(aligned, aligned.crop)]).shape == rgb.shape
