@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import time
 from pathlib import Path
 
@@ -178,8 +179,10 @@ class FilmRun:
         try:
             described = [get(restorer.engine.remote()) for restorer in restorers]
         except ray.exceptions.RayActorError as error:
-            cause = getattr(error, "cause", None) or error
-            raise PipelineError(f"restore: the restore actor did not start: {' '.join(str(cause).split())[-600:]}") from None
+            # The error its constructor raised is the last "SomeError: message" line of Ray's text.
+            raised = [line.strip() for line in str(error).splitlines() if re.match(r"\s*[\w.]*(Error|Exception|Unavailable): ", line)]
+            raise PipelineError(f"restore: the restore actor did not start: {raised[-1] if raised else ' '.join(str(error).split())[-300:]}"
+                                ) from None
         distinct = [d for i, d in enumerate(described) if d not in described[:i]]
         for engine in distinct:
             self.progress.say(f"restore: {engine['engine']} {engine['precision']} on {engine['device']} ({engine['reason']})")
