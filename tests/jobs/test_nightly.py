@@ -85,7 +85,8 @@ def test_nightly_skips_done_films_runs_new_ones_and_reports_failures(case):
     # Another engine too: its pixels may differ, and the runner passes it on to the run.
     (folder / "onnx.yaml").write_text(archive.read_text().replace("  codec: ffv1\n", "  codec: ffv1\n  engine: onnxruntime\n"))
     film = load(folder / "onnx.yaml").films[0]
-    assert film_arguments(film, False)[-4:] == ["--engine", "onnxruntime", "--precision", "float32"]
+    arguments = film_arguments(film, False)
+    assert arguments[arguments.index("--engine"):][:4] == ["--engine", "onnxruntime", "--precision", "float32"]
     keys = completion_keys(film)
     assert why_not_complete(film, keys.compose, keys.parts) == "settings or model changed (compose_settings)"
     film = load(archive).films[0]
