@@ -21,7 +21,6 @@ import os
 import statistics
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import av

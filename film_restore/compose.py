@@ -192,8 +192,8 @@ class Composer:
 
     @staticmethod
     def _collect_window(sent: _SentWindow, track_grain) -> _RestoredWindow:
-        """The window with its restored faces, waited for. The grain observes it here, after the
-        windows before it were written, as when each window was restored before the next was read."""
+        """The window with its restored faces, waited for. The grain observes the window here, where
+        it did when each window was restored before the next was read, so the output is unchanged."""
         if track_grain is not None:
             track_grain.observe({key: (sent.rgb[key[0]], points) for key, points in sent.landmarks.items()})
         restored = {}
