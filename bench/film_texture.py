@@ -93,7 +93,7 @@ def main() -> None:
     args = arguments.parse_args()
     analyzer = FaceAnalyzer.from_models_dir(ASSETS / "models")
     restorer = FaceRestorer(TRAINED_MODEL, {})
-    size = restorer.model.image_size
+    size = restorer.image_size
     start = time.perf_counter()
     rows, grain_rows = [], []
     for name in args.clips:

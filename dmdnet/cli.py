@@ -2,7 +2,8 @@
 model, the model's image_size for one trained here).
 
     python -m dmdnet restore FACE.png --landmarks FACE.txt --checkpoint DMDNet.pth \
-        [--refs DIR --ref-landmarks DIR | --dictionary actor.dict] -o OUT.png
+        [--refs DIR --ref-landmarks DIR | --dictionary actor.dict] [--engine torch|onnxruntime|tensorrt|auto]
+        [--precision float32|bfloat16|float16|auto] -o OUT.png
     python -m dmdnet dictionary REFS_DIR --ref-landmarks DIR --checkpoint DMDNet.pth -o actor.dict
     python -m dmdnet export --checkpoint DMDNet.pth -o dmdnet.onnx [--specific] [--tensorrt dmdnet.engine]
     python -m dmdnet evaluate --checkpoint CKPT --data PREPARED_DIR --scale 4|8 [--references K]
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 import dmdnet
+from dmdnet import engines
 from dmdnet.boxes import IMAGE_SIZE, component_boxes
 from dmdnet.checkpoint import CheckpointError
 from dmdnet.dictionary import SpecificDictionary
@@ -30,6 +32,9 @@ from dmdnet.images import to_image, to_tensor
 from dmdnet.model import DMDNet
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# restore runs eager float32 unless told otherwise: the exact reference, and auto would time
+# every candidate engine before restoring a single face.
+RESTORE_ENGINE, RESTORE_PRECISION = "torch", "float32"
 
 
 class UsageError(Exception):
@@ -111,10 +116,11 @@ def command_restore(args) -> None:
             dictionary = SpecificDictionary.load(args.dictionary)
         elif args.refs:
             dictionary = build_dictionary(model, args.refs, args.ref_landmarks)
-        restored = model(face.to(args.device), boxes.to(args.device), dictionary)
+    engine = engines.load(model, args.engine, args.precision, device=args.device)
+    restored = engine(face, boxes, dictionary)
     write_image(args.output, to_image(restored[0]))
     kind = f"specific, {dictionary.num_references} references" if dictionary else "generic"
-    print(f"restored {args.face} ({kind}) -> {args.output}")
+    print(f"restored {args.face} ({kind}) with {engine.name} {engine.precision} on {engine.device} -> {args.output}")
 
 
 def command_dictionary(args) -> None:
@@ -163,6 +169,10 @@ def parser() -> argparse.ArgumentParser:
     restore.add_argument("--refs", type=Path, help="folder of aligned reference faces of the same person")
     restore.add_argument("--ref-landmarks", type=Path, help="folder of the references' landmark files")
     restore.add_argument("--dictionary", type=Path, help="a stored specific dictionary instead of --refs")
+    restore.add_argument("--engine", choices=engines.ENGINES, default=RESTORE_ENGINE,
+                         help=f"what runs the network (default {RESTORE_ENGINE}; see dmdnet.engines)")
+    restore.add_argument("--precision", choices=("auto", *engines.PRECISIONS), default=RESTORE_PRECISION,
+                         help=f"default {RESTORE_PRECISION}; auto: the engine's choice for the device")
     add_model_options(restore)
     restore.set_defaults(run=command_restore)
 

@@ -54,6 +54,16 @@ class ComposeSettings:
     models_dir: str | None = None
 
 
+class _SentWindow(NamedTuple):
+    """A window whose faces are aligned and sent to the restorers."""
+
+    frames: list
+    aligned: dict
+    requests: dict          # actor -> (the window's keys of that actor, what restore returned: crops or a request in flight)
+    rgb: dict
+    landmarks: dict
+
+
 class _RestoredWindow(NamedTuple):
     frames: list            # the window's Frames
     aligned: dict           # (frame, track number) -> (AlignedFace, actor)
@@ -113,8 +123,10 @@ def paste_window(shape: tuple, window_faces: dict, rgb: dict, landmarks: dict, t
 class Composer:
     """Restores one chunk's faces and encodes the chunk (an interlaced film's field by field: film_restore.interlace).
 
-    restore(crops, boxes, actor) -> float32 restored crops: a restorer's method (on Ray, a
-    function that calls a restore actor and waits).
+    restore(crops, boxes, actor) -> float32 restored crops, or a request in flight whose
+    result() gives them (on Ray, pipeline.cluster.RemoteRestore): the next window is decoded,
+    aligned and sent before the previous window's faces are waited for, so decoding, blending
+    and encoding overlap the restorer's work (the output is the same either way).
 
     Faces are restored COMPOSE_WINDOW frames at a time; with guards, a window is written only
     once the next one is restored, and each track's faces in it are guarded with the window
@@ -161,15 +173,22 @@ class Composer:
         with ChunkWriter(output, self.info, self.settings.codec) as encoder:
             writer = encoder if order is None else FieldWeaver(encoder, order)
             frames = read_frames(self.info.path, chunk.first_frame, chunk.last_frame, frame_pts)
-            window = []
+            window, sent = [], None  # sent: the window whose faces the restorers have
+
+            def send_and_collect(pictures) -> None:
+                nonlocal sent
+                previous, sent = sent, self._send_window(pictures, faces_in_frame, result) if pictures else None
+                if previous is not None:
+                    restored_windows.append(self._collect_window(previous, track_grain))
+                    write_ready(final=False)
+
             for frame in frames if order is None else field_frames(frames, order):
                 window.append(frame)
                 if len(window) == COMPOSE_WINDOW:
-                    restored_windows.append(self._restore_window(window, faces_in_frame, track_grain, result))
+                    send_and_collect(window)
                     window = []
-                    write_ready(final=False)
-            if window:
-                restored_windows.append(self._restore_window(window, faces_in_frame, track_grain, result))
+            send_and_collect(window)
+            send_and_collect(None)
             write_ready(final=True)
             if order is not None:
                 writer.close()
@@ -181,7 +200,8 @@ class Composer:
                          for number, parts in sorted(guarded_parts.items())]
         return result
 
-    def _restore_window(self, window, faces_in_frame, track_grain, result: ChunkResult) -> _RestoredWindow:
+    def _send_window(self, window, faces_in_frame, result: ChunkResult) -> _SentWindow:
+        """The window's faces aligned and sent to the restorers, one request per actor."""
         aligned, rgb, landmarks = {}, {}, {}
         for frame in window:
             faces = faces_in_frame.get(frame.index, [])
@@ -190,17 +210,26 @@ class Composer:
                 for number, face, actor in faces:
                     aligned[frame.index, number] = (align_face(rgb[frame.index], face, self.settings.face_size), actor)
                     landmarks[frame.index, number] = face.landmarks
-        track_grain.observe({key: (rgb[key[0]], points) for key, points in landmarks.items()})
-        restored = {}
         by_actor = defaultdict(list)
         for key, (_, actor) in aligned.items():
             by_actor[actor].append(key)
+        requests = {}
         for actor, keys in by_actor.items():
             crops = np.stack([aligned[key][0].crop for key in keys])
             boxes = np.stack([aligned[key][0].boxes for key in keys])
-            restored.update(zip(keys, self.restore(crops, boxes, actor)))
+            requests[actor] = (keys, self.restore(crops, boxes, actor))
             result.faces_by_actor[actor or ""] = result.faces_by_actor.get(actor or "", 0) + len(keys)
-        return _RestoredWindow(window, aligned, restored, rgb, landmarks)
+        return _SentWindow(window, aligned, requests, rgb, landmarks)
+
+    @staticmethod
+    def _collect_window(sent: _SentWindow, track_grain: TrackGrain) -> _RestoredWindow:
+        """The window with its restored faces, waited for. The grain observes the window here, where
+        it did when each window was restored before the next was read, so the output is unchanged."""
+        track_grain.observe({key: (sent.rgb[key[0]], points) for key, points in sent.landmarks.items()})
+        restored = {}
+        for keys, request in sent.requests.values():
+            restored.update(zip(keys, request.result() if hasattr(request, "result") else request))
+        return _RestoredWindow(sent.frames, sent.aligned, restored, sent.rgb, sent.landmarks)
 
     def _guarded(self, restored_windows, position: int, guarded_parts) -> dict:
         """The window's final crops: each track guarded over this window and its neighbours."""

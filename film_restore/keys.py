@@ -62,7 +62,8 @@ def job_keys(job, face_models: str, cast) -> RunKeys:
         "face_models": face_models,
         "cast": cast_parts(cast),
         "checkpoint_sha256": job.checkpoint and content_hash(job.checkpoint, job.workroot),
+        # The engine and precision change the restored pixels (within their tolerance of float32 torch).
         "compose_settings": {"codec": job.codec, "min_face": job.min_face, "grain": job.grain, "strength": job.strength,
-                             "actor_strengths": cast.strengths},
+                             "actor_strengths": cast.strengths, "engine": job.engine, "precision": job.precision},
         "versions": [SCAN_VERSION, ANALYSIS_VERSION, COMPOSE_VERSION],
     })

@@ -75,6 +75,7 @@ def build(run, scan, tracks_by_chunk, results) -> dict:
         "timings_s": {stage: round(seconds, 2) for stage, seconds in run.timings.items()},
         "restore_batching": run.batching,
         "interlace": _interlace(info, results),
+        "restore_engines": run.restore_engines,  # engine, precision, device and why, per distinct restorer
         # Per track, on its middle frame: the face's fine texture kept, output over input (texture.texture_ratio).
         "texture_ratios": [{"frame": s["frame"], "actor": s["actor"], "ratio": s.get("texture_ratio")}
                            for result in results for s in result.samples],

@@ -17,6 +17,16 @@ MIN_FACE = 24
 GRAIN = "auto"
 # Share of the restoration a face gets: "auto" lets the guards decide per face (film_restore.guards), 0..1 fixes it.
 STRENGTH = "auto"
+# What runs DMDNet in the restore actors (dmdnet.engines): eager torch in float32, the exact
+# reference, on every device. Not "auto" by default: on a CPU, auto exports an ONNX graph and
+# times every candidate on a face before the first restore (minutes for the full network on a
+# 2-core machine, once per node and model), and on this project's CPUs it gained nothing
+# reliable (BENCHMARKS.md, "DMDNet engines on CPU"); a CI run would pay that for nothing. On a
+# GPU pool pass --engine auto (TensorRT fp16, else onnxruntime, else torch fp16, each checked
+# within 40 dB of float32 at actor start, TensorRT engines built once per node and cached).
+ENGINE = "torch"
+# float32 | bfloat16 | float16 | auto (the engine's own choice for the device: float32 on a CPU, float16 on a GPU).
+PRECISION = "float32"
 
 
 def default_output(film: Path) -> Path:

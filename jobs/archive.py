@@ -5,6 +5,8 @@
       models: /mnt/archive/models/buffalo_l        # default: as the run's (environment, else the cache)
       workdir: /mnt/archive/work      # one work folder for all films (each film has its own inside)
       codec: auto                     # auto | x264 | x265 | prores | ffv1
+      engine: torch                   # what runs DMDNet: torch | onnxruntime | tensorrt | auto (GPU nodes: auto)
+      precision: float32              # float32 | bfloat16 | float16 | auto
       chunk_frames: 250
       resume: true                    # reuse an interrupted run's finished chunks
     films:
@@ -25,11 +27,12 @@ from pathlib import Path
 
 import yaml
 
+from dmdnet.engines import ENGINES, PRECISIONS
 from film_restore import settings
 from film_restore.cast.castfile import NodeReader, compose_yaml
 from film_restore.video import CODECS
 
-SETTINGS = ("cast", "checkpoint", "models", "workdir", "codec", "chunk_frames", "resume")
+SETTINGS = ("cast", "checkpoint", "models", "workdir", "codec", "chunk_frames", "resume", "engine", "precision")
 FILM_FIELDS = ("input", "output", *SETTINGS)
 
 
@@ -52,6 +55,8 @@ class Film:
     codec: str = settings.CODEC
     chunk_frames: int = settings.CHUNK_FRAMES
     resume: bool = True
+    engine: str = settings.ENGINE
+    precision: str = settings.PRECISION
 
     @property
     def name(self) -> str:
@@ -62,7 +67,8 @@ class Film:
         from film_restore.pipeline import Job
 
         return Job(input=self.input, cast=self.cast, output=self.output, checkpoint=self.checkpoint, models=self.models,
-                   workdir=self.workdir, resume=self.resume, codec=self.codec, chunk_frames=self.chunk_frames)
+                   workdir=self.workdir, resume=self.resume, codec=self.codec, chunk_frames=self.chunk_frames,
+                   engine=self.engine, precision=self.precision)
 
     @property
     def workroot(self) -> Path:
@@ -133,6 +139,10 @@ class _ArchiveReader(NodeReader):
                 values[name] = self.path_value(value, where)
             elif name == "codec":
                 values[name] = self.choice(value, where, CODECS)
+            elif name == "engine":
+                values[name] = self.choice(value, where, ENGINES)
+            elif name == "precision":
+                values[name] = self.choice(value, where, ("auto", *PRECISIONS))
             elif name == "chunk_frames":
                 values[name] = self.positive_int(value, where)
             elif name == "resume":

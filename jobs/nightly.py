@@ -129,7 +129,8 @@ def has_partial_work(film: Film, parts: dict) -> bool:
 def film_arguments(film: Film, resume: bool) -> list[str]:
     arguments = [str(film.input), "--cast", str(film.cast), "-o", str(film.output),
                  "--checkpoint", str(film.checkpoint), "--workdir", str(film.workroot),
-                 "--codec", film.codec, "--chunk-frames", str(film.chunk_frames)]
+                 "--codec", film.codec, "--chunk-frames", str(film.chunk_frames),
+                 "--engine", film.engine, "--precision", film.precision]
     if film.models is not None:
         arguments += ["--models", str(film.models)]
     if resume:

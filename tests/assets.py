@@ -54,3 +54,13 @@ def save_small_checkpoint(path: Path, **options) -> Path:
 # Identities of celeba_identities that dmdnet.train.split_identities holds out at the
 # default fraction (0.1): never trained on by the shipped model, 18 photos each.
 HELDOUT_IDENTITIES = ("7402", "7406", "7413")
+
+
+def copy_graphs(graphs, cache: Path) -> Path:
+    """An engine cache folder holding the given exported graphs (conftest's small_onnx_graphs)."""
+    import shutil
+
+    cache.mkdir(parents=True, exist_ok=True)
+    for graph in graphs:
+        shutil.copy(graph, cache)
+    return cache

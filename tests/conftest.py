@@ -19,6 +19,16 @@ def small_model():
 
 
 @pytest.fixture(scope="session")
+def small_onnx_graphs(tmp_path_factory, small_model):
+    """The narrow network's float32 ONNX graphs (generic, specific), exported once per session (about a
+    minute each on 2 busy cores); tests copy them into their own engine caches with copy_graphs."""
+    from dmdnet.engines.onnx_engine import onnx_graph
+
+    folder = tmp_path_factory.mktemp("small_onnx_graphs")
+    return [onnx_graph(small_model, specific, "float32", folder)[0] for specific in (False, True)]
+
+
+@pytest.fixture(scope="session")
 def heldout_faces(tmp_path_factory):
     """HELDOUT_IDENTITIES prepared at 256 px with the compact pack (a few seconds)."""
     import shutil

@@ -27,6 +27,10 @@ from film_restore.video import VideoInfo
 
 # A cluster that does not accept a connection within this time is taken for dead.
 JOIN_TIMEOUT_S = 20
+# Restore requests one compose task may have in flight at once: two windows (the one being
+# restored, the next one sent ahead) of up to two actors each get a thread of the restore
+# actor; further requests wait in Ray's queue and are merged a pass later.
+REQUESTS_IN_FLIGHT_PER_TASK = 4
 
 
 def init_ray(address: str | None = None) -> None:
@@ -129,7 +133,7 @@ class AnalyseActor:
 
 @ray.remote
 class RestoreActor:
-    def __init__(self, checkpoint: str, dictionaries: dict[str, str], batch: int, film: str):
+    def __init__(self, checkpoint: str, dictionaries: dict[str, str], batch: int, film: str, engine: str, precision: str):
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -137,7 +141,7 @@ class RestoreActor:
             # Ray pins workers to one thread (OMP_NUM_THREADS=1); on a CPU node the restorer
             # is the bottleneck and the compose tasks mostly wait for it.
             torch.set_num_threads(os.cpu_count() or 1)
-        self.restorer = FaceRestorer(checkpoint, dictionaries, device=device, batch=batch)
+        self.restorer = FaceRestorer(checkpoint, dictionaries, device=device, batch=batch, engine=engine, precision=precision)
         # Concurrent calls (the actor is threaded) from several compose tasks share forward passes.
         self.batcher = BatchingRestorer(self.restorer.restore, batch_size=batch)
         self.faces = counter("film_restore_faces_restored", "faces restored by DMDNet")
@@ -150,15 +154,31 @@ class RestoreActor:
     def batching(self) -> dict:
         return self.batcher.counts()
 
+    def engine(self) -> dict:
+        """What runs DMDNet here and why: engine, precision, device, reason (dmdnet.engines.Engine.describe)."""
+        return self.restorer.engine.describe()
+
 
 class RemoteRestore:
-    """A restore actor as a Composer's restore function: sends the faces and waits for them."""
+    """A restore actor as a Composer's restore function: sends the faces and returns at once with
+    the request in flight; its result() waits for them (so the Composer prepares the next window
+    while the accelerator works)."""
 
     def __init__(self, actor):
         self.actor = actor
 
-    def __call__(self, crops, boxes, actor_name):
-        return ray.get(self.actor.restore.remote(crops, boxes, actor_name))
+    def __call__(self, crops, boxes, actor_name) -> "InFlight":
+        return InFlight(self.actor.restore.remote(crops, boxes, actor_name))
+
+
+class InFlight:
+    """A Ray call in flight; result() waits for it and raises the call's own exception."""
+
+    def __init__(self, reference):
+        self.reference = reference
+
+    def result(self):
+        return get(self.reference)
 
 
 @ray.remote

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from film_restore.compose import ComposeSettings
 from film_restore.keys import job_keys
 from film_restore.models import find_pack, pack_id, resolve_checkpoint
 from film_restore.pipeline.cluster import (
+    REQUESTS_IN_FLIGHT_PER_TASK,
     AnalyseActor,
     RestoreActor,
     as_completed,
@@ -67,6 +69,7 @@ class FilmRun:
         self.dictionaries: dict[str, Path] = {}
         self.fingerprint = self.face_size = None
         self.batching = None  # the restorers' counts, once chunks were restored in this run
+        self.restore_engines = None  # what ran DMDNet in the restorers and why, once they ran in this run
         if job.checkpoint is not None:
             model = dmdnet.load(job.checkpoint)
             self.fingerprint, self.face_size = model.fingerprint, model.image_size
@@ -138,15 +141,16 @@ class FilmRun:
         if missing:
             gpus = restore_gpus()
             count = max(1, min(gpus, len(missing)))
-            # Every compose task that may wait on a restorer at once gets a thread there.
-            concurrency = -(-cpu_workers(len(missing)) // count) + 1
+            # Every request the compose tasks may have in flight at once gets a thread there.
+            concurrency = REQUESTS_IN_FLIGHT_PER_TASK * -(-cpu_workers(len(missing)) // count) + 1
             restorers = [
                 RestoreActor.options(name=f"film_restore.restore-{i}-{os.getpid()}", max_concurrency=concurrency,
                                      **({"num_gpus": 1} if gpus else {})).remote(
-                    str(self.job.checkpoint), {a: str(p) for a, p in self.dictionaries.items()}, self.job.restore_batch, self.film
-                )
+                    str(self.job.checkpoint), {a: str(p) for a, p in self.dictionaries.items()}, self.job.restore_batch,
+                    self.film, self.job.engine, self.job.precision)
                 for i in range(count)
             ]
+            self.restore_engines = self._engines(restorers)
             settings = ComposeSettings(
                 codec=self.job.codec, face_size=self.face_size, min_face=self.job.min_face, grain=self.job.grain,
                 strength=self.job.strength, actor_strengths=self.cast.strengths, models_dir=str(self.pack.directory),
@@ -170,6 +174,22 @@ class FilmRun:
             for restorer in restorers:
                 ray.kill(restorer)
         return [results[chunk.index] for chunk in scan.chunks]
+
+
+    def _engines(self, restorers) -> list[dict]:
+        """What runs DMDNet in the restorers (distinct descriptions), each said once; a restorer that
+        could not start is a PipelineError with its reason."""
+        try:
+            described = [get(restorer.engine.remote()) for restorer in restorers]
+        except ray.exceptions.RayActorError as error:
+            # The error its constructor raised is the last "SomeError: message" line of Ray's text.
+            raised = [line.strip() for line in str(error).splitlines() if re.match(r"\s*[\w.]*(Error|Exception|Unavailable): ", line)]
+            raise PipelineError(f"restore: the restore actor did not start: {raised[-1] if raised else ' '.join(str(error).split())[-300:]}"
+                                ) from None
+        distinct = [d for i, d in enumerate(described) if d not in described[:i]]
+        for engine in distinct:
+            self.progress.say(f"restore: {engine['engine']} {engine['precision']} on {engine['device']} ({engine['reason']})")
+        return distinct
 
 
 def _merged_counts(counts: list[dict]) -> dict:

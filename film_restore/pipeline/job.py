@@ -30,6 +30,8 @@ class Job:
     min_face: int = settings.MIN_FACE
     grain: str = settings.GRAIN
     strength: float | str = settings.STRENGTH
+    engine: str = settings.ENGINE  # what runs DMDNet (dmdnet.engines): torch, onnxruntime, tensorrt or auto
+    precision: str = settings.PRECISION
     address: str | None = None  # a Ray cluster to join (host:port, ray://host:port, auto); else RAY_ADDRESS, else local
 
     @property

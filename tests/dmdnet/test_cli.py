@@ -40,7 +40,8 @@ def test_restore_generic_specific_and_stored_dictionary(tmp_path, checkpoint, pe
     out = dmdnet("restore", face, *common, "--refs", refs, "--ref-landmarks", landmarks, "-o", tmp_path / "specific.png")
     assert "specific, 3 references" in out.stdout
     dmdnet("dictionary", refs, "--ref-landmarks", landmarks, "--checkpoint", checkpoint, "-o", tmp_path / "actor.dict")
-    dmdnet("restore", face, *common, "--dictionary", tmp_path / "actor.dict", "-o", tmp_path / "stored.png")
+    stored = dmdnet("restore", face, *common, "--dictionary", tmp_path / "actor.dict", "-o", tmp_path / "stored.png")
+    assert "with torch float32 on " in stored.stdout
 
     generic, specific, stored = (cv2.imread(str(tmp_path / f"{n}.png")) for n in ("generic", "specific", "stored"))
     assert generic.shape == (512, 512, 3)
@@ -67,4 +68,8 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, checkpoint, person):
     bad.write_text("1 2\nthree four\n")
     result = dmdnet("restore", face, "--landmarks", bad, "--checkpoint", checkpoint, "-o", out, expect_ok=False)
     assert "bad.txt:2: expected two numbers" in result.stderr
+
+    result = dmdnet("restore", face, "--landmarks", landmarks / f"{face.name}.txt", "--checkpoint", checkpoint,
+                    "--engine", "tensorrt", "--device", "cpu", "-o", out, expect_ok=False)
+    assert result.stderr.count("\n") == 1 and "error: TensorRT runs on a CUDA device, not cpu" in result.stderr
     assert not out.exists()

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from tests.assets import REPO, save_small_checkpoint
+from tests.assets import REPO, copy_graphs, save_small_checkpoint
 
 from dmdnet import engines
 from dmdnet.engines.auto import native_bfloat16
@@ -14,8 +14,8 @@ from dmdnet.export import example_inputs
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("engine_cache")
+def cache(tmp_path_factory, small_onnx_graphs):
+    return copy_graphs(small_onnx_graphs, tmp_path_factory.mktemp("engine_cache"))
 
 
 @pytest.fixture(scope="module")

@@ -82,6 +82,13 @@ def test_nightly_skips_done_films_runs_new_ones_and_reports_failures(case):
     film = load(folder / "x264.yaml").films[0]
     keys = completion_keys(film)
     assert why_not_complete(film, keys.compose, keys.parts) == "settings or model changed (compose_settings)"
+    # Another engine too: its pixels may differ, and the runner passes it on to the run.
+    (folder / "onnx.yaml").write_text(archive.read_text().replace("  codec: ffv1\n", "  codec: ffv1\n  engine: onnxruntime\n"))
+    film = load(folder / "onnx.yaml").films[0]
+    arguments = film_arguments(film, False)
+    assert arguments[arguments.index("--engine"):][:4] == ["--engine", "onnxruntime", "--precision", "float32"]
+    keys = completion_keys(film)
+    assert why_not_complete(film, keys.compose, keys.parts) == "settings or model changed (compose_settings)"
     film = load(archive).films[0]
     keys = completion_keys(film)
     assert why_not_complete(film, keys.compose, keys.parts) is None
@@ -102,6 +109,7 @@ def test_nightly_skips_done_films_runs_new_ones_and_reports_failures(case):
     ("defaults:\n  chunk_frames: -3\nfilms:\n  - {input: a.mkv, cast: c.yaml}\n", ":2: defaults.chunk_frames: expected a positive"),
     ("films:\n  - input: s3://bucket/a.mkv\n    cast: c.yaml\n", ":2: films[0].input: 's3://bucket/a.mkv' is a URI"),
     ("films:\n  - input: a.mkv\n    resume: maybe\n", ":3: films[0].resume: expected true or false"),
+    ("defaults:\n  engine: openvino\nfilms:\n  - {input: a.mkv, cast: c.yaml}\n", ":2: defaults.engine: expected one of auto"),
     ("films: [\n", ": not valid YAML"),
     ("films: []\n", ":1: films: expected a non-empty list"),
 ])
