@@ -105,8 +105,8 @@ def paste_window(shape: tuple, window_faces: dict, rgb: dict, landmarks: dict, t
 
     window_faces: frame -> (keys (frame, track number), (AlignedFace, final crop) pairs);
     rgb: frame -> its RGB; landmarks: key -> the face's 68 frame landmarks. With add_grain, the
-    layers get fresh grain in the amount of fine detail new each frame that each track lost,
-    measured on the layers without it (grain.TrackGrain.measure_loss)."""
+    layers get fresh grain, adding no more change from frame to frame than the restoration
+    took from each track, measured on the layers without it (grain.TrackGrain.measure_loss)."""
     def layers(**options):
         return {index: (keys, pairs, face_layer(shape, pairs, rgb[index], [track_grain.for_face(*key) for key in keys],
                                                 **options))
