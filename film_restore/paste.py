@@ -130,11 +130,14 @@ def face_layer(frame_shape: tuple, restored_faces: Sequence[tuple[AlignedFace, n
             continue
         x0, y0, to_region, alpha = placed
         corrected = match_colour(restored, aligned.crop, matte)
-        face = cv2.warpAffine(corrected, to_region, alpha.shape[::-1], flags=WARP_INTERPOLATION, borderMode=cv2.BORDER_REPLICATE)
+        to_frame = partial(cv2.warpAffine, M=to_region, dsize=alpha.shape[::-1], flags=WARP_INTERPOLATION,
+                           borderMode=cv2.BORDER_REPLICATE)
+        face = to_frame(corrected)
         region = np.s_[y0:y0 + alpha.shape[0], x0:x0 + alpha.shape[1]]
         if original is not None:
             grain_std = None if face_grain is None else partial(face_grain[0].std_above, luma(original[region]))
-            face = keep_frame_detail(face, original[region], aligned.transform.scale, grain_std)
+            face = keep_frame_detail(face, original[region], aligned.transform.scale,
+                                     to_frame(aligned.crop.astype(np.float32)), grain_std)
         if face_grain is not None and add_grain:
             face = add_missing_grain(face, original[region], alpha, *face_grain)
         # "Over" compositing in premultiplied form: a later face covers earlier ones by its alpha.

@@ -125,11 +125,16 @@ def band_split_sigma(scale: float) -> float:
     return float(np.sqrt(2 * np.log(2)) / (2 * np.pi * cutoff))
 
 
-def keep_frame_detail(face: np.ndarray, original: np.ndarray, scale: float, grain_std=None) -> np.ndarray:
+def keep_frame_detail(face: np.ndarray, original: np.ndarray, scale: float, round_trip: np.ndarray | None = None,
+                      grain_std=None) -> np.ndarray:
     """The restored face (float32 frame region, H x W x 3) with the original region's detail
     above the crop's resolution in place of its own; the face itself where the crop had
     the frame's resolution (scale >= 1).
 
+    round_trip: the unrestored aligned crop warped back the same way (float32): below the
+    split the face then keeps only what the restoration changed, added to the original, and
+    not the crop's resampling and rounding, which differ from frame to frame (flicker); a
+    restorer that changes nothing gives the original back.
     grain_std: (sigma -> H x W luma std of the film's grain above a band split of this
     sigma), e.g. grain.GrainModel.std_above at the region's luma; with it, detail no
     stronger than the grain is not kept (the restored face gets fresh grain instead)."""
@@ -137,12 +142,15 @@ def keep_frame_detail(face: np.ndarray, original: np.ndarray, scale: float, grai
     if weight == 0:
         return face
     sigma = band_split_sigma(scale)
-    difference = np.asarray(original, dtype=np.float32) - face
+    original = np.asarray(original, dtype=np.float32)
+    difference = original - face
     detail = difference - cv2.GaussianBlur(difference, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
     if grain_std is not None:
         energy = cv2.GaussianBlur(luma(detail) ** 2, (0, 0), CORING_REACH * sigma, borderType=cv2.BORDER_REFLECT)
         kept = 1 - CORING_MARGIN * grain_std(sigma) ** 2 / np.maximum(energy, 1e-6)
         detail = detail * np.sqrt(np.clip(kept, 0.0, 1.0))[..., None]
+    if round_trip is not None:
+        detail = detail + cv2.GaussianBlur(original - round_trip, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
     return face + weight * detail
 
 

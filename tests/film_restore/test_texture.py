@@ -67,6 +67,8 @@ def test_close_up_larger_than_the_crop_keeps_its_fine_detail(analyzer):
     before = pattern_amplitude(patterned.astype(np.float32), period, mask)
     assert before == pytest.approx(6.0, rel=0.1)
     _, (layer, alpha) = identity_paste(patterned, big_face, original=patterned)
+    # A restorer that changes nothing gives the close-up back as it was, not its resampled crop.
+    assert np.abs(blend(patterned.astype(np.float32), layer, alpha) - patterned)[mask].max() < 0.01
     kept = pattern_amplitude(blend(patterned.astype(np.float32), layer, alpha), period, mask)
     _, (layer, alpha) = identity_paste(patterned, big_face)
     lost = pattern_amplitude(blend(patterned.astype(np.float32), layer, alpha), period, mask)
