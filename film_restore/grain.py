@@ -12,6 +12,7 @@ restored face lacks against the original.
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, replace
 
@@ -71,6 +72,10 @@ GRAIN_FLOW_SIDE = 1024
 # A flat block's change from frame to frame counts where the optical flow follows at least
 # this share of its pixels (forward-backward consistent).
 FOLLOWED_SHARE = 0.5
+# The grain a face takes without more flicker is found by this many bisections, on its
+# frame-to-frame changes rounded to 1 / CHANGE_STEPS of a level.
+ALLOWED_BISECTIONS = 24
+CHANGE_STEPS = 8
 
 
 def _band_share(ar: np.ndarray, sigma: float) -> float:
@@ -348,47 +353,56 @@ def synthesise_grain(model: GrainModel, luma_values: np.ndarray, rng: np.random.
 
 
 def add_missing_grain(face: np.ndarray, original: np.ndarray, alpha: np.ndarray, model: GrainModel, seed,
-                      change_lost: float) -> np.ndarray:
+                      allowed: float) -> np.ndarray:
     """The face layer region (float32 H x W x 3) with fresh grain of the model's kind (a fresh
     field for each seed, e.g. frame and track) inside alpha = 1, in the amount of fine texture
     (the texture measure's high-pass luma energy) the face lacks against GRAIN_TEXTURE_SHARE of
-    the original's, at most GRAIN_MAX_GAIN times the film's grain, and adding no more change
-    from frame to frame than the restoration took away (change_lost, TrackGrain.measure_loss:
-    grain must not count as flicker)."""
+    the original's, at most GRAIN_MAX_GAIN times the film's grain, and at most `allowed` luma
+    std (grain_allowed, TrackGrain.measure_loss: grain adds no more change from frame to frame
+    than the restoration took away; it must not count as flicker)."""
     inside = alpha >= 1
     if not inside.any():
         return face
     grain = synthesise_grain(model, luma(face), np.random.default_rng(seed))
     missing = GRAIN_TEXTURE_SHARE ** 2 * detail_energy(original, inside) - detail_energy(face, inside)
-    # Fresh grain of energy e changes by 2e from one frame to the next.
     gain_squared = min(missing / max(detail_energy(grain, inside), 1e-9),
-                       change_lost / 2 / max(float(np.mean(luma(grain)[inside] ** 2)), 1e-9), GRAIN_MAX_GAIN ** 2)
+                       allowed ** 2 / max(float(np.mean(luma(grain)[inside] ** 2)), 1e-9), GRAIN_MAX_GAIN ** 2)
     return face + np.sqrt(gain_squared) * grain if gain_squared > 0 else face
 
 
-def change_lost(inputs: list[np.ndarray], outputs: list[np.ndarray], masks: list[np.ndarray]) -> float | None:
-    """How much less the outputs change from frame to frame than the inputs, where masks (bool)
-    are set: consecutive same-size RGB pictures of one face before and after restoration, the
-    luma's change along the inputs' optical flow. Measured as flicker is (quality.flicker),
-    by its mean absolute value, and given as the variance of Gaussian change of that mean
-    absolute value (pi / 2 times its square), inputs less outputs: the few large changes of
-    edges and mistracked pixels that a restoration smooths do not count as room for grain.
-    None for fewer than two pictures."""
-    input_change = output_change = counted = 0.0
+def grain_allowed(inputs: list[np.ndarray], outputs: list[np.ndarray], masks: list[np.ndarray]) -> float | None:
+    """The largest luma std of fresh grain that leaves the outputs changing no more from frame to
+    frame than the inputs: consecutive same-size RGB pictures of one face before and after
+    restoration, the luma's change along the inputs' optical flow where masks (bool) are set,
+    measured as flicker is (quality.flicker: its mean absolute value). Fresh grain of std s adds
+    Gaussian change of std s sqrt(2) to each pixel's. None for fewer than two pictures."""
+    input_change, output_changes = [], []
     for t in range(1, len(inputs)):
         flow, valid, _, _ = flow_pair(inputs[t], inputs[t - 1])
         counting = valid & masks[t]
-        if not counting.any():
-            continue
-
-        def change(pictures):
-            return float(np.abs(luma(pictures[t]) - warp(luma(pictures[t - 1]), flow))[counting].sum())
-
-        input_change, output_change = input_change + change(inputs), output_change + change(outputs)
-        counted += float(counting.sum())
-    if not counted:
+        if counting.any():
+            for changes, pictures in ((input_change, inputs), (output_changes, outputs)):
+                changes.append((luma(pictures[t]) - warp(luma(pictures[t - 1]), flow))[counting])
+    if not input_change:
         return None
-    return max(np.pi / 2 * ((input_change / counted) ** 2 - (output_change / counted) ** 2), 0.0)
+    target = float(np.abs(np.concatenate(input_change)).mean())
+    values, counts = np.unique(np.round(np.concatenate(output_changes) * CHANGE_STEPS) / CHANGE_STEPS, return_counts=True)
+    erf = np.vectorize(math.erf)
+
+    def mean_change(std: float) -> float:
+        """E|c + g| over the outputs' changes c, g Gaussian of this std."""
+        if std == 0:
+            return float((np.abs(values) * counts).sum() / counts.sum())
+        expected = std * np.sqrt(2 / np.pi) * np.exp(-values ** 2 / (2 * std ** 2)) + values * erf(values / (std * np.sqrt(2)))
+        return float((expected * counts).sum() / counts.sum())
+
+    if mean_change(0.0) >= target:
+        return 0.0
+    low, high = 0.0, 2 * target  # a std of 2 x target alone changes more than target
+    for _ in range(ALLOWED_BISECTIONS):
+        middle = (low + high) / 2
+        low, high = (middle, high) if mean_change(middle * np.sqrt(2)) <= target else (low, middle)
+    return low
 
 
 def detail_energy(rgb: np.ndarray, inside: np.ndarray) -> float:
@@ -399,12 +413,12 @@ def detail_energy(rgb: np.ndarray, inside: np.ndarray) -> float:
 class TrackGrain:
     """Grain models of one chunk's face tracks, each estimated once, from the first window of
     frames in which the track shows on at least two consecutive frames (its grain's change
-    from frame to frame must be seen); how much change from frame to frame the restoration
-    took from each track, window by window; and a seed per frame and track."""
+    from frame to frame must be seen); how much grain each track's output takes without
+    changing more from frame to frame than its input, window by window; a seed per frame and track."""
 
     def __init__(self):
         self.models: dict[int, GrainModel | None] = {}
-        self.lost: dict[int, float] = {}
+        self.allowed: dict[int, float] = {}
 
     def observe(self, faces) -> None:
         """faces: {(frame index, track number): (frame RGB, 68 frame landmarks)} of one window."""
@@ -421,9 +435,10 @@ class TrackGrain:
 
     def measure_loss(self, faces) -> None:
         """faces: {(frame index, track number): (input RGB, face layer and alpha without new grain
-        (paste.face_layer), 68 frame landmarks)} of one window: how much less each track's
-        output changes from frame to frame than its input (change_lost) where alpha is 1, over
-        its longest run of consecutive frames; a track seen on one frame keeps its last measure."""
+        (paste.face_layer), 68 frame landmarks)} of one window: for each track, the grain that
+        leaves its output changing no more from frame to frame than its input (grain_allowed)
+        where alpha is 1, over its longest run of consecutive frames; a track seen on one frame
+        keeps its last measure."""
         seen = defaultdict(dict)
         for (index, number), face in faces.items():
             if self.models.get(number) is not None:
@@ -436,15 +451,15 @@ class TrackGrain:
             inputs, layers, alphas = ([frames[i][part][window] for i in run] for part in range(3))
             outputs = [picture + alpha[..., None] * (layer - picture)
                        for picture, layer, alpha in zip((p.astype(np.float32) for p in inputs), layers, alphas)]
-            lost = change_lost(inputs, outputs, [alpha >= 1 for alpha in alphas])
-            if lost is not None:
-                self.lost[number] = lost
+            allowed = grain_allowed(inputs, outputs, [alpha >= 1 for alpha in alphas])
+            if allowed is not None:
+                self.allowed[number] = allowed
 
     def for_face(self, index: int, number: int):
-        """(model, seed, change lost) for the face of this track on this frame (add_missing_grain's
-        last three arguments), or None without a model; no grain before the loss is measured."""
+        """(model, seed, grain allowed) for the face of this track on this frame (add_missing_grain's
+        last three arguments), or None without a model; no grain before it is measured."""
         model = self.models.get(number)
-        return None if model is None else (model, (index, number), self.lost.get(number, 0.0))
+        return None if model is None else (model, (index, number), self.allowed.get(number, 0.0))
 
 
 def _longest_run(indices: list[int]) -> list[int]:

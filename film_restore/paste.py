@@ -104,7 +104,7 @@ def face_layer(frame_shape: tuple, restored_faces: Sequence[tuple[AlignedFace, n
     laid first, so where mattes overlap the larger (usually nearer) face ends on top.
     original: the frame's RGB; with it, a face larger in the frame than in the crop keeps
     the frame's detail above the crop's resolution (texture.keep_frame_detail).
-    grain: per face, (grain.GrainModel, seed, change lost) or None (needs original): the
+    grain: per face, (grain.GrainModel, seed, grain allowed) or None (needs original): the
     frame's detail is kept but for the film's grain, and, with add_grain, fresh grain is
     added in the amount of texture the face lacks, adding no more change from frame to
     frame than the restoration took away (grain.add_missing_grain).
