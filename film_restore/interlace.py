@@ -23,7 +23,7 @@ import numpy as np
 
 from film_restore.records import Frame, Shot
 from film_restore.video import VideoInfo
-from film_restore.video.fields import field_rows, fields_fit, is_interlaced, split_fields, weave
+from film_restore.video.fields import change_alike_on_both_fields, field_rows, fields_fit, is_interlaced, split_fields, weave
 from film_restore.video.picture import Picture
 
 FIELDS_PER_FRAME = 2
@@ -122,7 +122,8 @@ def combing(luma: np.ndarray, bit_depth: int = 8) -> float:
 
 class FieldWeaver:
     """Takes a chunk's FieldPictures in time order, weaves each frame's two fields and writes the frame to `writer`
-    (a ChunkWriter); measures the combing of each frame's face region, input and output."""
+    (a ChunkWriter); the restoration's change is made alike on both fields (fields.change_alike_on_both_fields), so
+    fields restored apart do not comb; measures the combing of each frame's face region, input and output."""
 
     def __init__(self, writer, order: str):
         self.writer = writer
@@ -140,6 +141,7 @@ class FieldWeaver:
         if box is not None:
             x0, y0, x1, y1 = box
             source = weave(first.source, picture.source, self.order)
+            woven = change_alike_on_both_fields(woven, source)
             before = combing(source.planes[0][y0:y1, x0:x1], source.bit_depth)
             after = combing(woven.planes[0][y0:y1, x0:x1], woven.bit_depth)
             if np.isfinite(before) and np.isfinite(after):

@@ -23,9 +23,9 @@ from tests.masters import TIMECODE, chapters, cues, make_master, packets, woven_
 CLIP = "media/clips/retalk_2.mp4"
 SD = (720, 576)
 FRAMES = 4
-# A restorer that sharpens each field sharpens the motion between them too: the face regions' combing may rise by
-# this share of the input's (measured: +6% field by field, +44% when the woven frames are restored as pictures).
-SHARPENED_MOTION = 0.10
+# Restored as pictures, the woven frames of a moving face comb at least this share more than the input (measured: +50%;
+# field by field, with the change made alike on both fields: -6%).
+WOVEN_COMBING = 0.3
 
 
 def frames_flagged(path):
@@ -156,10 +156,10 @@ def test_interlaced_talking_head_is_restored_field_by_field_without_more_combing
             measured[name].append(combing(picture.picture.planes[0][box], 10))
     mean = {name: float(np.mean(values)) for name, values in measured.items()}
     assert mean["unchanged"] == pytest.approx(mean["input"], rel=0.01)  # the field path itself adds no combing
-    assert mean["fields"] <= mean["input"] * (1 + SHARPENED_MOTION)
-    assert mean["woven"] >= mean["input"] * (1 + 3 * SHARPENED_MOTION)  # the measure catches the field-unaware restoration
+    assert mean["fields"] <= mean["input"]
+    assert mean["woven"] >= mean["input"] * (1 + WOVEN_COMBING)  # the measure catches the field-unaware restoration
     assert result.combing["frames"] == FRAMES  # the report's: over the faces' boxes, every frame
-    assert result.combing["output"] <= result.combing["input"] * (1 + SHARPENED_MOTION)
+    assert result.combing["output"] <= result.combing["input"]
 
 
 def test_fields_that_do_not_split_into_chroma_rows_are_restored_whole_and_said_so(tmp_path):
