@@ -370,38 +370,44 @@ def add_missing_grain(face: np.ndarray, original: np.ndarray, alpha: np.ndarray,
     return face + np.sqrt(gain_squared) * grain if gain_squared > 0 else face
 
 
-def grain_allowed(inputs: list[np.ndarray], outputs: list[np.ndarray], masks: list[np.ndarray]) -> float | None:
-    """The largest luma std of fresh grain that leaves the outputs changing no more from frame to
-    frame than the inputs: consecutive same-size RGB pictures of one face before and after
-    restoration, the luma's change along the inputs' optical flow where masks (bool) are set,
-    measured as flicker is (quality.flicker: its mean absolute value). Fresh grain of std s adds
-    Gaussian change of std s sqrt(2) to each pixel's. None for fewer than two pictures."""
+def grain_allowed(inputs: list[np.ndarray], outputs: list[np.ndarray], masks: list[np.ndarray],
+                  model: GrainModel) -> float | None:
+    """The largest luma std of fresh grain of the model's kind that leaves the outputs changing no
+    more from frame to frame than the inputs: consecutive same-size RGB pictures of one face
+    before and after restoration, each channel's change along the inputs' optical flow where
+    masks (bool) are set, measured as flicker is (quality.flicker: its mean absolute value over
+    the channels). Fresh grain of luma std s adds Gaussian change of std s g sqrt(2) to a
+    channel whose grain is g times the luma's. None for fewer than two pictures."""
     input_change, output_changes = [], []
     for t in range(1, len(inputs)):
         flow, valid, _, _ = flow_pair(inputs[t], inputs[t - 1])
         counting = valid & masks[t]
         if counting.any():
             for changes, pictures in ((input_change, inputs), (output_changes, outputs)):
-                changes.append((luma(pictures[t]) - warp(luma(pictures[t - 1]), flow))[counting])
+                changes.append((np.asarray(pictures[t], np.float32) - warp(pictures[t - 1], flow))[counting])
     if not input_change:
         return None
     target = float(np.abs(np.concatenate(input_change)).mean())
-    values, counts = np.unique(np.round(np.concatenate(output_changes) * CHANGE_STEPS) / CHANGE_STEPS, return_counts=True)
+    output_change = np.concatenate(output_changes)
+    channels = [np.unique(np.round(output_change[:, c] * CHANGE_STEPS) / CHANGE_STEPS, return_counts=True) for c in range(3)]
     erf = np.vectorize(math.erf)
 
-    def mean_change(std: float) -> float:
-        """E|c + g| over the outputs' changes c, g Gaussian of this std."""
-        if std == 0:
-            return float((np.abs(values) * counts).sum() / counts.sum())
-        expected = std * np.sqrt(2 / np.pi) * np.exp(-values ** 2 / (2 * std ** 2)) + values * erf(values / (std * np.sqrt(2)))
-        return float((expected * counts).sum() / counts.sum())
+    def mean_change(luma_std: float) -> float:
+        """E|c + g| over the outputs' changes c, g fresh grain's change, averaged over the channels."""
+        total = 0.0
+        for (values, counts), gain in zip(channels, model.channel_gain):
+            std = luma_std * gain * np.sqrt(2)
+            expected = np.abs(values) if std == 0 else (
+                std * np.sqrt(2 / np.pi) * np.exp(-values ** 2 / (2 * std ** 2)) + values * erf(values / (std * np.sqrt(2))))
+            total += float((expected * counts).sum() / counts.sum())
+        return total / len(channels)
 
     if mean_change(0.0) >= target:
         return 0.0
-    low, high = 0.0, 2 * target  # a std of 2 x target alone changes more than target
+    low, high = 0.0, 2 * target / max(float(np.min(model.channel_gain)), 1e-3)  # alone, grain this strong changes more
     for _ in range(ALLOWED_BISECTIONS):
         middle = (low + high) / 2
-        low, high = (middle, high) if mean_change(middle * np.sqrt(2)) <= target else (low, middle)
+        low, high = (middle, high) if mean_change(middle) <= target else (low, middle)
     return low
 
 
@@ -451,7 +457,7 @@ class TrackGrain:
             inputs, layers, alphas = ([frames[i][part][window] for i in run] for part in range(3))
             outputs = [picture + alpha[..., None] * (layer - picture)
                        for picture, layer, alpha in zip((p.astype(np.float32) for p in inputs), layers, alphas)]
-            allowed = grain_allowed(inputs, outputs, [alpha >= 1 for alpha in alphas])
+            allowed = grain_allowed(inputs, outputs, [alpha >= 1 for alpha in alphas], self.models[number])
             if allowed is not None:
                 self.allowed[number] = allowed
 

@@ -110,7 +110,7 @@ def test_only_the_share_of_texture_new_each_frame_counts_as_grain(analyzer):
         regions = [frame[window].astype(np.float32) for frame in frames]
         smooth = [cv2.GaussianBlur(region, (0, 0), 2) for region in regions]
         inside = np.ones(regions[0].shape[:2], bool)
-        allowed = grain.grain_allowed(regions, smooth, [inside] * len(regions))
+        allowed = grain.grain_allowed(regions, smooth, [inside] * len(regions), model)
         grained = [grain.add_missing_grain(picture, region, inside.astype(np.float32), model, (t, 0), allowed)
                    for t, (picture, region) in enumerate(zip(smooth, regions))]
         lost = grain.detail_energy(regions[1], inside) - grain.detail_energy(smooth[1], inside)
