@@ -4,7 +4,7 @@ import onnxruntime
 import pytest
 import torch
 
-from dmdnet.export import build_tensorrt_engine, dictionary_input_names, example_inputs, export_onnx
+from dmdnet.export import build_tensorrt_engine, dictionary_input_names, example_inputs
 from dmdnet.model import part_names
 
 
@@ -16,9 +16,9 @@ def _torch_restore(model, inputs):
 
 
 @pytest.fixture(scope="module")
-def graphs(tmp_path_factory, small_model):
-    folder = tmp_path_factory.mktemp("graphs")
-    return {specific: export_onnx(small_model, folder / f"{specific}.onnx", specific=specific) for specific in (False, True)}
+def graphs(small_onnx_graphs):
+    """specific -> the narrow network's exported graph (dmdnet.export.export_onnx, through the engines' cache)."""
+    return dict(zip((False, True), small_onnx_graphs))
 
 
 @pytest.mark.parametrize("specific", [False, True])
