@@ -263,11 +263,11 @@ def temporal_detail(pictures: list[np.ndarray]) -> TemporalDetail | None:
         flow, valid, _, _ = flow_pair(after, before, GRAIN_FLOW_SIDE)
         now, then = fine_detail(after), warp(fine_detail(before), flow)
         flat = _flat_selection(after, np.ones(after.shape[:2], bool))[0]
-        weight = _blocks(valid.astype(np.float32)).sum(axis=(1, 2))
-        followed = flat & (weight >= FOLLOWED_SHARE * GRAIN_BLOCK ** 2)
+        block_valid = _blocks(valid.astype(np.float32))
+        followed = flat & (block_valid.sum(axis=(1, 2)) >= FOLLOWED_SHARE * GRAIN_BLOCK ** 2)
         if not followed.any():
             continue
-        weights = _blocks(valid.astype(np.float32))[followed]
+        weights = block_valid[followed]
         mean = lambda values: (_blocks(values)[followed] * weights).sum(axis=(1, 2)) / weights.sum(axis=(1, 2))  # noqa: E731
         for column, values in zip(columns, (luma(after), (now - then) ** 2, now ** 2 + then ** 2, now ** 2)):
             column.append(mean(values))
