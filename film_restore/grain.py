@@ -12,12 +12,12 @@ restored face lacks against the original.
 """
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
+from scipy.special import erf
 
 from film_restore.quality import flow_pair, warp
 from film_restore.texture import HIGH_PASS_SIGMA, LUMA_WEIGHTS, face_width, fine_detail, luma
@@ -73,9 +73,11 @@ GRAIN_FLOW_SIDE = 1024
 # this share of its pixels (forward-backward consistent).
 FOLLOWED_SHARE = 0.5
 # The grain a face takes without more flicker is found by this many bisections, on its
-# frame-to-frame changes rounded to 1 / CHANGE_STEPS of a level.
+# frame-to-frame changes rounded to 1 / CHANGE_STEPS of a level and the grain's change per
+# unit of grain rounded to 1 / STD_STEPS.
 ALLOWED_BISECTIONS = 24
 CHANGE_STEPS = 8
+STD_STEPS = 64
 # ... and keeps the face inside its matte changing from frame to frame by at most this share of
 # the input's: the matte's feathered edge, where no grain goes, has its own share of the
 # restoration's change (measured: the face box's flicker 1.001 at 1.0, on a clean clip).
@@ -374,34 +376,57 @@ def add_missing_grain(face: np.ndarray, original: np.ndarray, alpha: np.ndarray,
     return face + np.sqrt(gain_squared) * grain if gain_squared > 0 else face
 
 
+def warped_variance(ar: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """H x W: the share of a unit grain field's variance left at each pixel after it is brought
+    along this flow (quality.warp's bilinear interpolation, which averages neighbouring grain
+    at the flow's fractional offsets): 1 at whole-pixel offsets, 1/4 for white grain halfway."""
+    size = 4 * GRAIN_BLOCK
+    autocovariance = _ar_autocovariance(_ar_transfer(ar, size, size), (size, size))
+    across, down, diagonal, anti_diagonal = (autocovariance[lag] / autocovariance[0, 0]
+                                             for lag in ((0, 1), (1, 0), (1, 1), (1, -1)))
+    a, b = flow[..., 0] - np.floor(flow[..., 0]), flow[..., 1] - np.floor(flow[..., 1])
+    top_left, top_right, bottom_left, bottom_right = (1 - a) * (1 - b), a * (1 - b), (1 - a) * b, a * b
+    return (top_left ** 2 + top_right ** 2 + bottom_left ** 2 + bottom_right ** 2
+            + 2 * (across * (top_left * top_right + bottom_left * bottom_right)
+                   + down * (top_left * bottom_left + top_right * bottom_right)
+                   + diagonal * top_left * bottom_right + anti_diagonal * top_right * bottom_left))
+
+
 def grain_allowed(inputs: list[np.ndarray], outputs: list[np.ndarray], masks: list[np.ndarray],
                   model: GrainModel) -> float | None:
     """The largest luma std of fresh grain of the model's kind that leaves the outputs changing no
     more from frame to frame than FLICKER_HEADROOM of the inputs: consecutive same-size RGB pictures of one face
     before and after restoration, each channel's change along the inputs' optical flow where
     masks (bool) are set, measured as flicker is (quality.flicker: its mean absolute value over
-    the channels). Fresh grain of luma std s adds Gaussian change of std s g sqrt(2) to a
-    channel whose grain is g times the luma's. None for fewer than two pictures."""
-    input_change, output_changes = [], []
+    the channels). Fresh grain of luma std s adds Gaussian change of std s g sqrt(1 + w) to a
+    channel whose grain is g times the luma's, w the share of the earlier frame's grain the
+    flow's interpolation leaves (warped_variance; the input's grain is averaged alike). None
+    for fewer than two pictures."""
+    input_change, output_changes, interpolated = [], [], []
     for t in range(1, len(inputs)):
         flow, valid, _, _ = flow_pair(inputs[t], inputs[t - 1])
         counting = valid & masks[t]
         if counting.any():
             for changes, pictures in ((input_change, inputs), (output_changes, outputs)):
                 changes.append((np.asarray(pictures[t], np.float32) - warp(pictures[t - 1], flow))[counting])
+            interpolated.append(warped_variance(model.ar, flow[counting]))
     if not input_change:
         return None
     target = FLICKER_HEADROOM * float(np.abs(np.concatenate(input_change)).mean())
     output_change = np.concatenate(output_changes)
-    channels = [np.unique(np.round(output_change[:, c] * CHANGE_STEPS) / CHANGE_STEPS, return_counts=True) for c in range(3)]
-    erf = np.vectorize(math.erf)
+    change_std = np.round(np.sqrt(1 + np.concatenate(interpolated)) * STD_STEPS) / STD_STEPS
+    channels = []
+    for c in range(3):
+        pairs = np.stack([np.round(output_change[:, c] * CHANGE_STEPS) / CHANGE_STEPS, change_std], axis=1)
+        values, counts = np.unique(pairs, axis=0, return_counts=True)
+        channels.append((values[:, 0], values[:, 1], counts))
 
     def mean_change(luma_std: float) -> float:
         """E|c + g| over the outputs' changes c, g fresh grain's change, averaged over the channels."""
         total = 0.0
-        for (values, counts), gain in zip(channels, model.channel_gain):
-            std = luma_std * gain * np.sqrt(2)
-            expected = np.abs(values) if std == 0 else (
+        for (values, spread, counts), gain in zip(channels, model.channel_gain):
+            std = luma_std * gain * spread
+            expected = np.abs(values) if luma_std * gain == 0 else (
                 std * np.sqrt(2 / np.pi) * np.exp(-values ** 2 / (2 * std ** 2)) + values * erf(values / (std * np.sqrt(2))))
             total += float((expected * counts).sum() / counts.sum())
         return total / len(channels)

@@ -10,7 +10,7 @@ Association (`track_shot`), frame by frame through the shot:
   the embedding keeps two actors apart when their boxes cross.
 - pairs are assigned greedily, best affinity first (numpy only; with the few faces of a
   film frame this is almost always the optimal assignment that the Hungarian method would
-  give, and needs no scipy, which is not a declared dependency);
+  give);
 - a detection left over starts a track; a track not seen for more than MAX_MISSING frames
   is closed (a short miss, a blink of the detector, keeps the track and so its identity).
 Tracks never cross a cut: each shot is tracked on its own.
