@@ -14,7 +14,7 @@ import numpy as np
 from film_restore.faces import align_face
 from film_restore.guards import TrackGuard, TrackResult, summarise
 from film_restore.interlace import FieldWeaver, field_frames, restored_field_order
-from film_restore.paste import face_layer
+from film_restore.paste import composite, face_regions, with_grain
 from film_restore.records import Chunk, ChunkResult, Track
 from film_restore.settings import GRAIN, MIN_FACE, STRENGTH
 from film_restore.grain import TrackGrain
@@ -107,17 +107,16 @@ def paste_window(shape: tuple, window_faces: dict, rgb: dict, landmarks: dict, t
     rgb: frame -> its RGB; landmarks: key -> the face's 68 frame landmarks. With add_grain, the
     layers get fresh grain, adding no more change from frame to frame than the restoration
     took from each track, measured on the layers without it (grain.TrackGrain.measure_loss)."""
-    def layers(**options):
-        return {index: (keys, pairs, face_layer(shape, pairs, rgb[index], [track_grain.for_face(*key) for key in keys],
-                                                **options))
-                for index, (keys, pairs) in window_faces.items()}
-
-    plain = layers(add_grain=False)
+    regions = {index: face_regions(shape, pairs, rgb[index], [track_grain.for_face(*key) for key in keys])
+               for index, (keys, pairs) in window_faces.items()}
+    plain = {index: (keys, pairs, composite(shape, regions[index])) for index, (keys, pairs) in window_faces.items()}
     if not add_grain:
         return plain
     track_grain.measure_loss({key: (rgb[index], layer, alpha, landmarks[key])
                               for index, (keys, _, (layer, alpha)) in plain.items() for key in keys})
-    return layers()
+    return {index: (keys, pairs, composite(shape, with_grain(regions[index], rgb[index],
+                                                             [track_grain.for_face(*key) for key in keys])))
+            for index, (keys, pairs) in window_faces.items()}
 
 
 class Composer:

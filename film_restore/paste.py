@@ -5,6 +5,7 @@ with the inverse alignment, and blended through a soft matte built from the face
 landmarks (jaw and brows raised over the forehead, eroded and feathered in proportion
 to face size). Frame pixels where every matte is zero keep their exact values.
 """
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Sequence
 
@@ -14,7 +15,7 @@ import numpy as np
 from film_restore.faces.align import WARP_INTERPOLATION
 from film_restore.records import AlignedFace
 from film_restore.grain import MONOCHROME_CHROMA_STD, add_missing_grain
-from film_restore.texture import keep_frame_detail, luma
+from film_restore.texture import frame_detail_weight, keep_frame_detail, luma
 from film_restore.validation import check_points, check_rgb_image
 
 # Brows are raised by this fraction of the brow-to-chin height to take in the forehead
@@ -93,58 +94,96 @@ def frame_matte(frame_shape: tuple, aligned: AlignedFace) -> np.ndarray:
     return full
 
 
-def face_layer(frame_shape: tuple, restored_faces: Sequence[tuple[AlignedFace, np.ndarray]],
-               original: np.ndarray | None = None, grain: Sequence | None = None,
-               add_grain: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """The restored faces as a frame-sized layer: (RGB float32 H x W x 3 on the 0..255 scale, alpha H x W).
+@dataclass(frozen=True)
+class FaceRegion:
+    """One restored face warped into its frame, before compositing: the frame rectangle it
+    reaches, the face there (RGB float32 on the 0..255 scale) and its matte (alpha)."""
 
-    restored crops are RGB of the aligned crop's size, uint8 or float32 on the 0..255
-    scale (float keeps precision for 10-bit output). A frame becomes
-    frame + alpha * (layer - frame); where alpha is 0 it is untouched. Smaller faces are
-    laid first, so where mattes overlap the larger (usually nearer) face ends on top.
-    original: the frame's RGB; with it, a face larger in the frame than in the crop keeps
-    the frame's detail above the crop's resolution (texture.keep_frame_detail).
-    grain: per face, (grain.GrainModel, seed, grain allowed) or None (needs original): the
-    frame's detail is kept but for the film's grain, and, with add_grain, fresh grain is
-    added in the amount of texture the face lacks, adding no more change from frame to
-    frame than the restoration took away (grain.add_missing_grain).
-    """
+    region: tuple[slice, slice]
+    face: np.ndarray
+    alpha: np.ndarray
+    number: int  # its place in the restored faces given
+
+    def with_grain(self, original: np.ndarray, model, seed, allowed: float) -> "FaceRegion":
+        """The region with fresh grain where the matte is 1 (grain.add_missing_grain; original: the frame's RGB)."""
+        return replace(self, face=add_missing_grain(self.face, original[self.region], self.alpha, model, seed, allowed))
+
+
+def face_regions(frame_shape: tuple, restored_faces: Sequence[tuple[AlignedFace, np.ndarray]],
+                 original: np.ndarray | None = None, grain: Sequence | None = None) -> list[FaceRegion]:
+    """The restored faces warped into the frame, in the order they are laid (smaller faces first,
+    so where mattes overlap the larger, usually nearer, face ends on top); a face whose matte
+    reaches no frame pixel is left out.
+
+    restored crops are RGB of the aligned crop's size, uint8 or float32 on the 0..255 scale
+    (float keeps precision for 10-bit output). Each is colour-matched to its aligned crop.
+    original: the frame's RGB; with it, a face larger in the frame than in the crop keeps the
+    frame's detail above the crop's resolution (texture.keep_frame_detail) but for the film's
+    grain, where grain gives the face's (grain.GrainModel, ...) (None for none; only the model is used here)."""
     for aligned, restored in restored_faces:
         if not isinstance(aligned, AlignedFace):
             raise ValueError(f"paste_back needs (AlignedFace, restored crop) pairs, got {type(aligned).__name__}")
         if restored.shape != aligned.crop.shape:
             raise ValueError(f"restored crop has shape {restored.shape}, the aligned crop {aligned.crop.shape}: restore at the aligned size")
-    height, width = frame_shape[:2]
-    premultiplied = np.zeros((height, width, 3), dtype=np.float32)
-    alpha_total = np.zeros((height, width), dtype=np.float32)
     grain = list(grain) if grain is not None else [None] * len(restored_faces)
     if original is None and any(entry is not None for entry in grain):
-        raise ValueError("face_layer adds grain only with the original frame: pass original= with grain=")
+        raise ValueError("the film's grain on restored faces needs the original frame: pass original= with grain=")
     if len(grain) != len(restored_faces):
-        raise ValueError(f"face_layer got {len(grain)} grain entries for {len(restored_faces)} faces: give one per face (None for none)")
-    order = sorted(range(len(restored_faces)), key=lambda number: -restored_faces[number][0].transform.scale)
-    for aligned, restored, face_grain in ((*restored_faces[number], grain[number]) for number in order):
+        raise ValueError(f"got {len(grain)} grain entries for {len(restored_faces)} faces: give one per face (None for none)")
+    regions = []
+    for number in sorted(range(len(restored_faces)), key=lambda number: -restored_faces[number][0].transform.scale):
+        aligned, restored = restored_faces[number]
         matte = face_matte(aligned.landmarks, aligned.transform.size)
         placed = _matte_in_frame(matte, aligned, frame_shape)
         if placed is None:
             continue
         x0, y0, to_region, alpha = placed
-        corrected = match_colour(restored, aligned.crop, matte)
         to_frame = partial(cv2.warpAffine, M=to_region, dsize=alpha.shape[::-1], flags=WARP_INTERPOLATION,
                            borderMode=cv2.BORDER_REPLICATE)
-        face = to_frame(corrected)
+        face = to_frame(match_colour(restored, aligned.crop, matte))
         region = np.s_[y0:y0 + alpha.shape[0], x0:x0 + alpha.shape[1]]
-        if original is not None:
-            grain_std = None if face_grain is None else partial(face_grain[0].std_above, luma(original[region]))
+        if original is not None and frame_detail_weight(aligned.transform.scale) > 0:
+            grain_std = None if grain[number] is None else partial(grain[number][0].std_above, luma(original[region]))
             face = keep_frame_detail(face, original[region], aligned.transform.scale,
                                      to_frame(aligned.crop.astype(np.float32)), grain_std)
-        if face_grain is not None and add_grain:
-            face = add_missing_grain(face, original[region], alpha, *face_grain)
+        regions.append(FaceRegion(region, face, alpha, number))
+    return regions
+
+
+def with_grain(regions: Sequence[FaceRegion], original: np.ndarray, grain: Sequence) -> list[FaceRegion]:
+    """The regions with fresh grain, grain: per restored face (by its number), (grain.GrainModel, seed, grain allowed) or None."""
+    return [face if grain[face.number] is None else face.with_grain(original, *grain[face.number]) for face in regions]
+
+
+def composite(frame_shape: tuple, regions: Sequence[FaceRegion]) -> tuple[np.ndarray, np.ndarray]:
+    """Face regions (in their order) as a frame-sized layer: (RGB float32 H x W x 3, alpha H x W)."""
+    height, width = frame_shape[:2]
+    premultiplied = np.zeros((height, width, 3), dtype=np.float32)
+    alpha_total = np.zeros((height, width), dtype=np.float32)
+    for face in regions:
         # "Over" compositing in premultiplied form: a later face covers earlier ones by its alpha.
-        premultiplied[region] = premultiplied[region] * (1 - alpha[..., None]) + alpha[..., None] * face
-        alpha_total[region] = alpha_total[region] * (1 - alpha) + alpha
+        alpha = face.alpha
+        premultiplied[face.region] = premultiplied[face.region] * (1 - alpha[..., None]) + alpha[..., None] * face.face
+        alpha_total[face.region] = alpha_total[face.region] * (1 - alpha) + alpha
     layer = np.divide(premultiplied, alpha_total[..., None], out=np.zeros_like(premultiplied), where=alpha_total[..., None] > 0)
     return layer, alpha_total
+
+
+def face_layer(frame_shape: tuple, restored_faces: Sequence[tuple[AlignedFace, np.ndarray]],
+               original: np.ndarray | None = None, grain: Sequence | None = None,
+               add_grain: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The restored faces as a frame-sized layer: (RGB float32 H x W x 3 on the 0..255 scale, alpha H x W).
+
+    A frame becomes frame + alpha * (layer - frame); where alpha is 0 it is untouched
+    (face_regions says how each face is laid). grain: per face, (grain.GrainModel, seed,
+    grain allowed) or None (needs original): the frame's detail is kept but for the film's
+    grain, and, with add_grain, fresh grain is added in the amount of texture the face lacks,
+    adding no more change from frame to frame than the restoration took away
+    (grain.add_missing_grain).
+    """
+    grain = list(grain) if grain is not None else [None] * len(restored_faces)
+    regions = face_regions(frame_shape, restored_faces, original, grain)
+    return composite(frame_shape, with_grain(regions, original, grain) if add_grain else regions)
 
 
 def paste_back(frame: np.ndarray, restored_faces: Sequence[tuple[AlignedFace, np.ndarray]]) -> np.ndarray:
