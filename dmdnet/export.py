@@ -61,8 +61,7 @@ def example_inputs(model: DMDNet, batch: int = 2, references: int | None = None)
 def export_onnx(model: DMDNet, path, specific: bool = False, opset: int = 18) -> Path:
     """Writes the generic or specific graph of `model` to `path` (written atomically)."""
     path = Path(path)
-    model = model.eval()
-    graph = _SpecificGraph(model) if specific else _GenericGraph(model)
+    graph = (_SpecificGraph(model) if specific else _GenericGraph(model)).eval()  # the wrapper and the model inside
     inputs = example_inputs(model, batch=2, references=3 if specific else None)
     names = ["lq", "boxes"] + (dictionary_input_names() if specific else [])
     batch = torch.export.Dim("batch", min=1, max=1024)
