@@ -16,8 +16,10 @@ Variants: input (no restoration), round trip (a restorer that returns its input:
 pasted back), today (restored crops pasted as they are), each guard alone, all guards
 (guards.guard_track, strength auto), and the full pipeline: all guards pasted back as the
 Composer does: the frame's detail above the crop's resolution but for the film's grain
-(grain.TrackGrain, estimated on the copy itself), with --grain off and with the default
---grain auto (fresh grain in the amount of texture the face lacks).
+(grain.TrackGrain, estimated on the copy itself), in each window only the share of the
+restoration that keeps the face changing no more than the input (printed: the windows held),
+with --grain off and with the default --grain auto (fresh grain in the amount of texture the
+face lacks).
 
     FILM_RESTORE_ASSETS=../shared python -m bench.film_look [--frames 72] [--clips retalk_2 liveportrait_d10]
 """
@@ -88,17 +90,19 @@ def paste(frame: np.ndarray, aligned, crop: np.ndarray) -> np.ndarray:
     return blend(frame, *face_layer(frame.shape, [(aligned, crop)]))
 
 
-def paste_as_composer(frames, aligned, crops, track, add_grain: bool) -> list[np.ndarray]:
-    """The frames with the track's faces pasted back as the Composer does, COMPOSE_WINDOW frames at a time."""
+def paste_as_composer(frames, aligned, crops, track, add_grain: bool) -> tuple[list[np.ndarray], list[float]]:
+    """(the frames with the track's faces pasted back as the Composer does, COMPOSE_WINDOW frames at
+    a time; the share of the restoration kept in each window, grain.TrackGrain.kept_share)."""
     grain = track_grain(frames, track)
-    pasted = []
+    pasted, kept = [], []
     for start in range(0, len(frames), COMPOSE_WINDOW):
         indices = range(start, min(start + COMPOSE_WINDOW, len(frames)))
         faces = paste_window(frames[0].shape, {i: ([(i, 0)], [(aligned[i], crops[i])]) for i in indices},
                              dict(enumerate(frames)), {(i, 0): track.faces[i].face.landmarks for i in indices},
                              grain, add_grain)
         pasted += [blend(frames[i], *faces[i][2]) for i in indices]
-    return pasted
+        kept.append(grain.kept_share(0))
+    return pasted, kept
 
 
 def track_grain(frames: list[np.ndarray], track) -> TrackGrain:
@@ -199,7 +203,7 @@ def main() -> None:
                 pasted = [paste(frame, a, face) for frame, a, face in zip(inputs, aligned, faces)]
                 rows.append((clip, version, name, measures(inputs, pasted, truth, track, analyzer, reference)))
             for name, add_grain in (("full pipeline, --grain off", False), ("full pipeline", True)):
-                pasted = paste_as_composer(inputs, aligned, full.faces, track, add_grain)
+                pasted, kept = paste_as_composer(inputs, aligned, full.faces, track, add_grain)
                 rows.append((clip, version, name, measures(inputs, pasted, truth, track, analyzer, reference)))
             grain_model = track_grain(inputs, track).models.get(0)
             mid_tones = "none found" if grain_model is None else (
@@ -207,7 +211,9 @@ def main() -> None:
             held = int((full.strength < 1).sum())
             print(f"{clip} {version}: restore {restore_s:.0f} s, guards (all variants) {guard_s:.0f} s; resolution "
                   f"{full.resolution:.2f}, strength mean {full.strength.mean():.2f} min {full.strength.min():.2f}, "
-                  f"{held}/{len(full.strength)} faces held back; grain (luma std new each frame, luma 80-176) {mid_tones}", flush=True)
+                  f"{held}/{len(full.strength)} faces held back; grain (luma std new each frame, luma 80-176) {mid_tones}; "
+                  f"restoration kept to hold still: {sum(share < 1 for share in kept)}/{len(kept)} windows held, "
+                  f"least share {min(kept):.2f}", flush=True)
     print(f"\n{args.frames} frames per clip, model {args.checkpoint.name}, faces {size} px aligned\n")
     print("| clip | copy | variant | flicker ratio | frame-to-frame change in -> out (levels) | texture ratio | "
           "identity in -> out | face PSNR vs clean in -> out | change (levels) |")

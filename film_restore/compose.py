@@ -104,19 +104,23 @@ def paste_window(shape: tuple, window_faces: dict, rgb: dict, landmarks: dict, t
     """One window's faces pasted back: frame -> (keys, pairs, (layer, alpha)) (paste.face_layer).
 
     window_faces: frame -> (keys (frame, track number), (AlignedFace, final crop) pairs);
-    rgb: frame -> its RGB; landmarks: key -> the face's 68 frame landmarks. With add_grain, the
-    layers get fresh grain, adding no more change from frame to frame than the restoration
-    took from each track, measured on the layers without it (grain.TrackGrain.measure_loss)."""
+    rgb: frame -> its RGB; landmarks: key -> the face's 68 frame landmarks. Each track's faces
+    are measured on their layers without grain (grain.TrackGrain.measure_change): where the
+    restoration would make a face change more from frame to frame than its input, only the share
+    that does not is kept; with add_grain, the layers then get fresh grain, adding no more
+    change from frame to frame than the restoration took from the track."""
     regions = {index: face_regions(shape, pairs, rgb[index], [track_grain.for_face(*key) for key in keys])
                for index, (keys, pairs) in window_faces.items()}
-    plain = {index: (keys, pairs, composite(shape, regions[index])) for index, (keys, pairs) in window_faces.items()}
-    if not add_grain:
-        return plain
-    track_grain.measure_loss({key: (rgb[index], layer, alpha, landmarks[key])
-                              for index, (keys, _, (layer, alpha)) in plain.items() for key in keys})
-    return {index: (keys, pairs, composite(shape, with_grain(regions[index], rgb[index],
-                                                             [track_grain.for_face(*key) for key in keys])))
-            for index, (keys, pairs) in window_faces.items()}
+    plain = {index: composite(shape, regions[index]) for index in window_faces}
+    track_grain.measure_change({key: (rgb[index], *plain[index], landmarks[key])
+                                for index, (keys, _) in window_faces.items() for key in keys})
+    pasted = {}
+    for index, (keys, pairs) in window_faces.items():
+        faces = [face.kept(rgb[index], track_grain.kept_share(keys[face.number][1])) for face in regions[index]]
+        if add_grain:
+            faces = with_grain(faces, rgb[index], [track_grain.for_face(*key) for key in keys])
+        pasted[index] = (keys, pairs, composite(shape, faces))
+    return pasted
 
 
 class Composer:
@@ -263,6 +267,8 @@ class Composer:
                 window_faces[frame.index] = keys, [(current.aligned[key][0], final[key]) for key in keys]
         faces = paste_window((self.info.height, self.info.width), window_faces, current.rgb, current.landmarks,
                              track_grain, self.settings.grain == "auto")
+        result.faces_held_still += sum(track_grain.kept_share(number) < 1
+                                       for keys, _ in window_faces.values() for _, number in keys)
         for frame in current.frames:
             keys, pairs, (layer, alpha) = faces.get(frame.index, ([], [], (None, None)))
             picture = frame.picture

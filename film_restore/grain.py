@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from scipy.special import erf
 
-from film_restore.quality import flow_pair, warp
+from film_restore.quality import flow_pair, steady_share, warp
 from film_restore.texture import HIGH_PASS_SIGMA, LUMA_WEIGHTS, face_width, fine_detail, luma
 
 # --grain: "auto" re-creates the film's grain on restored faces, "off" leaves them clean
@@ -366,7 +366,7 @@ def add_missing_grain(face: np.ndarray, original: np.ndarray, alpha: np.ndarray,
     field for each seed, e.g. frame and track) inside alpha = 1, in the amount of fine texture
     (the texture measure's high-pass luma energy) the face lacks against GRAIN_TEXTURE_SHARE of
     the original's, at most GRAIN_MAX_GAIN times the film's grain, and at most `allowed` luma
-    std (grain_allowed, TrackGrain.measure_loss: grain adds no more change from frame to frame
+    std (grain_allowed, TrackGrain.measure_change: grain adds no more change from frame to frame
     than the restoration took away; it must not count as flicker)."""
     inside = alpha >= 1
     if not inside.any():
@@ -394,32 +394,51 @@ def warped_variance(ar: np.ndarray, flow: np.ndarray) -> np.ndarray:
                    + diagonal * top_left * bottom_right + anti_diagonal * top_right * bottom_left))
 
 
-def grain_allowed(inputs: list[np.ndarray], outputs: list[np.ndarray], masks: list[np.ndarray],
-                  model: GrainModel) -> float | None:
-    """The largest luma std of fresh grain of the model's kind that leaves the outputs changing no
-    more from frame to frame than FLICKER_HEADROOM of the inputs: consecutive same-size RGB pictures of one face
-    before and after restoration, each channel's change along the inputs' optical flow where
-    masks (bool) are set, measured as flicker is (quality.flicker: its mean absolute value over
-    the channels). Fresh grain of luma std s adds Gaussian change of std s g sqrt(1 + w) to a
-    channel whose grain is g times the luma's, w the share of the earlier frame's grain the
-    flow's interpolation leaves (warped_variance; the input's grain is averaged alike). None
-    for fewer than two pictures."""
-    input_change, output_changes, interpolated = [], [], []
+@dataclass(frozen=True)
+class WindowChange:
+    """One face's change from frame to frame over consecutive frames, before and after restoration
+    (per channel, N x 3, along the input's optical flow where its masks are set, as flicker measures
+    it), and at each of those samples the share of the earlier frame's grain that the flow's
+    interpolation leaves (warped_variance)."""
+
+    input: np.ndarray
+    output: np.ndarray
+    interpolated: np.ndarray
+
+    def kept(self, share: float) -> "WindowChange":
+        """The change with only this share of the restoration (input + share (output - input): warping is linear)."""
+        return replace(self, output=self.input + np.float32(share) * (self.output - self.input))
+
+
+def window_change(inputs: list[np.ndarray], outputs: list[np.ndarray], masks: list[np.ndarray],
+                  ar: np.ndarray) -> WindowChange | None:
+    """The WindowChange of consecutive same-size RGB pictures of one face, before and after
+    restoration, where masks (bool) are set, for grain of this AR model; None for fewer than two
+    pictures or no sample the flow follows."""
+    input_change, output_change, interpolated = [], [], []
     for t in range(1, len(inputs)):
         flow, valid, _, _ = flow_pair(inputs[t], inputs[t - 1])
         counting = valid & masks[t]
         if counting.any():
-            for changes, pictures in ((input_change, inputs), (output_changes, outputs)):
+            for changes, pictures in ((input_change, inputs), (output_change, outputs)):
                 changes.append((np.asarray(pictures[t], np.float32) - warp(pictures[t - 1], flow))[counting])
-            interpolated.append(warped_variance(model.ar, flow[counting]))
+            interpolated.append(warped_variance(ar, flow[counting]))
     if not input_change:
         return None
-    target = FLICKER_HEADROOM * float(np.abs(np.concatenate(input_change)).mean())
-    output_change = np.concatenate(output_changes)
-    change_std = np.round(np.sqrt(1 + np.concatenate(interpolated)) * STD_STEPS) / STD_STEPS
+    return WindowChange(*(np.concatenate(values) for values in (input_change, output_change, interpolated)))
+
+
+def grain_allowed(change: WindowChange, model: GrainModel) -> float:
+    """The largest luma std of fresh grain of the model's kind that leaves the output changing no
+    more from frame to frame than FLICKER_HEADROOM of the input (the mean absolute change over
+    the channels, as quality.flicker measures it). Fresh grain of luma std s adds Gaussian change
+    of std s g sqrt(1 + w) to a channel whose grain is g times the luma's, w the share of the
+    earlier frame's grain the flow's interpolation leaves (the input's grain is averaged alike)."""
+    target = FLICKER_HEADROOM * float(np.abs(change.input).mean())
+    change_std = np.round(np.sqrt(1 + change.interpolated) * STD_STEPS) / STD_STEPS
     channels = []
     for c in range(3):
-        pairs = np.stack([np.round(output_change[:, c] * CHANGE_STEPS) / CHANGE_STEPS, change_std], axis=1)
+        pairs = np.stack([np.round(change.output[:, c] * CHANGE_STEPS) / CHANGE_STEPS, change_std], axis=1)
         values, counts = np.unique(pairs, axis=0, return_counts=True)
         channels.append((values[:, 0], values[:, 1], counts))
 
@@ -448,14 +467,17 @@ def detail_energy(rgb: np.ndarray, inside: np.ndarray) -> float:
 
 
 class TrackGrain:
-    """Grain models of one chunk's face tracks, each estimated once, from the first window of
-    frames in which the track shows on at least two consecutive frames (its grain's change
-    from frame to frame must be seen); how much grain each track's output takes without
-    changing more from frame to frame than its input, window by window; a seed per frame and track."""
+    """What one chunk's face tracks take from frame to frame. Grain models, each estimated once,
+    from the first window of frames in which the track shows on at least two consecutive frames
+    (its grain's change from frame to frame must be seen). Window by window: the share of the
+    restoration each track keeps so that its face changes no more from frame to frame than its
+    input (quality.steady_share), and how much grain it then takes without changing more than
+    FLICKER_HEADROOM of the input. A seed per frame and track."""
 
     def __init__(self):
         self.models: dict[int, GrainModel | None] = {}
         self.allowed: dict[int, float] = {}
+        self.kept: dict[int, float] = {}
 
     def observe(self, faces) -> None:
         """faces: {(frame index, track number): (frame RGB, 68 frame landmarks)} of one window."""
@@ -470,16 +492,14 @@ class TrackGrain:
             window = grain_window(frames[run[0]][0].shape, np.concatenate([frames[i][1] for i in run]))
             self.models[number] = estimate_track_grain([frames[i][0][window] for i in run])
 
-    def measure_loss(self, faces) -> None:
+    def measure_change(self, faces) -> None:
         """faces: {(frame index, track number): (input RGB, face layer and alpha without new grain
-        (paste.face_layer), 68 frame landmarks)} of one window: for each track, the grain that
-        leaves its output changing no more from frame to frame than its input (grain_allowed)
-        where alpha is 1, over its longest run of consecutive frames; a track seen on one frame
-        keeps its last measure."""
+        (paste.face_layer), 68 frame landmarks)} of one window: for each track, over its longest
+        run of consecutive frames and where alpha is 1, the share of the restoration it keeps and
+        the grain it then takes (grain_allowed); a track seen on one frame keeps its last measures."""
         seen = defaultdict(dict)
         for (index, number), face in faces.items():
-            if self.models.get(number) is not None:
-                seen[number][index] = face
+            seen[number][index] = face
         for number, frames in seen.items():
             run = _longest_run(sorted(frames))
             if len(run) < 2:
@@ -488,9 +508,18 @@ class TrackGrain:
             inputs, layers, alphas = ([frames[i][part][window] for i in run] for part in range(3))
             outputs = [picture + alpha[..., None] * (layer - picture)
                        for picture, layer, alpha in zip((p.astype(np.float32) for p in inputs), layers, alphas)]
-            allowed = grain_allowed(inputs, outputs, [alpha >= 1 for alpha in alphas], self.models[number])
-            if allowed is not None:
-                self.allowed[number] = allowed
+            model = self.models.get(number)
+            ar = np.zeros(len(GRAIN_OFFSETS)) if model is None else model.ar
+            change = window_change(inputs, outputs, [alpha >= 1 for alpha in alphas], ar)
+            if change is None:
+                continue
+            self.kept[number] = steady_share(change.input, change.output)
+            if model is not None:
+                self.allowed[number] = grain_allowed(change.kept(self.kept[number]), model)
+
+    def kept_share(self, number: int) -> float:
+        """The share of the restoration this track keeps in the window last measured (1 before any measure)."""
+        return self.kept.get(number, 1.0)
 
     def for_face(self, index: int, number: int):
         """(model, seed, grain allowed) for the face of this track on this frame (add_missing_grain's

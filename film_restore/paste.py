@@ -104,6 +104,13 @@ class FaceRegion:
     alpha: np.ndarray
     number: int  # its place in the restored faces given
 
+    def kept(self, original: np.ndarray, share: float) -> "FaceRegion":
+        """The region with only this share of the restoration: original + share (face - original) (original: the frame's RGB)."""
+        if share >= 1:
+            return self
+        before = original[self.region].astype(np.float32)
+        return replace(self, face=before + np.float32(share) * (self.face - before))
+
     def with_grain(self, original: np.ndarray, model, seed, allowed: float) -> "FaceRegion":
         """The region with fresh grain where the matte is 1 (grain.add_missing_grain; original: the frame's RGB)."""
         return replace(self, face=add_missing_grain(self.face, original[self.region], self.alpha, model, seed, allowed))

@@ -28,6 +28,8 @@ FLOW_SIDE = 256
 # round trip t -> t+k -> t misses by more than this, relative to its motion, is occluded.
 FB_RELATIVE = 0.01
 FB_ABSOLUTE = 0.5  # squared pixels
+# steady_share's bisections: the share is found to 2^-16.
+STEADY_BISECTIONS = 16
 
 
 def gray(image: np.ndarray) -> np.ndarray:
@@ -126,6 +128,26 @@ def flicker(inputs: np.ndarray, outputs: np.ndarray, mask: np.ndarray | None = N
     if total == 0:
         return Flicker(0.0, 0.0)
     return Flicker(float(sums_in.sum() / total), float(sums_out.sum() / total))
+
+
+def steady_share(input_change: np.ndarray, output_change: np.ndarray) -> float:
+    """The largest share s (0..1) of a restoration that leaves a face changing from frame to frame
+    no more than its input: input + s (output - input) has mean |change| at most the input's.
+
+    input_change, output_change: the frame-to-frame changes of one face's input and output at the
+    same samples (along the input's flow, as flicker measures them). 1 where the output changes
+    no more than the input; s = 0 gives the input back. The mean |change| is convex in s, so the
+    shares that qualify run from 0 to the one found here."""
+    input_change, difference = np.asarray(input_change, np.float32), np.asarray(output_change, np.float32) - input_change
+    target = float(np.abs(input_change).mean())
+    mean_change = lambda share: float(np.abs(input_change + np.float32(share) * difference).mean())  # noqa: E731
+    if mean_change(1.0) <= target:
+        return 1.0
+    low, high = 0.0, 1.0
+    for _ in range(STEADY_BISECTIONS):
+        middle = (low + high) / 2
+        low, high = (middle, high) if mean_change(middle) <= target else (low, middle)
+    return low
 
 
 def identity(embeddings: np.ndarray, reference: np.ndarray) -> np.ndarray:

@@ -160,6 +160,8 @@ class ChunkResult:
     frames: int
     faces: int
     faces_too_small: int = 0  # left as they were: smaller than the run's min_face
+    # restored in part only, so they change from frame to frame no more than the input (compose.paste_window)
+    faces_held_still: int = 0
     faces_by_actor: dict[str, int] = field(default_factory=dict)
     samples: list[dict] = field(default_factory=list)
     tracks: list[dict] = field(default_factory=list)  # per guarded track: guards.summarise and its number

@@ -70,6 +70,8 @@ def build(run, scan, tracks_by_chunk, results) -> dict:
             "faces_detected": sum(len(t.faces) for t in tracks),
             "faces_restored": sum(r.faces for r in results),
             "faces_too_small": {"min_face": job.min_face, "faces": sum(r.faces_too_small for r in results)},
+            # restored in part only: restored whole, they would change more from frame to frame than the input
+            "faces_held_still": sum(r.faces_held_still for r in results),
             "faces_restored_by_actor": [{"actor": a, "faces": n} for a, n in faces_by_actor.items()],
         },
         "timings_s": {stage: round(seconds, 2) for stage, seconds in run.timings.items()},
@@ -143,7 +145,8 @@ def write(report: dict, path: Path) -> None:
         f"<h1>{html.escape(report['input']['path'])}</h1>"
         f"<p>{totals['frames']} frames, {totals['shots']} shots, {totals['tracks']} tracks, "
         f"{totals['faces_restored']} faces restored, {totals['faces_too_small']['faces']} smaller than "
-        f"{totals['faces_too_small']['min_face']} px left as they were. Each pair: before, after; the aligned face, "
+        f"{totals['faces_too_small']['min_face']} px left as they were, {totals['faces_held_still']} restored in "
+        f"part only (restored whole, they would flicker more than the film). Each pair: before, after; the aligned face, "
         f"then the frame around it at 1:1 scale.</p>" + _interlace_line(report.get("interlace")) + "".join(rows)
         + _track_rows(report["tracks"])
     )

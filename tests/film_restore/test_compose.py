@@ -54,3 +54,12 @@ def test_next_window_is_sent_before_the_previous_is_waited_for_and_output_is_unc
     assert all(np.array_equal(a, b) for a, b in zip(frames["waits"], frames["sends_ahead"]))
     assert results["waits"].tracks == results["sends_ahead"].tracks
     assert results["waits"].samples == results["sends_ahead"].samples
+    assert results["waits"].faces_held_still == 0  # a smoothing restorer never makes the face flicker
+
+    def flickering(crops, boxes, actor):
+        noise = np.random.default_rng(len(crops)).normal(0, 1, crops.shape).astype(np.float32)
+        return blurred(crops) + noise
+
+    unguarded = ComposeSettings("ffv1", 128)  # the guards' stabilisation would take most of this flicker away
+    flickered = Composer(probe(film), unguarded, flickering)(chunk, tracks, scan.frame_pts, tmp_path / "flickers.mkv")
+    assert 0 < flickered.faces_held_still <= flickered.faces

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from film_restore import grain, quality, texture
+from film_restore.compose import paste_window
 from film_restore.faces import align_face
 from film_restore.paste import face_layer, paste_back
 from tests.film_restore.test_texture import CROP, blend
@@ -131,7 +132,7 @@ def test_only_the_share_of_texture_new_each_frame_counts_as_grain(analyzer):
         regions = [frame[window].astype(np.float32) for frame in frames]
         smooth = [cv2.GaussianBlur(region, (0, 0), 2) for region in regions]
         inside = np.ones(regions[0].shape[:2], bool)
-        allowed = grain.grain_allowed(regions, smooth, [inside] * len(regions), model)
+        allowed = grain.grain_allowed(grain.window_change(regions, smooth, [inside] * len(regions), model.ar), model)
         grained = [grain.add_missing_grain(picture, region, inside.astype(np.float32), model, (t, 0), allowed)
                    for t, (picture, region) in enumerate(zip(smooth, regions))]
         lost = grain.detail_energy(regions[1], inside) - grain.detail_energy(smooth[1], inside)
@@ -142,6 +143,35 @@ def test_only_the_share_of_texture_new_each_frame_counts_as_grain(analyzer):
     tracks = grain.TrackGrain()
     tracks.observe({(0, 0): (clean[0], face.landmarks), (2, 0): (clean[2], face.landmarks)})
     assert tracks.for_face(0, 0) is None
+
+
+def test_a_restorer_that_flickers_keeps_only_the_share_that_changes_no_more_than_the_film(analyzer):
+    # A restorer that smooths the face but adds fresh noise of 1 level on each frame makes it
+    # change more from frame to frame than the film: only the share of it that does not is kept,
+    # and the face then changes exactly as much as the input. One that only smooths is kept whole.
+    frames = [clip_frame("retalk_2", number) for number in range(4)]
+    faces = [largest_face(analyzer, frame) for frame in frames]
+    aligned = [align_face(frame, face, CROP) for frame, face in zip(frames, faces)]
+    smooth = [cv2.GaussianBlur(a.crop, (0, 0), 2).astype(np.float32) for a in aligned]
+    rng = np.random.default_rng(3)
+    restorers = {"flickers": [crop + rng.normal(0, 1, crop.shape).astype(np.float32) for crop in smooth], "smooths": smooth}
+    window = grain.grain_window(frames[0].shape, np.concatenate([face.landmarks for face in faces]))
+    inputs = np.stack([frame[window] for frame in frames])
+    for name, restored in restorers.items():
+        tracks = grain.TrackGrain()
+        pasted = paste_window(frames[0].shape, {t: ([(t, 0)], [(aligned[t], restored[t])]) for t in range(4)},
+                              dict(enumerate(frames)), {(t, 0): face.landmarks for t, face in enumerate(faces)},
+                              tracks, add_grain=False)
+        outputs = np.stack([blend(frames[t], *pasted[t][2])[window] for t in range(4)])
+        whole = np.stack([blend(frames[t], *face_layer(frames[t].shape, [(aligned[t], restored[t])], frames[t]))[window]
+                          for t in range(4)])
+        inside = np.stack([pasted[t][2][1][window] >= 1 for t in range(4)])
+        held, unheld = (quality.flicker(inputs, pictures, inside).ratio for pictures in (outputs, whole))
+        if name == "flickers":
+            assert unheld > 1.05 and 0.2 < tracks.kept_share(0) < 0.9
+            assert held == pytest.approx(1.0, abs=1e-3)
+        else:
+            assert unheld < 1.0 and tracks.kept_share(0) == 1.0 and np.array_equal(outputs, whole)
 
 
 def test_grain_is_fresh_each_frame_and_reproducible(analyzer):

@@ -29,7 +29,7 @@ def _report(photo: np.ndarray) -> dict:
     return {
         "input": {"path": "film.mkv"},
         "totals": {"frames": 60, "shots": 1, "tracks": 1, "faces_restored": 12,
-                   "faces_too_small": {"min_face": 24, "faces": 0}},
+                   "faces_too_small": {"min_face": 24, "faces": 0}, "faces_held_still": 2},
         "tracks": [{"shot": 0, "first_frame": 40, "last_frame": 51, "actor": "Speaker", "similarity": 0.8,
                     "faces": 12, "guards": guards, "series": series}],
         "samples": [{"frame": 46, "actor": "Speaker", "before": _thumbnail(before[:, :SAMPLE_SIDE * 2]),
