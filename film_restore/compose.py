@@ -101,7 +101,7 @@ def _series(parts: list[tuple[list[int], TrackResult]]) -> dict:
 
 def paste_window(shape: tuple, window_faces: dict, rgb: dict, landmarks: dict, track_grain: TrackGrain,
                  add_grain: bool) -> dict:
-    """One window's faces pasted back: frame -> (keys, pairs, (layer, alpha)) (paste.face_layer).
+    """One window's faces pasted back: frame -> (keys, pairs, (layer, alpha)) (paste.composite).
 
     window_faces: frame -> (keys (frame, track number), (AlignedFace, final crop) pairs);
     rgb: frame -> its RGB; landmarks: key -> the face's 68 frame landmarks. Each track's faces

@@ -394,16 +394,16 @@ def warped_variance(ar: np.ndarray, flow: np.ndarray) -> np.ndarray:
                    + diagonal * top_left * bottom_right + anti_diagonal * top_right * bottom_left))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class WindowChange:
     """One face's change from frame to frame over consecutive frames, before and after restoration
     (per channel, N x 3, along the input's optical flow where its masks are set, as flicker measures
     it), and at each of those samples the share of the earlier frame's grain that the flow's
-    interpolation leaves (warped_variance)."""
+    interpolation leaves (warped_variance; None where no grain model was given)."""
 
     input: np.ndarray
     output: np.ndarray
-    interpolated: np.ndarray
+    interpolated: np.ndarray | None
 
     def kept(self, share: float) -> "WindowChange":
         """The change with only this share of the restoration (input + share (output - input): warping is linear)."""
@@ -411,10 +411,10 @@ class WindowChange:
 
 
 def window_change(inputs: list[np.ndarray], outputs: list[np.ndarray], masks: list[np.ndarray],
-                  ar: np.ndarray) -> WindowChange | None:
+                  ar: np.ndarray | None) -> WindowChange | None:
     """The WindowChange of consecutive same-size RGB pictures of one face, before and after
-    restoration, where masks (bool) are set, for grain of this AR model; None for fewer than two
-    pictures or no sample the flow follows."""
+    restoration, where masks (bool) are set, for grain of this AR model (None: no grain); None
+    for fewer than two pictures or no sample the flow follows."""
     input_change, output_change, interpolated = [], [], []
     for t in range(1, len(inputs)):
         flow, valid, _, _ = flow_pair(inputs[t], inputs[t - 1])
@@ -422,10 +422,12 @@ def window_change(inputs: list[np.ndarray], outputs: list[np.ndarray], masks: li
         if counting.any():
             for changes, pictures in ((input_change, inputs), (output_change, outputs)):
                 changes.append((np.asarray(pictures[t], np.float32) - warp(pictures[t - 1], flow))[counting])
-            interpolated.append(warped_variance(ar, flow[counting]))
+            if ar is not None:
+                interpolated.append(warped_variance(ar, flow[counting]))
     if not input_change:
         return None
-    return WindowChange(*(np.concatenate(values) for values in (input_change, output_change, interpolated)))
+    return WindowChange(np.concatenate(input_change), np.concatenate(output_change),
+                        np.concatenate(interpolated) if ar is not None else None)
 
 
 def grain_allowed(change: WindowChange, model: GrainModel) -> float:
@@ -472,7 +474,8 @@ class TrackGrain:
     (its grain's change from frame to frame must be seen). Window by window: the share of the
     restoration each track keeps so that its face changes no more from frame to frame than its
     input (quality.steady_share), and how much grain it then takes without changing more than
-    FLICKER_HEADROOM of the input. A seed per frame and track."""
+    FLICKER_HEADROOM of the input (none for a face held to its input's change: it has no change
+    left to give). A seed per frame and track."""
 
     def __init__(self):
         self.models: dict[int, GrainModel | None] = {}
@@ -494,7 +497,7 @@ class TrackGrain:
 
     def measure_change(self, faces) -> None:
         """faces: {(frame index, track number): (input RGB, face layer and alpha without new grain
-        (paste.face_layer), 68 frame landmarks)} of one window: for each track, over its longest
+        (paste.composite), 68 frame landmarks)} of one window: for each track, over its longest
         run of consecutive frames and where alpha is 1, the share of the restoration it keeps and
         the grain it then takes (grain_allowed); a track seen on one frame keeps its last measures."""
         seen = defaultdict(dict)
@@ -509,8 +512,7 @@ class TrackGrain:
             outputs = [picture + alpha[..., None] * (layer - picture)
                        for picture, layer, alpha in zip((p.astype(np.float32) for p in inputs), layers, alphas)]
             model = self.models.get(number)
-            ar = np.zeros(len(GRAIN_OFFSETS)) if model is None else model.ar
-            change = window_change(inputs, outputs, [alpha >= 1 for alpha in alphas], ar)
+            change = window_change(inputs, outputs, [alpha >= 1 for alpha in alphas], None if model is None else model.ar)
             if change is None:
                 continue
             self.kept[number] = steady_share(change.input, change.output)

@@ -94,7 +94,7 @@ def frame_matte(frame_shape: tuple, aligned: AlignedFace) -> np.ndarray:
     return full
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FaceRegion:
     """One restored face warped into its frame, before compositing: the frame rectangle it
     reaches, the face there (RGB float32 on the 0..255 scale) and its matte (alpha)."""

@@ -28,8 +28,10 @@ FLOW_SIDE = 256
 # round trip t -> t+k -> t misses by more than this, relative to its motion, is occluded.
 FB_RELATIVE = 0.01
 FB_ABSOLUTE = 0.5  # squared pixels
-# steady_share's bisections: the share is found to 2^-16.
+# steady_share's bisections (the share is found to 2^-16) and its tolerance on the mean
+# |change| (levels): float rounding of a restorer that changes nothing must not hold it.
 STEADY_BISECTIONS = 16
+STEADY_TOLERANCE = 1e-4
 
 
 def gray(image: np.ndarray) -> np.ndarray:
@@ -132,15 +134,22 @@ def flicker(inputs: np.ndarray, outputs: np.ndarray, mask: np.ndarray | None = N
 
 def steady_share(input_change: np.ndarray, output_change: np.ndarray) -> float:
     """The largest share s (0..1) of a restoration that leaves a face changing from frame to frame
-    no more than its input: input + s (output - input) has mean |change| at most the input's.
+    no more than its input: input + s (output - input) has mean |change| at most the input's
+    (give or take STEADY_TOLERANCE, below any output's precision).
 
     input_change, output_change: the frame-to-frame changes of one face's input and output at the
     same samples (along the input's flow, as flicker measures them). 1 where the output changes
     no more than the input; s = 0 gives the input back. The mean |change| is convex in s, so the
     shares that qualify run from 0 to the one found here."""
-    input_change, difference = np.asarray(input_change, np.float32), np.asarray(output_change, np.float32) - input_change
-    target = float(np.abs(input_change).mean())
-    mean_change = lambda share: float(np.abs(input_change + np.float32(share) * difference).mean())  # noqa: E731
+    input_change = np.asarray(input_change, np.float32)
+    difference = np.asarray(output_change, np.float32) - input_change
+    if not input_change.size:
+        raise ValueError("steady_share needs the changes of at least one sample")
+    target = float(np.abs(input_change).mean()) + STEADY_TOLERANCE
+
+    def mean_change(share: float) -> float:
+        return float(np.abs(input_change + np.float32(share) * difference).mean())
+
     if mean_change(1.0) <= target:
         return 1.0
     low, high = 0.0, 1.0

@@ -95,12 +95,14 @@ def film_track(analyzer, frames: list[np.ndarray]) -> grain.TrackGrain:
 def test_grain_change_along_a_real_flow_is_predicted_with_the_flows_interpolation():
     # The flicker measure brings the earlier frame along the optical flow with bilinear
     # interpolation, which averages its grain: white grain halfway between pixels keeps a
-    # quarter of its variance. The prediction holds pixel by pixel for white and for
-    # correlated grain, on the flow between two real consecutive frames.
+    # quarter of its variance. The prediction holds pixel by pixel for white, for the real
+    # film's and for diagonally correlated grain, on the flow between two real consecutive frames.
     before, after = clip_frame("retalk_2", 0), clip_frame("retalk_2", 1)
     flow = quality.flow_pair(after, before)[0][200:328, 300:428]
     correlated = grain.estimate_grain([(old_film(), np.ones(old_film().shape[:2], bool))]).ar
-    for ar in (np.zeros(len(grain.GRAIN_OFFSETS)), correlated):
+    lopsided = np.zeros(len(grain.GRAIN_OFFSETS))  # correlated along one diagonal only: each lag in its place
+    lopsided[grain.GRAIN_OFFSETS.index((-1, 1))] = 0.6
+    for ar in (np.zeros(len(grain.GRAIN_OFFSETS)), correlated, lopsided):
         fields = grain.unit_grain(ar, flow.shape[:2], np.random.default_rng(0), 256)
         inner = np.s_[:, 16:-16, 16:-16]  # the flow's reach stays inside the fields
         empirical = np.stack([quality.warp(field, flow) for field in fields])[inner].var(axis=0)

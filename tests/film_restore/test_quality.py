@@ -43,3 +43,12 @@ def test_fidelity_and_change_in_a_face_box(talking_head):
     assert quality.mean_change(noisy, frame, box) == pytest.approx(6 * np.sqrt(2 / np.pi), rel=0.1)
     with pytest.raises(ValueError, match="outside"):
         quality.box_region(frame, (400, 400, 500, 500))
+
+
+def test_steady_share_keeps_the_restoration_that_changes_no_more_than_the_input():
+    # Two samples changing by 1 level; a restoration changing them by 3 and -1: the mean |change|
+    # stays 1 up to half of it, then grows.
+    assert quality.steady_share(np.array([1.0, 1.0]), np.array([3.0, -1.0])) == pytest.approx(0.5, abs=1e-4)
+    assert quality.steady_share(np.array([2.0, -2.0]), np.array([1.0, -1.0])) == 1.0  # changes less: kept whole
+    assert quality.steady_share(np.array([0.0, 0.0]), np.array([0.0, 0.00005])) == 1.0  # float rounding is not flicker
+    assert quality.steady_share(np.array([0.0, 0.0]), np.array([0.5, -0.5])) < 0.01  # a still face must stay still

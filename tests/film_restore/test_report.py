@@ -49,6 +49,7 @@ def test_the_html_report_renders_with_every_image_at_its_own_size(tmp_path):
     content = _report(photo)
     report.write(content, tmp_path / "report.json")
     page = (tmp_path / "report.html").read_text()
+    assert "2 restored in part only" in page
     sample = content["samples"][0]
     [plot] = [part.split('"')[0] for part in page.split('src="')[1:] if part.startswith("data:image/png")]
     images = {"plot": _decoded(plot), **{key: _decoded(sample[key]) for key in ("before", "after", "before_1to1", "after_1to1")}}
