@@ -99,7 +99,7 @@ def paste_as_composer(frames, aligned, crops, track, add_grain: bool) -> tuple[l
         indices = range(start, min(start + COMPOSE_WINDOW, len(frames)))
         faces = paste_window(frames[0].shape, {i: ([(i, 0)], [(aligned[i], crops[i])]) for i in indices},
                              dict(enumerate(frames)), {(i, 0): track.faces[i].face.landmarks for i in indices},
-                             grain, add_grain)
+                             grain, add_grain, held={0})
         pasted += [blend(frames[i], *faces[i][2]) for i in indices]
         kept.append(grain.kept_share(0))
     return pasted, kept

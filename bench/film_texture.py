@@ -76,7 +76,7 @@ def measure(frames, analyzer, restorer, size):
     restored = restorer.restore(np.stack([a.crop for a in aligned]), np.stack([a.boxes for a in aligned]), None)
     kept = paste_window(frames[0].shape, {i: ([(i, 0)], [(aligned[i], restored[i])]) for i in range(len(faces))},
                         {i: rgb for i, (rgb, _) in enumerate(faces)}, {(i, 0): face.landmarks for i, (_, face) in enumerate(faces)},
-                        track_grain, add_grain=True)
+                        track_grain, add_grain=True, held={0})
     before, after, scales = [], [], []
     for index, (rgb, face) in enumerate(faces):
         plain = composite(rgb, *face_layer(rgb.shape, [(aligned[index], restored[index])]))

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from film_restore.faces import align_face
-from film_restore.guards import TrackGuard, TrackResult, summarise
+from film_restore.guards import AUTO, TrackGuard, TrackResult, strength_of, summarise
 from film_restore.interlace import FieldWeaver, field_frames, restored_field_order
 from film_restore.paste import composite, face_regions, with_grain
 from film_restore.records import Chunk, ChunkResult, Track
@@ -40,7 +40,8 @@ class ComposeSettings:
     shorter than min_face pixels are left as they are, and counted. grain: "auto" re-creates
     the film's grain on restored faces (grain.TrackGrain), "off" does not (the grain is
     estimated either way: the frame's detail kept above the crop's resolution leaves it out). strength: the
-    run's (guards.parse_strength), actor_strengths: the cast file's per actor; references:
+    run's (guards.parse_strength), actor_strengths: the cast file's per actor (auto also holds each face
+    to the film's own change from frame to frame: paste_window); references:
     actor -> identity centroid and models_dir: the face models whose recogniser the identity
     guard uses (None: no guards, the restorer's faces are pasted as they are)."""
 
@@ -100,20 +101,21 @@ def _series(parts: list[tuple[list[int], TrackResult]]) -> dict:
 
 
 def paste_window(shape: tuple, window_faces: dict, rgb: dict, landmarks: dict, track_grain: TrackGrain,
-                 add_grain: bool) -> dict:
+                 add_grain: bool, held: set) -> dict:
     """One window's faces pasted back: frame -> (keys, pairs, (layer, alpha)) (paste.composite).
 
     window_faces: frame -> (keys (frame, track number), (AlignedFace, final crop) pairs);
     rgb: frame -> its RGB; landmarks: key -> the face's 68 frame landmarks. Each track's faces
-    are measured on their layers without grain (grain.TrackGrain.measure_change): where the
-    restoration would make a face change more from frame to frame than its input, only the share
-    that does not is kept; with add_grain, the layers then get fresh grain, adding no more
-    change from frame to frame than the restoration took from the track."""
+    are measured on their layers without grain (grain.TrackGrain.measure_change): for the tracks
+    in held (their strength is auto), where the restoration would make a face change more from
+    frame to frame than its input, only the share that does not is kept; with add_grain, the
+    layers then get fresh grain, adding no more change from frame to frame than the restoration
+    took from the track."""
     regions = {index: face_regions(shape, pairs, rgb[index], [track_grain.for_face(*key) for key in keys])
                for index, (keys, pairs) in window_faces.items()}
     plain = {index: composite(shape, regions[index]) for index in window_faces}
     track_grain.measure_change({key: (rgb[index], *plain[index], landmarks[key])
-                                for index, (keys, _) in window_faces.items() for key in keys})
+                                for index, (keys, _) in window_faces.items() for key in keys}, held)
     pasted = {}
     for index, (keys, pairs) in window_faces.items():
         faces = [face.kept(rgb[index], track_grain.kept_share(keys[face.number][1])) for face in regions[index]]
@@ -265,8 +267,10 @@ class Composer:
             keys = [key for key in current.aligned if key[0] == frame.index]
             if keys:
                 window_faces[frame.index] = keys, [(current.aligned[key][0], final[key]) for key in keys]
+        held = {number for (_, number), (_, actor) in current.aligned.items()
+                if strength_of(actor, self.settings.strength, self.settings.actor_strengths) == AUTO}
         faces = paste_window((self.info.height, self.info.width), window_faces, current.rgb, current.landmarks,
-                             track_grain, self.settings.grain == "auto")
+                             track_grain, self.settings.grain == "auto", held)
         result.faces_held_still += sum(track_grain.kept_share(number) < 1
                                        for keys, _ in window_faces.values() for _, number in keys)
         for frame in current.frames:

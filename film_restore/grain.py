@@ -495,11 +495,12 @@ class TrackGrain:
             window = grain_window(frames[run[0]][0].shape, np.concatenate([frames[i][1] for i in run]))
             self.models[number] = estimate_track_grain([frames[i][0][window] for i in run])
 
-    def measure_change(self, faces) -> None:
+    def measure_change(self, faces, held: set) -> None:
         """faces: {(frame index, track number): (input RGB, face layer and alpha without new grain
         (paste.composite), 68 frame landmarks)} of one window: for each track, over its longest
-        run of consecutive frames and where alpha is 1, the share of the restoration it keeps and
-        the grain it then takes (grain_allowed); a track seen on one frame keeps its last measures."""
+        run of consecutive frames and where alpha is 1, the share of the restoration it keeps
+        (tracks in held; the others keep all of it) and the grain it then takes (grain_allowed);
+        a track seen on one frame keeps its last measures."""
         seen = defaultdict(dict)
         for (index, number), face in faces.items():
             seen[number][index] = face
@@ -515,7 +516,7 @@ class TrackGrain:
             change = window_change(inputs, outputs, [alpha >= 1 for alpha in alphas], None if model is None else model.ar)
             if change is None:
                 continue
-            self.kept[number] = steady_share(change.input, change.output)
+            self.kept[number] = steady_share(change.input, change.output) if number in held else 1.0
             if model is not None:
                 self.allowed[number] = grain_allowed(change.kept(self.kept[number]), model)
 

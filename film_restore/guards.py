@@ -118,6 +118,11 @@ def parse_strength(value) -> float | str:
     return strength
 
 
+def strength_of(actor: str | None, strength, actor_strengths: dict) -> float | str:
+    """The strength a face of this actor (None: nobody) gets: the cast file's own for the actor, else the run's."""
+    return parse_strength(actor_strengths.get(actor, strength) if actor is not None else strength)
+
+
 def aligned_embedder(recogniser) -> Callable[[np.ndarray], np.ndarray]:
     """crops (N x S x S x 3 uint8, FFHQ-aligned) -> N x d unit embeddings, with a film_restore Recogniser."""
 
@@ -312,7 +317,7 @@ class TrackGuard:
         return cls(_pack_embedder(str(find_pack(models_dir).recogniser)), references, strength, actor_strengths)
 
     def __call__(self, inputs: np.ndarray, restored: np.ndarray, actor: str | None) -> TrackResult:
-        strength = self.actor_strengths.get(actor, self.strength) if actor is not None else self.strength
+        strength = strength_of(actor, self.strength, self.actor_strengths)
         return guard_track(inputs, restored, self.embed, self.references.get(actor) if actor else None, strength)
 
 

@@ -163,7 +163,7 @@ def test_a_restorer_that_flickers_keeps_only_the_share_that_changes_no_more_than
         tracks = grain.TrackGrain()
         pasted = paste_window(frames[0].shape, {t: ([(t, 0)], [(aligned[t], restored[t])]) for t in range(4)},
                               dict(enumerate(frames)), {(t, 0): face.landmarks for t, face in enumerate(faces)},
-                              tracks, add_grain=False)
+                              tracks, add_grain=False, held={0})
         outputs = np.stack([blend(frames[t], *pasted[t][2])[window] for t in range(4)])
         whole = np.stack([blend(frames[t], *face_layer(frames[t].shape, [(aligned[t], restored[t])], frames[t]))[window]
                           for t in range(4)])

@@ -11,8 +11,8 @@ from film_restore.compose import Composer, ComposeSettings
 from film_restore.faces import align_face
 from film_restore.faces.identity import Identifier
 from film_restore.interlace import FieldPicture, combing, restored_field_order, whole_frames_note
-from film_restore.paste import frame_matte
-from film_restore.settings import GRAIN
+from film_restore.paste import face_layer, frame_matte
+from film_restore.settings import GRAIN, STRENGTH
 from film_restore.stages import FaceTracker, Scanner
 from film_restore.video import check_output, join, probe, read_frames
 from film_restore.video.fields import field_rows, split_fields, weave
@@ -101,10 +101,23 @@ def sd_master(tmp_path_factory, analyzer):
     return master, Identifier({"Speaker": reference[None]}, 0.45)
 
 
-def compose(master, info, scan, tracks, output, restorer=sharpen, grain=GRAIN):
+def pasted_as_they_come(frames, tracks) -> list:
+    """The frames' pictures with each face restored (sharpen) on the whole woven frame and pasted back as it comes."""
+    faces = {tracked.frame: tracked.face for track in tracks for tracked in track.faces}
+    pictures = []
+    for frame in frames:
+        rgb = frame.picture.rgb()
+        aligned = align_face(rgb, faces[frame.index], 512)
+        restored = sharpen(aligned.crop[None], aligned.boxes[None], None)[0]
+        pictures.append(frame.picture.blended(*face_layer(rgb.shape, [(aligned, restored)], rgb)))
+    return pictures
+
+
+def compose(master, info, scan, tracks, output, restorer=sharpen, grain=GRAIN, strength=STRENGTH):
     """The master composed as one chunk with the restorer at the authors' 512 px, lossless, and joined; the ChunkResult."""
     [chunk] = scan.chunks
-    result = Composer(info, ComposeSettings("ffv1", 512, grain=grain), restorer)(chunk, tracks, scan.frame_pts, output.with_suffix(".chunk"))
+    settings = ComposeSettings("ffv1", 512, grain=grain, strength=strength)
+    result = Composer(info, settings, restorer)(chunk, tracks, scan.frame_pts, output.with_suffix(".chunk"))
     join([output.with_suffix(".chunk")], master, output, info, frame_pts=scan.frame_pts)
     return result
 
@@ -122,25 +135,30 @@ def test_interlaced_talking_head_is_restored_field_by_field_without_more_combing
         return tracker(master, scan.chunks[0], scan.frame_pts)
 
     field_tracks = tracks(restored_field_order(info))
-    result = compose(master, info, scan, field_tracks, output)
+    result = compose(master, info, scan, field_tracks, output, strength=1.0)  # all of the restoration: see held below
     [track] = field_tracks
     assert [face.frame for face in track.faces] == list(range(2 * FRAMES))  # two fields per frame, in time order
-    assert result.frames == FRAMES and result.faces == 2 * FRAMES
+    assert result.frames == FRAMES and result.faces == 2 * FRAMES and result.faces_held_still == 0
     assert probe(output).field_order == "tt" and all(frames_flagged(output))
     assert streams(output)[:4] == [("video", "ffv1"), *streams(master)[1:3], ("subtitle", "srt")] and timecode(output) == {TIMECODE}
     assert all(packets(output, index) == packets(master, index) for index in (1, 2)) and cues(output) == EXPECTED_CUES
 
-    # The same woven frames restored as progressive pictures (what a field-unaware pipeline does), and field by field
-    # with a restorer that changes nothing (no grain: re-created fresh on each field, it would add some).
-    compose(master, dataclasses.replace(info, field_order="progressive"), scan, tracks(None), tmp_path / "woven.mkv")
+    # The same woven frames restored as progressive pictures: pasted as they come (what a field-unaware pipeline
+    # does), and by the Composer with --strength auto, which holds each face to the film's own change from frame
+    # to frame (the unsharp mask amplifies it: the field run above keeps all of it with strength 1); and field by
+    # field with a restorer that changes nothing (no grain: re-created fresh on each field, it would add some).
+    progressive_tracks = tracks(None)
+    held = compose(master, dataclasses.replace(info, field_order="progressive"), scan, progressive_tracks,
+                   tmp_path / "held.mkv")
     compose(master, info, scan, field_tracks, tmp_path / "unchanged.mkv", lambda crops, boxes, actor: crops.astype(np.float32),
             grain="off")
 
-    inputs, outputs, woven, unchanged = (list(read_frames(path)) for path in
-                                         (master, output, tmp_path / "woven.mkv", tmp_path / "unchanged.mkv"))
-    measured = {"input": [], "fields": [], "woven": [], "unchanged": []}
+    inputs, outputs, held_frames, unchanged = (list(read_frames(path)) for path in
+                                               (master, output, tmp_path / "held.mkv", tmp_path / "unchanged.mkv"))
+    woven = pasted_as_they_come(inputs, progressive_tracks)
+    measured = {"input": [], "fields": [], "woven": [], "held": [], "unchanged": []}
     faces_in_field = {tracked.frame: tracked.face for tracked in track.faces}
-    for index, (before, after, frame_restored, kept) in enumerate(zip(inputs, outputs, woven, unchanged)):
+    for index, (before, after, frame_restored, held_frame, kept) in enumerate(zip(inputs, outputs, woven, held_frames, unchanged)):
         # Outside the face mattes (each field's own, on its rows) every sample keeps its value.
         matte = np.zeros(SD[::-1], np.float32)
         for number, (field, row) in enumerate(zip(split_fields(before.picture, "tt"), field_rows("tt"))):
@@ -149,15 +167,18 @@ def test_interlaced_talking_head_is_restored_field_by_field_without_more_combing
         footprint = cv2.dilate((matte > 0).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
         assert np.array_equal(before.picture.rgb()[~footprint], after.picture.rgb()[~footprint]), f"frame {index}"
         # Combing over the face region both restorations changed.
-        changed = np.any([before.picture.planes[0] != picture.planes[0] for picture in (after.picture, frame_restored.picture)], axis=0)
+        changed = np.any([before.picture.planes[0] != picture.planes[0] for picture in (after.picture, frame_restored)], axis=0)
         rows, columns = np.nonzero(changed)
         box = np.s_[rows.min():rows.max() + 1, columns.min():columns.max() + 1]
-        for name, picture in (("input", before), ("fields", after), ("woven", frame_restored), ("unchanged", kept)):
-            measured[name].append(combing(picture.picture.planes[0][box], 10))
+        for name, picture in (("input", before.picture), ("fields", after.picture), ("woven", frame_restored),
+                              ("held", held_frame.picture), ("unchanged", kept.picture)):
+            measured[name].append(combing(picture.planes[0][box], 10))
     mean = {name: float(np.mean(values)) for name, values in measured.items()}
     assert mean["unchanged"] == pytest.approx(mean["input"], rel=0.01)  # the field path itself adds no combing
     assert mean["fields"] <= mean["input"]
     assert mean["woven"] >= mean["input"] * (1 + WOVEN_COMBING)  # the measure catches the field-unaware restoration
+    # Held to the film's own change, the field-unaware restoration combs no more than the input.
+    assert held.faces_held_still > 0 and mean["held"] <= mean["input"] * 1.02
     assert result.combing["frames"] == FRAMES  # the report's: over the faces' boxes, every frame
     assert result.combing["output"] <= result.combing["input"]
 
