@@ -121,7 +121,8 @@ def paste_window(shape: tuple, window_faces: dict, rgb: dict, landmarks: dict, t
         faces = [face.kept(rgb[index], track_grain.kept_share(keys[face.number][1])) for face in regions[index]]
         if add_grain:
             faces = with_grain(faces, rgb[index], [track_grain.for_face(*key) for key in keys])
-        pasted[index] = (keys, pairs, composite(shape, faces))
+        unchanged = all(face is region for face, region in zip(faces, regions[index]))
+        pasted[index] = (keys, pairs, plain[index] if unchanged else composite(shape, faces))
     return pasted
 
 

@@ -503,7 +503,8 @@ class TrackGrain:
         a track seen on one frame keeps its last measures."""
         seen = defaultdict(dict)
         for (index, number), face in faces.items():
-            seen[number][index] = face
+            if number in held or self.models.get(number) is not None:  # else nothing to measure for
+                seen[number][index] = face
         for number, frames in seen.items():
             run = _longest_run(sorted(frames))
             if len(run) < 2:

@@ -188,9 +188,8 @@ def face_layer(frame_shape: tuple, restored_faces: Sequence[tuple[AlignedFace, n
     adding no more change from frame to frame than the restoration took away
     (grain.add_missing_grain).
     """
-    grain = list(grain) if grain is not None else [None] * len(restored_faces)
     regions = face_regions(frame_shape, restored_faces, original, grain)
-    return composite(frame_shape, with_grain(regions, original, grain) if add_grain else regions)
+    return composite(frame_shape, with_grain(regions, original, grain) if add_grain and grain is not None else regions)
 
 
 def paste_back(frame: np.ndarray, restored_faces: Sequence[tuple[AlignedFace, np.ndarray]]) -> np.ndarray:
