@@ -71,13 +71,18 @@ class FieldPicture:
         return cv2.warpAffine(self.field.rgb(), to_field, (self.width, self.height),
                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
 
-    def blended(self, rgb_float: np.ndarray, alpha: np.ndarray) -> "FieldPicture":
-        """rgb_float and alpha at the frame's size (as Picture.blended), taken on the field's rows and blended into it."""
-        layer = _field_rows(np.asarray(rgb_float, np.float32), self.row)
-        field_alpha = _field_rows(np.asarray(alpha, np.float32), self.row)
+    def blended(self, rgb_float: np.ndarray, alpha: np.ndarray, origin: tuple[int, int] | None = None) -> "FieldPicture":
+        """rgb_float and alpha over the frame (as Picture.blended: the full frame, or a rectangle of it at origin),
+        taken on the field's rows and blended into it."""
+        origin_y, origin_x = origin or (0, 0)
+        first = (self.row - origin_y) % FIELDS_PER_FRAME  # the first of the rectangle's rows on this field
+        layer = np.ascontiguousarray(np.asarray(rgb_float, np.float32)[first::FIELDS_PER_FRAME])
+        field_alpha = np.ascontiguousarray(np.asarray(alpha, np.float32)[first::FIELDS_PER_FRAME])
+        field_origin = None if origin is None else ((origin_y + first - self.row) // FIELDS_PER_FRAME, origin_x)
         rows, columns = np.nonzero(alpha > 0)
-        box = (int(columns.min()), int(rows.min()), int(columns.max()) + 1, int(rows.max()) + 1) if rows.size else None
-        return FieldPicture(self.field.blended(layer, field_alpha), self.row, self.source, _union(self.touched, box))
+        box = (int(columns.min()) + origin_x, int(rows.min()) + origin_y, int(columns.max()) + 1 + origin_x,
+               int(rows.max()) + 1 + origin_y) if rows.size else None
+        return FieldPicture(self.field.blended(layer, field_alpha, field_origin), self.row, self.source, _union(self.touched, box))
 
 
 def _union(*boxes) -> tuple | None:
@@ -86,12 +91,6 @@ def _union(*boxes) -> tuple | None:
     if not boxes:
         return None
     return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
-
-
-def _field_rows(image: np.ndarray, row: int) -> np.ndarray:
-    """The frame-sized image on one field's rows (from rgb(): the field's own rows, so a restorer that changes nothing
-    gives the field back)."""
-    return np.ascontiguousarray(image[row::FIELDS_PER_FRAME])
 
 
 def field_frames(frames: Iterable[Frame], order: str) -> Iterator[Frame]:

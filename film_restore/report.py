@@ -1,15 +1,56 @@
 """report.json (facts, shots, tracks, totals, timings) and report.html (before/after per actor)."""
 from __future__ import annotations
 
+import base64
 import dataclasses
 import html
 from collections import Counter
 from pathlib import Path
 
+import cv2
+import numpy as np
+
 from dmdnet.files import atomic_path, write_json
 from film_restore.interlace import restored_field_order
 from film_restore.report_plot import track_plot
 from film_restore.video.fields import is_interlaced
+
+
+# Side of the before/after thumbnails of the aligned face.
+SAMPLE_SIDE = 128
+# Largest side of the before/after crops of the frame around the face, kept at 1:1 scale (the film's texture).
+DETAIL_SIDE = 160
+THUMBNAIL_QUALITY = 85
+DETAIL_QUALITY = 90
+
+
+def _jpeg(rgb: np.ndarray, quality: int) -> str:
+    picture = np.clip(rgb, 0, 255).astype(np.uint8)
+    return base64.b64encode(cv2.imencode(".jpg", picture[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])[1]).decode()
+
+
+def _thumbnail(rgb: np.ndarray) -> str:
+    return _jpeg(cv2.resize(np.clip(rgb, 0, 255).astype(np.uint8), (SAMPLE_SIDE, SAMPLE_SIDE),
+                            interpolation=cv2.INTER_AREA), THUMBNAIL_QUALITY)
+
+
+def _detail(before: np.ndarray, after: np.ndarray, landmarks: np.ndarray) -> tuple[str, str]:
+    """The frame around a face at 1:1 scale, input and output: at most DETAIL_SIDE square, centred on the landmarks."""
+    height, width = before.shape[:2]
+    side_x, side_y = min(DETAIL_SIDE, width), min(DETAIL_SIDE, height)
+    centre_x, centre_y = np.asarray(landmarks, np.float64).mean(axis=0)
+    x = int(np.clip(round(centre_x - side_x / 2), 0, width - side_x))
+    y = int(np.clip(round(centre_y - side_y / 2), 0, height - side_y))
+    return tuple(_jpeg(rgb[y:y + side_y, x:x + side_x], DETAIL_QUALITY) for rgb in (before, after))
+
+
+def face_sample(frame: int, actor: str | None, before_crop: np.ndarray, after_crop: np.ndarray, before: np.ndarray,
+                after: np.ndarray, landmarks: np.ndarray, texture_ratio: float) -> dict:
+    """A track's sample for the page: the aligned face before and after (thumbnails), the frame around it at 1:1
+    before and after, and its texture ratio there (JPEG, base64: the work folder keeps it as JSON)."""
+    return {"frame": frame, "actor": actor, "before": _thumbnail(before_crop), "after": _thumbnail(after_crop),
+            "texture_ratio": round(texture_ratio, 3) if np.isfinite(texture_ratio) else None,
+            **dict(zip(("before_1to1", "after_1to1"), _detail(before, after, landmarks)))}
 
 
 def _video_facts(info) -> dict:

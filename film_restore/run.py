@@ -18,16 +18,14 @@ from dmdnet import CheckpointError
 from dmdnet.engines import ENGINES, PRECISIONS
 from film_restore import settings
 from film_restore.cast import CastError
-from film_restore.guards import parse_strength
 from film_restore.models import ModelsError
 from film_restore.pipeline import Job, PipelineError, run
-from film_restore.grain import GRAIN_MODES
 from film_restore.video import CODECS, VideoError
 
 
 def _strength(value: str):
     try:
-        return parse_strength(value)
+        return settings.parse_strength(value)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -50,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
                            help=f"faces whose box is narrower or shorter than this are left as they are (default {settings.MIN_FACE})")
     arguments.add_argument("--address", help="join this Ray cluster (host:port or ray://host:port; default $RAY_ADDRESS, "
                                              "else a local Ray)")
-    arguments.add_argument("--grain", choices=GRAIN_MODES, default=settings.GRAIN,
+    arguments.add_argument("--grain", choices=settings.GRAIN_MODES, default=settings.GRAIN,
                            help="auto re-creates the film's grain on restored faces; off leaves them clean")
     arguments.add_argument("--strength", type=_strength, default=settings.STRENGTH,
                            help="0..1: share of the restoration used; auto (default): the guards decide per face")

@@ -13,10 +13,14 @@ CODEC = "auto"
 # Faces whose detector box is narrower or shorter than this (frame pixels) are left untouched:
 # too little of them for the restorer to recover, and what it invents would show.
 MIN_FACE = 24
-# Grain on restored faces: "auto" re-creates the film's own (film_restore.texture), "off" leaves them clean.
-GRAIN = "auto"
-# Share of the restoration a face gets: "auto" lets the guards decide per face (film_restore.guards), 0..1 fixes it.
-STRENGTH = "auto"
+AUTO = "auto"
+# Grain on restored faces: "auto" re-creates the film's own (film_restore.finish.grain), "off" leaves
+# them clean (the grain is still estimated: the frame's detail kept above the crop's resolution leaves it out).
+GRAIN_MODES = (AUTO, "off")
+GRAIN = AUTO
+# Share of the restoration a face gets: "auto" lets the guards decide per face (film_restore.finish.guards)
+# and holds each face to the film's own change from frame to frame (finish.hold), 0..1 fixes it.
+STRENGTH = AUTO
 # What runs DMDNet in the restore actors (dmdnet.engines): eager torch in float32, the exact
 # reference, on every device. Not "auto" by default: on a CPU, auto exports an ONNX graph and
 # times every candidate on a face before the first restore (minutes for the full network on a
@@ -27,6 +31,26 @@ STRENGTH = "auto"
 ENGINE = "torch"
 # float32 | bfloat16 | float16 | auto (the engine's own choice for the device: float32 on a CPU, float16 on a GPU).
 PRECISION = "float32"
+
+
+def parse_strength(value) -> float | str:
+    """AUTO or a float in [0, 1]; a clear error otherwise."""
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    try:
+        strength = float(value)
+    except (TypeError, ValueError):
+        strength = None
+    if strength is None or not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be a number from 0 to 1 or 'auto', got {value!r}")
+    return strength
+
+
+def parse_grain(value) -> str:
+    """One of GRAIN_MODES; a clear error otherwise."""
+    if value not in GRAIN_MODES:
+        raise ValueError(f"grain must be one of {', '.join(GRAIN_MODES)}, got {value!r}")
+    return value
 
 
 def default_output(film: Path) -> Path:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from film_restore.guards import parse_strength
+from film_restore.settings import parse_strength
 
 DEFAULT_MATCH_THRESHOLD = 0.45
 

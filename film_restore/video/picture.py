@@ -222,11 +222,12 @@ class Picture:
             return cv2.transform(yuv, model.to_rgb)  # saturating, rounded
         return np.minimum(cv2.transform(yuv, model.to_rgb), 255).astype(np.uint8)
 
-    def blended(self, rgb_float: np.ndarray, alpha: np.ndarray) -> "Picture":
+    def blended(self, rgb_float: np.ndarray, alpha: np.ndarray, origin: tuple[int, int] | None = None) -> "Picture":
         """A new Picture with restored RGB blended in with alpha, in this picture's own format.
 
-        rgb_float: float32 H x W x 3 on the 0..255 scale (the full frame); alpha: float32
-        H x W in 0..1 (values outside are clipped). Luma: Y = Y0 + alpha * (Y(rgb) - Y0).
+        rgb_float: float32 H x W x 3 on the 0..255 scale, the full frame or, with origin=(y, x),
+        a rectangle of it whose top-left pixel is there; alpha: float32 H x W in 0..1 (values
+        outside are clipped) over the same pixels. Luma: Y = Y0 + alpha * (Y(rgb) - Y0).
         Chroma: C = C0 + mean over the sample's footprint of alpha * (C(rgb) - C0), which is
         the footprint's mean alpha times the alpha-weighted mean of the target chroma. Every
         sample whose alpha (for chroma: every alpha in its footprint) is 0 keeps its exact
@@ -238,23 +239,28 @@ class Picture:
         height, width = self.height, self.width
         rgb_float = np.asarray(rgb_float)
         alpha = np.asarray(alpha)
-        if rgb_float.shape != (height, width, 3):
-            raise ValueError(f"restored RGB must be {height} x {width} x 3 (the full frame), got {rgb_float.shape}")
-        if alpha.shape != (height, width):
-            raise ValueError(f"alpha must be {height} x {width} (the full frame), got {alpha.shape}")
+        origin_y, origin_x = origin or (0, 0)
+        extent = (height, width) if origin is None else alpha.shape
+        where = "the full frame" if origin is None else f"a rectangle at {origin} inside the {height} x {width} frame"
+        if (alpha.shape != extent or origin_y < 0 or origin_x < 0 or origin_y + extent[0] > height
+                or origin_x + extent[1] > width):
+            raise ValueError(f"alpha must be {extent[0]} x {extent[1]} ({where}), got {alpha.shape}")
+        if rgb_float.shape != (*extent, 3):
+            raise ValueError(f"restored RGB must be {extent[0]} x {extent[1]} x 3 ({where}), got {rgb_float.shape}")
         rows = np.flatnonzero((alpha > 0).any(axis=1))
         if rows.size == 0:
             return self
         columns = np.flatnonzero((alpha[rows[0]:rows[-1] + 1] > 0).any(axis=0))
+        rows, columns = rows + origin_y, columns + origin_x
         _, sx, sy = PIX_FMTS[self.pix_fmt]
         gx, gy = (1, 1) if sx is None else (1 << sx, 1 << sy)
         # The rectangle, widened to whole chroma footprints.
-        y0, y1 = rows[0] - rows[0] % gy, min(-(-(rows[-1] + 1) // gy) * gy, height)
-        x0, x1 = columns[0] - columns[0] % gx, min(-(-(columns[-1] + 1) // gx) * gx, width)
-        a = np.clip(alpha[y0:y1, x0:x1].astype(np.float32, copy=False), 0.0, 1.0)
+        y0, y1 = int(rows[0] - rows[0] % gy), int(min(-(-(rows[-1] + 1) // gy) * gy, height))
+        x0, x1 = int(columns[0] - columns[0] % gx), int(min(-(-(columns[-1] + 1) // gx) * gx, width))
+        a = np.clip(_frame_rectangle(alpha, origin_y, origin_x, y0, y1, x0, x1).astype(np.float32, copy=False), 0.0, 1.0)
         if not np.isfinite(a).all():
             raise ValueError("alpha must be finite numbers, got NaN")
-        colour = np.ascontiguousarray(rgb_float[y0:y1, x0:x1], dtype=np.float32)
+        colour = np.ascontiguousarray(_frame_rectangle(rgb_float, origin_y, origin_x, y0, y1, x0, x1), dtype=np.float32)
         model = self._colour()
         top = float(self.max_code)
         dtype = self.planes[0].dtype
@@ -301,3 +307,14 @@ class Picture:
         result.color_primaries, result.color_trc = self.color_primaries, self.color_trc
         result._model = self._model
         return result
+
+
+def _frame_rectangle(values: np.ndarray, top: int, left: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """Frame rows y0:y1, columns x0:x1 of values that cover the frame from (top, left), zero where they do not reach."""
+    height, width = values.shape[:2]
+    if top <= y0 and left <= x0 and y1 <= top + height and x1 <= left + width:
+        return values[y0 - top:y1 - top, x0 - left:x1 - left]
+    out = np.zeros((y1 - y0, x1 - x0, *values.shape[2:]), values.dtype)
+    sy0, sy1, sx0, sx1 = max(y0, top), min(y1, top + height), max(x0, left), min(x1, left + width)
+    out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = values[sy0 - top:sy1 - top, sx0 - left:sx1 - left]
+    return out

@@ -1,0 +1,150 @@
+"""The optical flow of a face along its track: one flow per neighbouring pair of faces, computed
+once on their aligned crops at the face's own size, and shared by every step that follows the face
+from frame to frame (the guards' stabilisation and flicker measure, the hold-still, the grain).
+
+OpenCV's DIS flow (preset medium) runs both ways between the two crops' luma, shrunk to the side
+the face has in the frame (a face smaller than its crop gains nothing from the crop's extra
+pixels) and at most FLOW_SIDE; a forward-backward check marks the pixels it follows. Aligned crops
+hold the face still, so what is left to follow is the face's own motion (a mouth, a turn).
+
+Users read a pair's flow on the crop grid they work on (`PairFlow.backward(size)`), two frames
+apart by chaining two pairs (`chained`), or in frame pixels over a frame rectangle through the two
+faces' alignments (`PairFlow.in_frame`), so the frame-space measures need no flow of their own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from film_restore.faces.align import AlignmentTransform
+from film_restore.finish import ops
+
+# Flow is computed on crops no larger than this side: enough for faces, and cheap.
+FLOW_SIDE = 256
+# Forward-backward check (Sundaram et al. 2010, as in Lai et al. 2018): a pixel whose
+# round trip t -> t+k -> t misses by more than this, relative to its motion, is occluded.
+FB_RELATIVE = 0.01
+FB_ABSOLUTE = 0.5  # squared pixels
+
+
+def gray(image: np.ndarray) -> np.ndarray:
+    """uint8 luma of an RGB image (OpenCV's, rounded), the flow's input."""
+    image = np.clip(image, 0, 255).astype(np.uint8) if image.dtype != np.uint8 else image
+    return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+
+
+def _dis():
+    return cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+
+
+def _round_trip_valid(there: np.ndarray, back: np.ndarray) -> np.ndarray:
+    """Where the flow `there` and the flow `back` from where it lands agree (forward-backward check)."""
+    back_there = ops.warp(back[None], there[None])[0]
+    miss = ((there + back_there) ** 2).sum(-1)
+    return miss <= FB_RELATIVE * ((there ** 2).sum(-1) + (back_there ** 2).sum(-1)) + FB_ABSOLUTE
+
+
+def flow_side(crop_side: int, scale: float) -> int:
+    """The side a pair's flow is computed at: the face's own size in the frame (crop side / scale,
+    scale in crop pixels per frame pixel), at most the crop's and FLOW_SIDE."""
+    return int(max(min(FLOW_SIDE, crop_side, round(crop_side / max(scale, 1e-6))), 8))
+
+
+def dense_flow(earlier: np.ndarray, later: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(flow later -> earlier, valid, flow earlier -> later, valid) of two same-size RGB images,
+    computed on their luma shrunk to size (height, width), in that grid's pixels."""
+    later_gray, earlier_gray = (cv2.resize(gray(image), size[::-1], interpolation=cv2.INTER_AREA)
+                                if image.shape[:2] != size else gray(image) for image in (later, earlier))
+    dis = _dis()
+    back = dis.calc(later_gray, earlier_gray, None)
+    ahead = dis.calc(earlier_gray, later_gray, None)
+    return back, _round_trip_valid(back, ahead), ahead, _round_trip_valid(ahead, back)
+
+
+@dataclass(eq=False)
+class PairFlow:
+    """The flow between one track's faces on neighbouring frames, `earlier` and `later`, on the
+    flow grid (side x side, over the whole crop): back maps later crop pixels to earlier ones, ahead
+    the other way, each with the pixels the forward-backward check passes."""
+
+    back: np.ndarray
+    back_valid: np.ndarray
+    ahead: np.ndarray
+    ahead_valid: np.ndarray
+    crop_side: int
+    _grids: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def between(cls, earlier_crop: np.ndarray, later_crop: np.ndarray, scale: float) -> "PairFlow":
+        """The pair's flow from the two aligned crops; scale: crop pixels per frame pixel (the later face's)."""
+        crop_side = later_crop.shape[0]
+        side = flow_side(crop_side, scale)
+        return cls(*dense_flow(earlier_crop, later_crop, (side, side)), crop_side)
+
+    @property
+    def side(self) -> int:
+        return self.back.shape[0]
+
+    def backward(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(flow later -> earlier, valid) on a size x size grid over the crop, in that grid's pixels."""
+        return self._on_grid("back", size)
+
+    def forward(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(flow earlier -> later, valid) on a size x size grid over the crop, in that grid's pixels."""
+        return self._on_grid("ahead", size)
+
+    def _on_grid(self, direction: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+        if (direction, size) not in self._grids:
+            flow, valid = getattr(self, direction), getattr(self, f"{direction}_valid")
+            if size != self.side:
+                flow = cv2.resize(flow, (size, size), interpolation=cv2.INTER_LINEAR) * np.float32(size / self.side)
+                valid = cv2.resize(valid.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST).astype(bool)
+            self._grids[direction, size] = (flow, valid)
+        return self._grids[direction, size]
+
+    def in_frame(self, region: tuple[slice, slice], later: AlignmentTransform, earlier: AlignmentTransform
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """(flow, valid) over a rectangle of the later frame, in frame pixels: where each of its
+        pixels was in the earlier frame, through the two faces' alignments and the crops' flow
+        (valid: the check passes and the pixel lies inside the later crop)."""
+        rows, columns = region
+        grid_x, grid_y = np.meshgrid(np.arange(columns.start, columns.stop, dtype=np.float64),
+                                     np.arange(rows.start, rows.stop, dtype=np.float64))
+        later_x = later.matrix[0, 0] * grid_x + later.matrix[0, 1] * grid_y + later.matrix[0, 2]
+        later_y = later.matrix[1, 0] * grid_x + later.matrix[1, 1] * grid_y + later.matrix[1, 2]
+        shrink = self.side / self.crop_side
+        flow_x, flow_y = ((later_x + 0.5) * shrink - 0.5).astype(np.float32), ((later_y + 0.5) * shrink - 0.5).astype(np.float32)
+        step = cv2.remap(self.back, flow_x, flow_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) / shrink
+        valid = cv2.remap(self.back_valid.astype(np.uint8), flow_x, flow_y, cv2.INTER_NEAREST,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+        valid &= (later_x >= 0) & (later_y >= 0) & (later_x <= self.crop_side - 1) & (later_y <= self.crop_side - 1)
+        earlier_x, earlier_y = later_x + step[..., 0], later_y + step[..., 1]
+        inverse = earlier.inverse
+        frame_x = inverse[0, 0] * earlier_x + inverse[0, 1] * earlier_y + inverse[0, 2]
+        frame_y = inverse[1, 0] * earlier_x + inverse[1, 1] * earlier_y + inverse[1, 2]
+        return np.stack([frame_x - grid_x, frame_y - grid_y], axis=-1).astype(np.float32), valid
+
+
+def image_flow(earlier: np.ndarray, later: np.ndarray, side: int = FLOW_SIDE) -> tuple[np.ndarray, np.ndarray]:
+    """(flow later -> earlier, valid) of two same-size RGB images at their full size, computed on
+    them shrunk to at most `side` pixels: for measures of pictures that are not a track's crops."""
+    height, width = later.shape[:2]
+    scale = min(1.0, side / max(height, width))
+    size = (max(round(height * scale), 8), max(round(width * scale), 8))
+    back, valid, _, _ = dense_flow(earlier, later, size)
+    if size == (height, width):
+        return back, valid
+    stretch = np.float32((width / size[1] + height / size[0]) / 2)
+    return (cv2.resize(back, (width, height), interpolation=cv2.INTER_LINEAR) * stretch,
+            cv2.resize(valid.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool))
+
+
+def chained(first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Two flows followed one after the other, (flow a -> b, valid) then (flow b -> c, valid) on
+    one grid: (flow a -> c, valid where both are)."""
+    flow_ab, valid_ab = first
+    flow_bc, valid_bc = second
+    along = ops.warp(np.concatenate([flow_bc, valid_bc[..., None].astype(np.float32)], axis=-1)[None], flow_ab[None])[0]
+    return flow_ab + along[..., :2], valid_ab & (along[..., 2] > 0.5)

@@ -1,0 +1,446 @@
+"""Guards on restored faces, per track, in aligned space, training-free: a face never ends worse than it came.
+
+The restoration is handled as a residual, restored minus input crop, and each guard acts on
+it; a restorer that returns its input leaves every face exactly as it was.
+
+fidelity       the residual loses the band the input can vouch for (below the input's effective
+               resolution, `effective_resolution`, estimated once per track from its first
+               RESOLUTION_FACES faces): the restored face re-degraded to that resolution agrees
+               with the input. finish.paste's colour match does this for the coarsest scales
+               only; this extends it to every frequency the input really has.
+stabilisation  a centred (zero-lag) temporal filter of the residual along the input's optical
+               flow (Bonneel et al. 2015, Lai et al. 2018, without their training or lag): each
+               face's residual is averaged with its neighbours' warped onto it, weighted by a
+               Gaussian in time, the flow's forward-backward check and how well the warped
+               (blurred) input matches, so occlusions and mistracked pixels (a mouth opening)
+               keep their own residual and nothing ghosts. The frame-to-frame part of the
+               residual that cancels the input's own frame-to-frame change (noise the restorer
+               removed) is kept, locally in proportion; the rest (the restorer's flicker) is
+               filtered away. The window ends at the track's ends.
+identity       each face's strength (0..1, its share of the residual) is the highest of
+               STRENGTH_STEPS at which the face is as like the actor as the input was (within
+               IDENTITY_TOLERANCE) (a face of nobody: at least UNKNOWN_SELF_SIMILARITY like its
+               own input); the strengths are then smoothed along the track by a moving minimum
+               and a moving average of the same reach, so they never exceed any face's limit
+               and do not pump.
+
+`TrackGuard` runs the three on one track fed face by face, each face's work done once; a face's
+result depends on its track within GUARD_HORIZON faces either side, so a window's faces are
+final once the faces that far ahead are restored. `strength` "auto" lets the identity guard
+decide per face, a number 0..1 fixes it (the identity guard then only measures). The flows come
+from finish.flow, one per neighbouring pair. Arrays are numpy (CPU) or torch tensors (the
+restore actor's device), through finish.ops.
+"""
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from film_restore.faces.align import ffhq_template
+from film_restore.finish import ops
+from film_restore.finish.flow import PairFlow, chained
+from film_restore.finish.measures import identity, temporal_changes
+from film_restore.settings import AUTO
+
+# Stabilisation: neighbours each side and the Gaussian (frames) that weighs them.
+TEMPORAL_RADIUS = 2
+TEMPORAL_SIGMA = 1.0
+# A neighbour's pixel counts in proportion to exp(-d^2 / 2 tau^2), d the difference (levels)
+# of the two inputs blurred by MATCH_BLUR x crop side after warping: blur keeps noise
+# (sigma 6 -> ~1.5) from vetoing, while a mouth opening or an occlusion differs by tens of levels.
+# The blurred inputs are compared at half the crop's resolution, which their blur leaves intact.
+MATCH_TOLERANCE = 8.0
+MATCH_BLUR = 0.006
+# Spatial reach (x crop side) over which the residual's frame-to-frame change is compared
+# with the input's, to decide how much of it cancels input noise.
+CANCEL_BLUR = 0.02
+# Identity guard: the strengths tried, best first, and the reach (frames) of their smoothing.
+STRENGTH_STEPS = (1.0, 0.75, 0.5, 0.25, 0.0)
+STRENGTH_RADIUS = 3
+# A named actor's face is held back where restoring it lowers its similarity to the actor by
+# more than this: a face's similarity to its actor changes by 0.005-0.012 on average from one
+# frame to the next (compact pack, aligned 256 px crops of retalk_2 and liveportrait_d10).
+IDENTITY_TOLERANCE = 0.005
+# A face of nobody is held back where its restored embedding is less like its input's than this
+# (one face in consecutive frames scores 0.97-0.98 against itself on the same clips).
+UNKNOWN_SELF_SIMILARITY = 0.8
+# Fidelity: the input vouches for frequencies whose power is this many times its noise floor,
+# estimated once per track from its first faces (the median over them).
+VOUCH_SNR = 4.0
+RESOLUTION_FACES = 8
+# Why a face was held back (reports count them).
+LESS_LIKE_THE_ACTOR = "identity: restored face less like the actor than the input"
+UNLIKE_ITSELF = "identity: restored face unlike its own input"
+WITH_NEIGHBOURS = "identity: held back with neighbouring faces (strengths smoothed along the track)"
+# Faces either side a face's result depends on (stabilisation, then the strength smoothing's two passes).
+GUARD_HORIZON = TEMPORAL_RADIUS + 2 * STRENGTH_RADIUS
+
+
+@dataclass
+class GuardedFaces:
+    """Some of one track's faces guarded, and what the guards measured and decided, per face.
+
+    faces: float32 N x S x S x 3 (0..255) final aligned crops (numpy, or tensors on the device
+    the restored faces came on); strength: N (share of the residual used); reasons: N strings
+    ("" where the face got the full strength, else one of the phrases above);
+    identity_in / identity_out: N cosine similarities (to the actor, or for a face of nobody of
+    the output to its own input, the input then 1.0); change_in / change_out / change_weight:
+    N sums of the frame-to-frame change from the previous face (0 weight for the first), so
+    flicker over any run of faces is sum(change_out) / sum(change_in); resolution: the input's
+    effective resolution (fraction of the crop's Nyquist frequency) the fidelity guard used.
+    """
+
+    faces: object
+    strength: np.ndarray
+    reasons: np.ndarray
+    identity_in: np.ndarray
+    identity_out: np.ndarray
+    change_in: np.ndarray
+    change_out: np.ndarray
+    change_weight: np.ndarray
+    resolution: float
+
+
+def aligned_embedder(recogniser) -> Callable[[np.ndarray], np.ndarray]:
+    """crops (N x S x S x 3 uint8, FFHQ-aligned) -> N x d unit embeddings, with a film_restore Recogniser."""
+
+    def embed(crops: np.ndarray) -> np.ndarray:
+        keypoints = ffhq_template(crops.shape[1])
+        return np.stack([recogniser.embedding(crop, keypoints) for crop in crops])
+
+    return embed
+
+
+@functools.lru_cache(maxsize=2)
+def pack_embedder(recogniser_path: str) -> Callable[[np.ndarray], np.ndarray]:
+    """One recogniser per worker process: each chunk's Composer builds guards, and Ray reuses workers."""
+    from film_restore.faces.recogniser import Recogniser
+
+    return aligned_embedder(Recogniser(recogniser_path))
+
+
+@functools.lru_cache(maxsize=4)
+def face_mask(size: int) -> np.ndarray:
+    """Weights (float32 size x size) of the face inside an FFHQ-aligned crop: an ellipse over brows to chin."""
+    mask = np.zeros((size, size), np.float32)
+    cv2.ellipse(mask, (round(0.5 * size), round(0.56 * size)), (round(0.3 * size), round(0.38 * size)), 0, 0, 360, 1.0, -1)
+    return mask
+
+
+def effective_resolution(crops: np.ndarray) -> float:
+    """The fraction (0..1) of the crops' Nyquist frequency their faces carry above their noise.
+
+    Per crop: the radially averaged power spectrum of the windowed luma; its floor is the
+    median power in the top 15% of frequencies (noise, or for a sharp crop still signal);
+    the resolution is the highest frequency whose power exceeds VOUCH_SNR times the floor.
+    The median over the crops is returned.
+    """
+    size = crops.shape[1]
+    window = np.outer(np.hanning(size), np.hanning(size)).astype(np.float32)
+    fy, fx = np.meshgrid(np.fft.fftfreq(size), np.fft.rfftfreq(size), indexing="ij")
+    radius = np.sqrt(fx ** 2 + fy ** 2) / 0.5  # 1 at Nyquist
+    bins = np.minimum((radius * 50).astype(int), 50)
+    # The half-plane spectrum holds each column but the first and the Nyquist one for two.
+    columns = np.full(fx.shape, 2.0)
+    columns[:, 0] = 1.0
+    if size % 2 == 0:
+        columns[:, -1] = 1.0
+    counts = np.bincount(bins.ravel(), columns.ravel(), minlength=51)
+    estimates = []
+    for crop in crops:
+        luma = cv2.cvtColor(np.asarray(crop, np.uint8), cv2.COLOR_RGB2GRAY).astype(np.float32)
+        luma = (luma - luma.mean()) * window
+        power = np.abs(np.fft.rfft2(luma)) ** 2 * columns
+        profile = np.bincount(bins.ravel(), power.ravel(), minlength=51)[:50] / np.maximum(counts[:50], 1)
+        floor = np.median(profile[42:50])
+        above = np.nonzero(profile[1:] > VOUCH_SNR * floor)[0]
+        estimates.append((above.max() + 2) / 50 if above.size else 1 / 50)
+    return float(min(np.median(estimates), 1.0))
+
+
+def match_band(residuals, resolution: float):
+    """Residuals (N x S x S x 3) without the band below `resolution` (fraction of Nyquist): the input's own there wins.
+
+    A Gaussian low-pass whose response is one half at the cut-off is taken off each residual.
+    """
+    sigma = 0.375 / max(resolution, 1e-3)  # exp(-2 pi^2 sigma^2 f^2) = 1/2 at f = resolution / 2 cycles/pixel
+    return residuals - ops.blur(residuals, sigma)
+
+
+def wide_blur(planes, sigma: float):
+    """A Gaussian blur of this (wide) sigma of N x S x S x C planes, computed at a quarter of their
+    resolution where the side allows: what is left of the detail there is far finer than sigma."""
+    size = planes.shape[1]
+    if size % 4 or sigma < 4:
+        return ops.blur(planes, sigma)
+    quarter = ops.resize(planes, (size // 4, size // 4), ops.AREA)
+    return ops.resize(ops.blur(quarter, sigma / 4), (size, size), ops.LINEAR)
+
+
+class TrackGuard:
+    """The guards of one track (its faces that are restored, in order: positions 0..length-1),
+    fed face by face (`add`) and asked for the final faces of some positions (`guard`) once the
+    faces GUARD_HORIZON positions beyond them are added (or the track ends). Each face's band
+    match, stabilisation, identity limit and embeddings are computed once and kept until `forget`.
+
+    embed: uint8 crops -> unit embeddings (aligned_embedder); reference: the actor's unit
+    centroid, None for a face of nobody; strength: AUTO or 0..1; resolution: the input's
+    effective resolution (default: estimated from the track's first RESOLUTION_FACES faces).
+    """
+
+    def __init__(self, length: int, embed: Callable[[np.ndarray], np.ndarray], reference: np.ndarray | None,
+                 strength: float | str = AUTO, resolution: float | None = None):
+        self.length = length
+        self.embed = embed
+        self.reference = reference
+        self.strength = strength
+        self.resolution = resolution
+        self.inputs, self.restored, self.flows = {}, {}, {}  # position -> uint8 crop, float32 crop, PairFlow from the one before
+        self.residuals, self.stabilised, self.finals = {}, {}, {}
+        self.limits, self.input_embeddings, self.candidates = {}, {}, {}  # candidates: (position, strength) -> embedding
+
+    def add(self, position: int, input_crop: np.ndarray, restored, flow: PairFlow | None) -> None:
+        """One face: its uint8 input crop, its restored crop (float32, numpy or a tensor) and the flow
+        from the face before it (None for the first)."""
+        self.inputs[position] = input_crop
+        self.restored[position] = restored
+        if flow is not None:
+            self.flows[position] = flow
+
+    def forget(self, before: int) -> None:
+        """Drops what only faces before this position needed (keeps what later faces still read)."""
+        for store in (self.inputs, self.restored, self.flows, self.residuals, self.stabilised, self.finals,
+                      self.limits, self.input_embeddings):
+            for position in [p for p in store if p < before - GUARD_HORIZON - TEMPORAL_RADIUS]:
+                del store[position]
+        for key in [key for key in self.candidates if key[0] < before]:
+            del self.candidates[key]
+
+    # ---- per face, once
+
+    def _existing(self, positions) -> list[int]:
+        return sorted({p for p in positions if 0 <= p < self.length})
+
+    def _device_input(self, position: int):
+        return ops.like(self.restored[position], self.inputs[position])
+
+    def _residuals(self, positions: list[int]) -> None:
+        missing = [p for p in positions if p not in self.residuals]
+        if not missing:
+            return
+        if self.resolution is None:
+            first = [self.inputs[p] for p in range(min(RESOLUTION_FACES, self.length)) if p in self.inputs]
+            self.resolution = effective_resolution(np.stack(first))
+        xp = ops.namespace(self.restored[missing[0]])
+        raw = xp.stack([self.restored[p] - self._device_input(p) for p in missing])
+        for position, residual in zip(missing, match_band(raw, self.resolution)):
+            self.residuals[position] = residual
+
+    def _step_flow(self, position: int, step: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(flow from this face to the one `step` positions away, valid) on a size x size grid over the crop."""
+        if step == -1:
+            return self.flows[position].backward(size)
+        if step == 1:
+            return self.flows[position + 1].forward(size)
+        if step == -2:
+            native = self.flows[position].side
+            flow = chained(self.flows[position].backward(native), self.flows[position - 1].backward(native))
+        else:
+            native = self.flows[position + 1].side
+            flow = chained(self.flows[position + 1].forward(native), self.flows[position + 2].forward(native))
+        return _on_grid(flow, size)
+
+    def _stabilise(self, position: int) -> None:
+        """The face's residual filtered along its neighbours (see the module notes)."""
+        residual, picture = self.residuals[position], self._device_input(position)
+        xp = ops.namespace(residual)
+        size = picture.shape[0]
+        steps = [step for step in range(-TEMPORAL_RADIUS, TEMPORAL_RADIUS + 1)
+                 if step and 0 <= position + step < self.length]
+        if not steps:
+            self.stabilised[position] = residual
+            return
+        half = size // 2 if size % 2 == 0 else size
+        flows = [self._step_flow(position, step, size)[0] for step in steps]
+        coarse = [self._step_flow(position, step, half) for step in steps]
+        neighbours = [position + step for step in steps]
+        pictures = xp.stack([picture] + [self._device_input(p) for p in neighbours])
+        guides = ops.blur(ops.resize(pictures, (half, half), ops.AREA) if half != size else pictures, MATCH_BLUR * half)
+        warped_guides = ops.warp(guides[1:], ops.like(residual, np.stack([flow for flow, _ in coarse])))
+        mismatch = abs(guides[:1] - warped_guides) @ ops.like(residual, np.full(3, 1 / 3, np.float32))
+        closeness = ops.like(residual, np.stack([np.exp(-0.5 * (step / TEMPORAL_SIGMA) ** 2) * valid
+                                                 for step, (_, valid) in zip(steps, coarse)]).astype(np.float32))
+        weights = closeness * xp.exp(-0.5 * (mismatch / MATCH_TOLERANCE) ** 2)
+        if half != size:
+            weights = ops.resize(weights[..., None], (size, size), ops.LINEAR)[..., 0]
+        device_flows = ops.like(residual, np.stack(flows))
+        warped = ops.warp(xp.stack([self.residuals[p] for p in neighbours]), device_flows)
+        warped_inputs = ops.warp(pictures[1:], device_flows)
+        total = 1.0 + xp.sum(weights, axis=0)
+        smooth_residual = (residual + xp.sum(weights[..., None] * warped, axis=0)) / total[..., None]
+        input_change = picture - (picture + xp.sum(weights[..., None] * warped_inputs, axis=0)) / total[..., None]
+        residual_change = residual - smooth_residual
+        ones = ops.like(residual, np.ones(3, np.float32))
+        # The share of the residual's own frame-to-frame change that best cancels the input's
+        # (least squares, locally): 1 where the restorer removed noise, 0 where it added flicker.
+        sums = xp.stack([-(input_change * residual_change) @ ones, (residual_change ** 2) @ ones], axis=-1)
+        blurred = wide_blur(sums[None], CANCEL_BLUR * size)[0]
+        keep = xp.clip(blurred[..., 0] / (blurred[..., 1] + 1.0), 0.0, 1.0)
+        self.stabilised[position] = smooth_residual + keep[..., None] * residual_change
+
+    def _embed(self, crops) -> np.ndarray:
+        xp = ops.namespace(crops)
+        return self.embed(ops.to_numpy(xp.astype(xp.clip(xp.round(crops), 0, 255), xp.uint8)))
+
+    def _identity(self, positions: list[int]) -> None:
+        """Input embeddings of these faces and, under AUTO, each one's highest strength step that keeps its identity."""
+        missing = [p for p in positions if p not in self.input_embeddings]
+        if missing:
+            for position, embedding in zip(missing, self.embed(np.stack([self.inputs[p] for p in missing]))):
+                self.input_embeddings[position] = embedding
+        if self.strength != AUTO:
+            return
+        undecided = [p for p in positions if p not in self.limits]
+        baseline = {p: self._baseline(p) for p in undecided}
+        for strength in STRENGTH_STEPS:
+            if not undecided:
+                break
+            if strength == 0:
+                self.limits.update((p, 0.0) for p in undecided)
+                break
+            xp = ops.namespace(self.stabilised[undecided[0]])
+            candidates = xp.stack([self._device_input(p) + strength * self.stabilised[p] for p in undecided])
+            passed = []
+            for position, embedding in zip(undecided, self._embed(candidates)):
+                self.candidates[position, strength] = embedding
+                score = float(identity(embedding[None], self._reference_for(position))[0])
+                floor = baseline[position] - IDENTITY_TOLERANCE if self.reference is not None else UNKNOWN_SELF_SIMILARITY
+                if score >= floor:
+                    self.limits[position] = strength
+                    passed.append(position)
+            undecided = [p for p in undecided if p not in passed]
+
+    def _reference_for(self, position: int) -> np.ndarray:
+        return self.reference if self.reference is not None else self.input_embeddings[position]
+
+    def _baseline(self, position: int) -> float:
+        if self.reference is None:
+            return 1.0
+        return float(identity(self.input_embeddings[position][None], self.reference)[0])
+
+    def _strength(self, position: int) -> float:
+        """The smoothed strength (see smooth_strengths) of one face, from the limits within GUARD_HORIZON of it."""
+        if self.strength != AUTO:
+            return float(self.strength)
+        reach = STRENGTH_RADIUS
+        offsets = np.arange(-reach, reach + 1)
+        gauss = np.exp(-0.5 * (offsets / (reach / 2)) ** 2)
+        inside = (position + offsets >= 0) & (position + offsets < self.length)
+        lowest = [min(self.limits[v] for v in self._existing(range(u - reach, u + reach + 1))) for u in position + offsets[inside]]
+        smoothed = np.float32((gauss[inside] * np.asarray(lowest, np.float32)).sum() / gauss[inside].sum())
+        return float(min(smoothed, self.limits[position]))
+
+    # ---- a window's faces
+
+    def guard(self, positions: list[int]) -> GuardedFaces:
+        """The final faces of these positions (consecutive) and the guards' measures of them."""
+        limited = self._existing(range(positions[0] - 2 * STRENGTH_RADIUS, positions[-1] + 2 * STRENGTH_RADIUS + 1)) \
+            if self.strength == AUTO else list(positions)
+        stabilised = self._existing(limited + list(positions))
+        self._residuals(self._existing(range(stabilised[0] - TEMPORAL_RADIUS, stabilised[-1] + TEMPORAL_RADIUS + 1)))
+        for position in stabilised:
+            if position not in self.stabilised:
+                self._stabilise(position)
+        self._identity(limited)
+        strengths = np.array([self._strength(p) for p in positions], np.float32)
+        xp = ops.namespace(self.stabilised[positions[0]])
+        for position, strength in zip(positions, strengths):
+            self.finals[position] = self._device_input(position) + float(strength) * self.stabilised[position]
+        faces = xp.stack([self.finals[p] for p in positions])
+        output_embeddings = self._output_embeddings(positions, strengths, faces)
+        identity_in = np.array([self._baseline(p) for p in positions], np.float32)
+        identity_out = np.array([identity(e[None], self._reference_for(p))[0] for p, e in zip(positions, output_embeddings)],
+                                np.float32)
+        reasons = np.array([self._reason(p, s) for p, s in zip(positions, strengths)], dtype=object)
+        return GuardedFaces(faces, strengths, reasons, identity_in, identity_out, *self._changes(positions), self.resolution)
+
+    def _output_embeddings(self, positions, strengths, faces) -> list[np.ndarray]:
+        """The final faces' embeddings; a face at a strength step already tried has it (the same pixels)."""
+        known = {i: self.candidates.get((p, float(s))) for i, (p, s) in enumerate(zip(positions, strengths))}
+        missing = [i for i, embedding in known.items() if embedding is None]
+        if missing:
+            known.update(zip(missing, self._embed(faces[missing] if ops.is_numpy(faces) else faces[np.array(missing)])))
+        return [known[i] for i in range(len(positions))]
+
+    def _changes(self, positions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per face, the frame-to-frame change from the face before it, input and output (temporal_changes), inside face_mask."""
+        sums = np.zeros((3, len(positions)))
+        size = self.inputs[positions[0]].shape[0]
+        for index, position in enumerate(positions):
+            if position - 1 not in self.finals or position not in self.flows:
+                continue
+            pair = [position - 1, position]
+            xp = ops.namespace(self.finals[position])
+            inputs = xp.stack([self._device_input(p) for p in pair])
+            outputs = xp.stack([self.finals[p] for p in pair])
+            changes = temporal_changes(inputs, outputs, face_mask(size), [self.flows[position].backward(size)])
+            sums[:, index] = [values[0] for values in changes]
+        return sums[0], sums[1], sums[2]
+
+    def _reason(self, position: int, strength: float) -> str:
+        if self.strength != AUTO or strength >= STRENGTH_STEPS[0]:
+            return ""
+        if self.limits[position] < STRENGTH_STEPS[0]:
+            return LESS_LIKE_THE_ACTOR if self.reference is not None else UNLIKE_ITSELF
+        return WITH_NEIGHBOURS
+
+
+def _on_grid(flow: tuple[np.ndarray, np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
+    field, valid = flow
+    if field.shape[0] == size:
+        return flow
+    return (cv2.resize(field, (size, size), interpolation=cv2.INTER_LINEAR) * np.float32(size / field.shape[0]),
+            cv2.resize(valid.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST).astype(bool))
+
+
+def guard_track(inputs: np.ndarray, restored, embed: Callable[[np.ndarray], np.ndarray], reference: np.ndarray | None,
+                strength: float | str = AUTO, resolution: float | None = None, scale: float = 1.0) -> GuardedFaces:
+    """The guarded faces of one whole track (consecutive frames of one shot) and its measures.
+
+    inputs: N x S x S x 3 uint8 aligned input crops; restored: the restorer's N x S x S x 3
+    (float 0..255); embed: crops -> unit embeddings (see aligned_embedder); reference: the
+    actor's unit centroid, None for a face of nobody; strength: AUTO or 0..1; resolution: the
+    input's effective resolution (default: estimated from the first crops); scale: the faces'
+    crop pixels per frame pixel (the flows' size, finish.flow.flow_side).
+    """
+    if inputs.shape != restored.shape or inputs.ndim != 4 or inputs.shape[-1] != 3:
+        raise ValueError(f"guard_track needs N x S x S x 3 inputs and restored crops of one shape, got {inputs.shape} and {restored.shape}")
+    guard = TrackGuard(len(inputs), embed, reference, strength, resolution)
+    restored = ops.as_float(restored)
+    for position in range(len(inputs)):
+        flow = PairFlow.between(inputs[position - 1], inputs[position], scale) if position else None
+        guard.add(position, inputs[position], restored[position], flow)
+    return guard.guard(list(range(len(inputs))))
+
+
+def summarise(results: list[GuardedFaces]) -> dict:
+    """Report fields of one track from the results of its faces (in any number of parts)."""
+    strength = np.concatenate([r.strength for r in results])
+    change_in = sum(float(r.change_in.sum()) for r in results)
+    change_out = sum(float(r.change_out.sum()) for r in results)
+    reasons = Counter(reason for r in results for reason in r.reasons if reason)
+    return {
+        "faces": int(strength.size),
+        "flicker_ratio": round(change_out / change_in, 4) if change_in > 0 else None,
+        "identity_in": round(float(np.concatenate([r.identity_in for r in results]).mean()), 4),
+        "identity_out": round(float(np.concatenate([r.identity_out for r in results]).mean()), 4),
+        "strength_mean": round(float(strength.mean()), 3),
+        "strength_min": round(float(strength.min()), 3),
+        "held_back": int((strength < STRENGTH_STEPS[0]).sum()),
+        "held_back_why": dict(reasons),
+    }

@@ -1,0 +1,167 @@
+"""The image primitives a face's last steps are written with, for numpy arrays (OpenCV) and torch tensors (any device).
+
+The finishing math is written once: element-wise work through the array's own namespace
+(`namespace`, the array API: numpy or torch), and the few primitives below, each implemented
+with OpenCV for numpy arrays and with torch for tensors, so a restore actor that holds a GPU runs
+the same steps there (film_restore.finish.device) and CPU nodes keep numpy and OpenCV. The two
+agree to float rounding: OpenCV 5 warps float32 images with exact bilinear and bicubic weights,
+as torch's grid_sample does, and its Gaussian kernels are reproduced here.
+
+Images are batches, N x H x W x C float32 (channel last, as numpy and OpenCV keep them); a
+single image is N = 1. Flows are N x H x W x 2: (dx, dy) in pixels, the image sampled at x + flow(x).
+"""
+from __future__ import annotations
+
+import array_api_compat
+import cv2
+import numpy as np
+
+# OpenCV's border names for the ones used here; torch pads alike (reflect101: no edge repeat).
+REFLECT101 = "reflect101"   # cv2.BORDER_REFLECT_101, OpenCV's default: dcb|abcd|cba
+REFLECT = "reflect"         # cv2.BORDER_REFLECT: cba|abcd|dcb
+REPLICATE = "replicate"
+CONSTANT = "constant"       # zeros
+_CV_BORDERS = {REFLECT101: cv2.BORDER_REFLECT_101, REFLECT: cv2.BORDER_REFLECT, REPLICATE: cv2.BORDER_REPLICATE,
+               CONSTANT: cv2.BORDER_CONSTANT}
+LINEAR, CUBIC, AREA = "linear", "cubic", "area"
+_CV_INTERPOLATIONS = {LINEAR: cv2.INTER_LINEAR, CUBIC: cv2.INTER_CUBIC, AREA: cv2.INTER_AREA}
+
+
+def namespace(*arrays):
+    """The array API namespace of these arrays (numpy's or torch's)."""
+    return array_api_compat.array_namespace(*arrays)
+
+
+def is_numpy(array) -> bool:
+    return isinstance(array, np.ndarray)
+
+
+def to_numpy(array) -> np.ndarray:
+    return array if is_numpy(array) else array.detach().cpu().numpy()
+
+
+def like(array, values) -> object:
+    """values (numpy or a number) as an array of `array`'s kind and device, float32."""
+    if is_numpy(array):
+        return np.asarray(values, np.float32)
+    import torch
+
+    return torch.as_tensor(np.asarray(values, np.float32), device=array.device)
+
+
+def as_float(array):
+    """The array as float32, of its own kind and device (no copy where it already is)."""
+    if is_numpy(array):
+        return array.astype(np.float32, copy=False)
+    import torch
+
+    return array.to(torch.float32)
+
+
+def gaussian_kernel(sigma: float) -> np.ndarray:
+    """OpenCV's Gaussian kernel for float images and this sigma (its size rule: 8 sigma + 1, odd)."""
+    size = int(round(sigma * 8 + 1)) | 1
+    return cv2.getGaussianKernel(size, sigma, cv2.CV_32F)[:, 0]
+
+
+def blur(images, sigma: float, border: str = REFLECT101):
+    """Gaussian blur of each image (N x H x W x C), as cv2.GaussianBlur(image, (0, 0), sigma)."""
+    if sigma <= 0:
+        return images
+    if is_numpy(images):
+        return np.stack([_channels(cv2.GaussianBlur(image, (0, 0), sigma, borderType=_CV_BORDERS[border]), image)
+                         for image in images])
+    import torch.nn.functional as F
+
+    kernel = like(images, gaussian_kernel(sigma))
+    reach = len(kernel) // 2
+    channels = images.shape[-1]
+    planes = _pad(images.permute(0, 3, 1, 2), reach, border)
+    planes = F.conv2d(planes, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    planes = F.conv2d(planes, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    return planes.permute(0, 2, 3, 1)
+
+
+def warp(images, flows, border: str = REPLICATE):
+    """Each image sampled at x + flow(x) (bilinear): brought onto the grid of the image the flow starts from."""
+    height, width = flows.shape[1:3]
+    if is_numpy(images):
+        grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+        return np.stack([_channels(cv2.remap(image, grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_LINEAR,
+                                             borderMode=_CV_BORDERS[border]), image)
+                         for image, flow in zip(images, flows)])
+    import torch
+
+    grid_y, grid_x = torch.meshgrid(torch.arange(height, device=flows.device, dtype=torch.float32),
+                                    torch.arange(width, device=flows.device, dtype=torch.float32), indexing="ij")
+    return _sample(images, grid_x + flows[..., 0], grid_y + flows[..., 1], LINEAR, border)
+
+
+def affine(images, matrices: np.ndarray, size: tuple[int, int], interpolation: str = LINEAR, border: str = REPLICATE):
+    """Each image warped by its 2 x 3 matrix (source to destination pixels, as cv2.warpAffine) into height x width."""
+    height, width = size
+    matrices = np.asarray(matrices, np.float64).reshape(-1, 2, 3)
+    if is_numpy(images):
+        return np.stack([_channels(cv2.warpAffine(image, matrix, (width, height), flags=_CV_INTERPOLATIONS[interpolation],
+                                                  borderMode=_CV_BORDERS[border]), image)
+                         for image, matrix in zip(images, matrices)])
+    import torch
+
+    inverse = np.stack([cv2.invertAffineTransform(matrix) for matrix in matrices])
+    grid_y, grid_x = torch.meshgrid(torch.arange(height, device=images.device, dtype=torch.float64),
+                                    torch.arange(width, device=images.device, dtype=torch.float64), indexing="ij")
+    inverse = torch.as_tensor(inverse, device=images.device)[:, :, :, None, None]
+    source_x = inverse[:, 0, 0] * grid_x + inverse[:, 0, 1] * grid_y + inverse[:, 0, 2]
+    source_y = inverse[:, 1, 0] * grid_x + inverse[:, 1, 1] * grid_y + inverse[:, 1, 2]
+    return _sample(images, source_x, source_y, interpolation, border)
+
+
+def resize(images, size: tuple[int, int], interpolation: str = LINEAR):
+    """Each image resized to height x width (cv2.resize; AREA only by whole factors on torch)."""
+    height, width = size
+    if is_numpy(images):
+        return np.stack([_channels(cv2.resize(image, (width, height), interpolation=_CV_INTERPOLATIONS[interpolation]), image)
+                         for image in images])
+    import torch.nn.functional as F
+
+    planes = images.permute(0, 3, 1, 2)
+    if interpolation == AREA:
+        factor = planes.shape[2] // height
+        if planes.shape[2] != factor * height or planes.shape[3] != factor * width:
+            raise ValueError(f"area resize on torch by whole factors only, got {tuple(planes.shape[2:])} -> {size}")
+        planes = F.avg_pool2d(planes, factor)
+    else:
+        planes = F.interpolate(planes, size=size, mode="bilinear", align_corners=False)
+    return planes.permute(0, 2, 3, 1)
+
+
+def _channels(result: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """OpenCV drops a single channel's axis; put it back."""
+    return result[..., None] if result.ndim == source.ndim - 1 else result
+
+
+def _pad(planes, reach: int, border: str):
+    import torch
+    import torch.nn.functional as F
+
+    if border == REFLECT:  # torch has no edge-repeating reflection: mirror by hand
+        left, right = planes[..., :, :reach].flip(-1), planes[..., :, -reach:].flip(-1)
+        planes = torch.cat([left, planes, right], dim=-1)
+        top, bottom = planes[..., :reach, :].flip(-2), planes[..., -reach:, :].flip(-2)
+        return torch.cat([top, planes, bottom], dim=-2)
+    mode = {REFLECT101: "reflect", REPLICATE: "replicate", CONSTANT: "constant"}[border]
+    return F.pad(planes, (reach, reach, reach, reach), mode=mode)
+
+
+def _sample(images, source_x, source_y, interpolation: str, border: str):
+    """images (N x H x W x C tensor) sampled at source pixel coordinates (N x h x w each)."""
+    import torch
+    import torch.nn.functional as F
+
+    height, width = images.shape[1:3]
+    grid = torch.stack([2 * source_x / max(width - 1, 1) - 1, 2 * source_y / max(height - 1, 1) - 1], dim=-1)
+    mode = {LINEAR: "bilinear", CUBIC: "bicubic"}[interpolation]
+    padding = {REPLICATE: "border", CONSTANT: "zeros"}[border]
+    sampled = F.grid_sample(images.permute(0, 3, 1, 2), grid.to(images.dtype), mode=mode, padding_mode=padding,
+                            align_corners=True)
+    return sampled.permute(0, 2, 3, 1)

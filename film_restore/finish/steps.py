@@ -1,0 +1,358 @@
+"""The Composer's steps, in order, over a stream of windows (finish.window), like a filter graph:
+each step takes the windows, adds its part to their faces and gives them on; the guards hold
+windows back until the faces they look ahead to have come.
+
+Align        the faces aligned at the model's size, with the frame around them
+Restore      each window's faces sent to the restorers, one request per actor; the next window is
+             sent before the previous one is waited for, so the restorer works meanwhile
+Follow       one optical flow per neighbouring pair of a track's faces (finish.flow)
+Guard        the guards along each track (finish.guards)
+GrainModels  each track's grain, estimated once (finish.grain_model)
+Paste        the final faces warped into their frame regions, once (finish.paste)
+HoldStill    under strength auto, each track keeps only the share of its restoration that changes
+             no more from frame to frame than the film (finish.hold)
+AddGrain     fresh grain, as much as each track may take (finish.grain)
+Blend        each frame's faces blended into its picture, which is written
+
+A step's state (a track's guards, its grain, its share) lives in the step, for one chunk.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator
+
+import numpy as np
+
+from film_restore.faces import align_face
+from film_restore.finish import ops
+from film_restore.finish.flow import PairFlow
+from film_restore.finish.grain import GrainTile, add_missing_grain, grain_allowed
+from film_restore.finish.grain_model import GRAIN_FACES, estimate_track_grain, grain_window
+from film_restore.finish.guards import GUARD_HORIZON, GuardedFaces, TrackGuard
+from film_restore.finish.hold import steady_share
+from film_restore.finish.measures import change_samples
+from film_restore.finish.paste import composite, face_regions
+from film_restore.finish.window import Surround, Window, WindowFace, longest_run
+from film_restore.records import ChunkResult, Track
+from film_restore.settings import AUTO
+
+Windows = Iterator[Window]
+
+
+@dataclass
+class FacePlan:
+    """Which faces of a chunk's tracks are restored, known before its frames are read: by frame
+    (track number, Face, actor), each one's position among its track's restored faces, and each
+    track's count; faces narrower or shorter than min_face are left as they are, and counted."""
+
+    by_frame: dict = field(default_factory=lambda: defaultdict(list))
+    positions: dict = field(default_factory=dict)
+    lengths: dict = field(default_factory=dict)
+    too_small: int = 0
+
+    @classmethod
+    def of(cls, tracks: list[Track], min_face: int) -> "FacePlan":
+        plan = cls()
+        for number, track in enumerate(tracks):
+            plan.lengths[number] = 0
+            for tracked in track.faces:
+                x1, y1, x2, y2 = tracked.face.box
+                if min(x2 - x1, y2 - y1) < min_face:
+                    plan.too_small += 1
+                    continue
+                plan.by_frame[tracked.frame].append((number, tracked.face, track.actor))
+                plan.positions[tracked.frame, number] = plan.lengths[number]
+                plan.lengths[number] += 1
+        return plan
+
+
+class Align:
+    def __init__(self, plan: FacePlan, face_size: int):
+        self.plan, self.face_size = plan, face_size
+
+    def __call__(self, windows: Windows) -> Windows:
+        for window in windows:
+            for frame in window.frames:
+                faces = self.plan.by_frame.get(frame.index)
+                if not faces:
+                    continue
+                rgb = frame.picture.rgb()
+                for number, face, actor in faces:
+                    aligned = align_face(rgb, face, self.face_size)
+                    key = (frame.index, number)
+                    window.faces[key] = WindowFace(key, self.plan.positions[key], aligned, actor, face.landmarks,
+                                                   Surround.around(rgb, aligned, face.landmarks))
+            yield window
+
+
+class Restore:
+    """restore(crops, boxes, actor) -> float32 restored crops, or a request in flight whose result() gives them."""
+
+    def __init__(self, restore: Callable, result: ChunkResult):
+        self.restore, self.result = restore, result
+
+    def __call__(self, windows: Windows) -> Windows:
+        sent = None
+        for window in windows:
+            self._send(window)
+            if sent is not None:
+                yield self._collected(sent)
+            sent = window
+        if sent is not None:
+            yield self._collected(sent)
+
+    def _send(self, window: Window) -> None:
+        by_actor = defaultdict(list)
+        for key, face in window.faces.items():
+            by_actor[face.actor].append(key)
+        for actor, keys in by_actor.items():
+            crops = np.stack([window.faces[key].aligned.crop for key in keys])
+            boxes = np.stack([window.faces[key].aligned.boxes for key in keys])
+            window.requests.append((keys, self.restore(crops, boxes, actor)))
+            self.result.faces_by_actor[actor or ""] = self.result.faces_by_actor.get(actor or "", 0) + len(keys)
+
+    @staticmethod
+    def _collected(window: Window) -> Window:
+        for keys, request in window.requests:
+            restored = request.result() if hasattr(request, "result") else request
+            for key, crop in zip(keys, restored):
+                window.faces[key].restored = ops.as_float(crop)
+        window.requests = []
+        return window
+
+
+class Follow:
+    def __init__(self):
+        self.last: dict[int, WindowFace] = {}  # track number -> its face last seen
+
+    def __call__(self, windows: Windows) -> Windows:
+        for window in windows:
+            for number, faces in window.tracks().items():
+                for face in faces:
+                    before = self.last.get(number)
+                    if before is not None and before.position == face.position - 1:
+                        face.flow = PairFlow.between(before.aligned.crop, face.aligned.crop, face.aligned.transform.scale)
+                    self.last[number] = face
+            yield window
+
+
+class Guard:
+    """embed: crops -> unit embeddings (None: no guards, the restorer's faces are final);
+    references: actor -> unit centroid; strength_of: actor -> AUTO or 0..1. Each track's guarded
+    parts (frames, GuardedFaces) are kept in `parts`."""
+
+    def __init__(self, plan: FacePlan, embed, references: dict, strength_of: Callable):
+        self.plan, self.embed, self.references, self.strength_of = plan, embed, references, strength_of
+        self.tracks: dict[int, TrackGuard] = {}
+        self.added: dict[int, int] = {}  # track number -> highest position added
+        self.parts: dict[int, list[tuple[list[int], GuardedFaces]]] = defaultdict(list)
+
+    def __call__(self, windows: Windows) -> Windows:
+        held = []
+        for window in windows:
+            if self.embed is None:
+                for face in window.faces.values():
+                    face.final = face.restored
+                yield window
+                continue
+            for face in sorted(window.faces.values(), key=lambda face: face.position):
+                self._track(face).add(face.position, face.aligned.crop, face.restored, face.flow)
+                self.added[face.track] = face.position
+            held.append(window)
+            while held and self._ready(held[0]):
+                yield self._guarded(held.pop(0))
+        for window in held:
+            yield self._guarded(window)
+
+    def _track(self, face: WindowFace) -> TrackGuard:
+        if face.track not in self.tracks:
+            self.tracks[face.track] = TrackGuard(self.plan.lengths[face.track], self.embed,
+                                                 self.references.get(face.actor) if face.actor else None,
+                                                 self.strength_of(face.actor))
+        return self.tracks[face.track]
+
+    def _ready(self, window: Window) -> bool:
+        """Whether every face GUARD_HORIZON positions beyond the window's is restored (or its track ends before)."""
+        for number, faces in window.tracks().items():
+            needed = min(faces[-1].position + GUARD_HORIZON, self.plan.lengths[number] - 1)
+            if self.added[number] < needed:
+                return False
+        return True
+
+    def _guarded(self, window: Window) -> Window:
+        for number, faces in window.tracks().items():
+            guard = self.tracks[number]
+            guarded = guard.guard([face.position for face in faces])
+            for face, crop in zip(faces, guarded.faces):
+                face.final = crop
+            self.parts[number].append(([face.frame for face in faces], guarded))
+            guard.forget(faces[0].position)
+        return window
+
+
+class GrainModels:
+    """Each track's grain tile (None where none was found), estimated from the first window in which
+    the track shows on at least two consecutive frames (its grain's change must be seen)."""
+
+    def __init__(self, frame_shape: tuple):
+        self.frame_shape = frame_shape
+        self.tiles: dict[int, GrainTile | None] = {}
+
+    def __call__(self, windows: Windows) -> Windows:
+        for window in windows:
+            for number, faces in window.tracks().items():
+                if number in self.tiles:
+                    continue
+                run = longest_run(faces)[:GRAIN_FACES]
+                if len(run) < 2:
+                    continue
+                region = _common(grain_window(self.frame_shape, np.concatenate([face.landmarks for face in run])), run)
+                flows = [face.flow.in_frame(region, face.aligned.transform, before.aligned.transform)
+                         for before, face in zip(run, run[1:])]
+                model = estimate_track_grain([face.surround.read(region) for face in run], flows)
+                self.tiles[number] = None if model is None else GrainTile(model, number)
+            yield window
+
+    def model(self, number: int):
+        tile = self.tiles.get(number)
+        return None if tile is None else tile.model
+
+
+class Paste:
+    def __init__(self, frame_shape: tuple, grain: GrainModels):
+        self.frame_shape, self.grain = frame_shape, grain
+
+    def __call__(self, windows: Windows) -> Windows:
+        for window in windows:
+            for frame in window.frames:
+                faces = window.in_frame(frame.index)
+                if not faces:
+                    continue
+                models = [self.grain.model(face.track) for face in faces]
+                regions = face_regions(self.frame_shape, [(face.aligned, face.final) for face in faces],
+                                       [face.surround for face in faces],
+                                       [None if model is None else model.std_above for model in models])
+                for region in regions:
+                    faces[region.number].region = region
+            yield window
+
+
+class HoldStill:
+    """Measures each track's change from frame to frame over the window's faces (inside their mattes,
+    along the track's flow), for the tracks held (strength auto) or taking grain: a held track keeps
+    only the share of its restoration that changes no more than its input (1 for the others), and
+    the change left is what AddGrain's allowance is measured on. A track seen on one frame keeps its
+    last measures."""
+
+    def __init__(self, strength_of: Callable, grain: GrainModels, result: ChunkResult):
+        self.strength_of, self.grain, self.result = strength_of, grain, result
+        self.shares: dict[int, float] = {}
+        self.allowed: dict[int, float] = {}
+
+    def __call__(self, windows: Windows) -> Windows:
+        for window in windows:
+            for number, faces in window.tracks().items():
+                held = self.strength_of(faces[0].actor) == AUTO
+                model = self.grain.model(number)
+                if held or model is not None:
+                    self._measure(number, faces, held, model)
+                share = self.shares.get(number, 1.0)
+                if share < 1:
+                    self.result.faces_held_still += len(faces)
+                    for face in faces:
+                        if face.region is not None:
+                            face.region = face.region.partial(face.surround.read(face.region.region), share)
+            yield window
+
+    def _measure(self, number: int, faces: list[WindowFace], held: bool, model) -> None:
+        run = longest_run([face for face in faces if face.region is not None])
+        if len(run) < 2:
+            return
+        area = _common(_union([face.region.region for face in run]), run)
+        inputs = [face.surround.read(area) for face in run]
+        outputs, masks = [], []
+        for face, picture in zip(run, inputs):
+            alpha = _placed(face.region.alpha, face.region.region, area)
+            layer = _placed(face.region.face, face.region.region, area, picture)
+            picture = ops.like(face.region.face, picture)
+            outputs.append(picture + alpha[..., None] * (layer - picture))
+            masks.append(alpha >= 1)
+        flows = [face.flow.in_frame(area, face.aligned.transform, before.aligned.transform) for before, face in zip(run, run[1:])]
+        change = change_samples(inputs, outputs, masks, flows)
+        if change is None:
+            return
+        self.shares[number] = steady_share(change) if held else 1.0
+        if model is not None:
+            self.allowed[number] = grain_allowed(change.kept(self.shares[number]), model)
+
+
+class AddGrain:
+    def __init__(self, grain: GrainModels, hold: HoldStill):
+        self.grain, self.hold = grain, hold
+
+    def __call__(self, windows: Windows) -> Windows:
+        for window in windows:
+            for face in window.faces.values():
+                tile = self.grain.tiles.get(face.track)
+                if tile is None or face.region is None:
+                    continue
+                original = face.surround.read(face.region.region)
+                allowed = self.hold.allowed.get(face.track, 0.0)  # none before the track's change is measured
+                grained = add_missing_grain(face.region.face, ops.like(face.region.face, original), face.region.alpha,
+                                            tile, face.key, allowed)
+                face.region = replace(face.region, face=grained)
+            yield window
+
+
+class Blend:
+    """Each frame's faces composited and blended into its picture, then written (writer.write(picture, pts));
+    on_frame(frame, picture, faces) sees each frame as written (the report's samples)."""
+
+    def __init__(self, writer, result: ChunkResult, on_frame: Callable | None = None):
+        self.writer, self.result, self.on_frame = writer, result, on_frame
+
+    def __call__(self, windows: Windows) -> Windows:
+        for window in windows:
+            for frame in window.frames:
+                faces = window.in_frame(frame.index)
+                picture = frame.picture
+                laid = composite([face.region for face in faces if face.region is not None])
+                if laid is not None:
+                    (rows, columns), layer, alpha = laid
+                    picture = picture.blended(ops.to_numpy(layer), ops.to_numpy(alpha), (rows.start, columns.start))
+                if self.on_frame is not None and faces:
+                    self.on_frame(frame, picture, faces)
+                self.writer.write(picture, frame.pts)
+                self.result.faces += len(faces)
+            yield window
+
+
+def _union(regions: list[tuple[slice, slice]]) -> tuple[slice, slice]:
+    return np.s_[min(r[0].start for r in regions):max(r[0].stop for r in regions),
+                 min(r[1].start for r in regions):max(r[1].stop for r in regions)]
+
+
+def _common(region: tuple[slice, slice], faces: list[WindowFace]) -> tuple[slice, slice]:
+    """The rectangle cut to what every face's surround holds."""
+    rows, columns = region
+    y0, x0, y1, x1 = rows.start, columns.start, rows.stop, columns.stop
+    for face in faces:
+        top, left = face.surround.origin
+        height, width = face.surround.rgb.shape[:2]
+        y0, x0, y1, x1 = max(y0, top), max(x0, left), min(y1, top + height), min(x1, left + width)
+    return np.s_[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
+
+
+def _placed(values, region: tuple[slice, slice], area: tuple[slice, slice], background=None):
+    """A region's values placed in a larger area (zeros, or the background, where the region does not reach)."""
+    height, width = area[0].stop - area[0].start, area[1].stop - area[1].start
+    if background is None:
+        out = ops.like(values, np.zeros((height, width, *values.shape[2:]), np.float32))
+    else:
+        out = ops.like(values, background)
+    y0, x0 = max(region[0].start, area[0].start), max(region[1].start, area[1].start)
+    y1, x1 = min(region[0].stop, area[0].stop), min(region[1].stop, area[1].stop)
+    out[y0 - area[0].start:y1 - area[0].start, x0 - area[1].start:x1 - area[1].start] = \
+        values[y0 - region[0].start:y1 - region[0].start, x0 - region[1].start:x1 - region[1].start]
+    return out

@@ -1,0 +1,101 @@
+"""What a face's last steps pass along: a window of frames and its faces, each face with what the
+steps have added to it so far (film_restore.finish.steps)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from film_restore.finish.flow import PairFlow
+from film_restore.finish.grain_model import grain_window
+from film_restore.records import AlignedFace, Frame
+
+# (frame index, track number): a face in a chunk.
+FaceKey = tuple[int, int]
+
+
+@dataclass(eq=False)
+class Surround:
+    """The frame's RGB around one face (uint8 h x w x 3) and where it lies in the frame (its top-left
+    pixel): the crop's footprint and the grain's window, all the finishing steps read of the frame."""
+
+    origin: tuple[int, int]
+    rgb: np.ndarray
+
+    @classmethod
+    def around(cls, frame_rgb: np.ndarray, aligned: AlignedFace, landmarks: np.ndarray) -> "Surround":
+        height, width = frame_rgb.shape[:2]
+        size = aligned.transform.size
+        corners = aligned.transform.to_frame(np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64))
+        rows, columns = grain_window(frame_rgb.shape, landmarks)
+        x0 = max(min(int(np.floor(corners[:, 0].min())) - 1, columns.start), 0)
+        y0 = max(min(int(np.floor(corners[:, 1].min())) - 1, rows.start), 0)
+        x1 = min(max(int(np.ceil(corners[:, 0].max())) + 2, columns.stop), width)
+        y1 = min(max(int(np.ceil(corners[:, 1].max())) + 2, rows.stop), height)
+        return cls((y0, x0), frame_rgb[y0:y1, x0:x1])
+
+    def read(self, region: tuple[slice, slice]) -> np.ndarray:
+        """The frame's RGB over a rectangle inside this surround (frame coordinates)."""
+        rows, columns = region
+        y0, x0 = self.origin
+        return self.rgb[rows.start - y0:rows.stop - y0, columns.start - x0:columns.stop - x0]
+
+    def covers(self, region: tuple[slice, slice]) -> bool:
+        rows, columns = region
+        y0, x0 = self.origin
+        return (y0 <= rows.start and x0 <= columns.start and rows.stop <= y0 + self.rgb.shape[0]
+                and columns.stop <= x0 + self.rgb.shape[1])
+
+
+@dataclass(eq=False)
+class WindowFace:
+    """One face in a window: set by the steps in order (finish.steps)."""
+
+    key: FaceKey
+    position: int                   # its place among its track's faces that are restored
+    aligned: AlignedFace
+    actor: str | None
+    landmarks: np.ndarray           # its 68 frame landmarks
+    surround: Surround
+    restored: object = None         # the restorer's crop (float32; numpy, or a tensor)
+    flow: PairFlow | None = None    # from its track's face before it (position - 1)
+    final: object = None            # the guarded crop
+    region: object = None           # finish.paste.FaceRegion: the face in its frame (None: its matte reaches none)
+
+    @property
+    def frame(self) -> int:
+        return self.key[0]
+
+    @property
+    def track(self) -> int:
+        return self.key[1]
+
+
+@dataclass(eq=False)
+class Window:
+    """Consecutive frames (or fields) of a chunk and their faces."""
+
+    frames: list[Frame]
+    faces: dict[FaceKey, WindowFace] = field(default_factory=dict)
+    requests: list = field(default_factory=list)  # (keys, what restore returned), one per actor
+
+    def tracks(self) -> dict[int, list[WindowFace]]:
+        """The window's faces by track, in frame order."""
+        by_track: dict[int, list[WindowFace]] = {}
+        for key in sorted(self.faces, key=lambda key: (key[1], key[0])):
+            by_track.setdefault(key[1], []).append(self.faces[key])
+        return by_track
+
+    def in_frame(self, index: int) -> list[WindowFace]:
+        return [face for key, face in sorted(self.faces.items()) if key[0] == index]
+
+
+def longest_run(faces: list[WindowFace]) -> list[WindowFace]:
+    """The longest run of a track's faces at consecutive positions (the first of equal length)."""
+    runs = [[faces[0]]] if faces else [[]]
+    for face in faces[1:]:
+        if face.position == runs[-1][-1].position + 1:
+            runs[-1].append(face)
+        else:
+            runs.append([face])
+    return max(runs, key=len)
