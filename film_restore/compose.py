@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from film_restore import report
 from film_restore.finish import ops, steps
@@ -13,7 +13,7 @@ from film_restore.finish.guards import pack_embedder, summarise
 from film_restore.finish.measures import texture_ratio
 from film_restore.finish.window import Window
 from film_restore.interlace import FieldWeaver, field_frames, restored_field_order
-from film_restore.records import Chunk, ChunkResult, Track
+from film_restore.records import Chunk, ChunkResult, Frame, Track
 from film_restore.settings import GRAIN, MIN_FACE, STRENGTH, AUTO, parse_grain, parse_strength
 from film_restore.video import ChunkWriter, VideoInfo, read_frames
 
@@ -74,44 +74,48 @@ class Composer:
         self.embed = None if settings.models_dir is None else _embedder(settings.models_dir)
 
     def __call__(self, chunk: Chunk, tracks: list[Track], frame_pts, output: Path) -> ChunkResult:
-        settings = self.settings
         result = ChunkResult(chunk.index, 0, 0)
-        plan = steps.FacePlan.of(tracks, settings.min_face)
-        result.faces_too_small = plan.too_small
-        samples = _Samples(tracks, result)
         order = restored_field_order(self.info)  # interlaced: each field restored as a picture of its own
-        frame_shape = (self.info.height, self.info.width)
-        with ChunkWriter(output, self.info, settings.codec) as encoder:
+        with ChunkWriter(output, self.info, self.settings.codec) as encoder:
             writer = encoder if order is None else FieldWeaver(encoder, order)
             frames = read_frames(self.info.path, chunk.first_frame, chunk.last_frame, frame_pts)
-            grain = steps.GrainModels(frame_shape)
-            guard = steps.Guard(plan, self.embed, settings.references, settings.strength_of)
-            hold = steps.HoldStill(settings.strength_of, grain, result)
-            chain = [
-                steps.Align(plan, settings.face_size),
-                steps.Restore(self.restore, result),
-                steps.Follow(),
-                guard,
-                grain,
-                steps.Paste(frame_shape, grain),
-                hold,
-                *([steps.AddGrain(grain, hold)] if settings.grain == AUTO else []),
-                steps.Blend(writer, result, samples),
-            ]
-            stream = _windows(frames if order is None else field_frames(frames, order))
-            for step in chain:
-                stream = step(stream)
-            for _ in stream:
-                pass
+            for window in self.windows(frames if order is None else field_frames(frames, order), tracks, result):
+                for frame in window.frames:
+                    writer.write(window.pictures[frame.index], frame.pts)
             if order is not None:
                 writer.close()
                 result.combing = writer.combing
         result.frames = encoder.frames_written
         if result.frames != len(chunk.frames):
             raise RuntimeError(f"chunk {chunk.index}: decoded {result.frames} frames, expected {len(chunk.frames)}")
+        return result
+
+    def windows(self, frames: Iterable[Frame], tracks: list[Track], result: ChunkResult) -> Iterator[Window]:
+        """The frames (decoded, or RGBPicture frames held in memory) in windows, each with its pictures
+        as restored (window.pictures), in order; the tracks' guard measures go into result.tracks at the end."""
+        settings = self.settings
+        plan = steps.FacePlan.of(tracks, settings.min_face)
+        result.faces_too_small = plan.too_small
+        grain = steps.GrainModels()
+        guard = steps.Guard(plan, self.embed, settings.references, settings.strength_of)
+        hold = steps.HoldStill(settings.strength_of, grain, result)
+        chain = [
+            steps.Align(plan, settings.face_size),
+            steps.Restore(self.restore, result),
+            steps.Follow(),
+            guard,
+            grain,
+            steps.Paste(grain),
+            hold,
+            *([steps.AddGrain(grain, hold)] if settings.grain == AUTO else []),
+            steps.Blend(result, _Samples(tracks, result)),
+        ]
+        stream = _windows(frames)
+        for step in chain:
+            stream = step(stream)
+        yield from stream
         result.tracks = [{"track": number, **summarise([part for _, part in parts]), "series": _series(parts)}
                          for number, parts in sorted(guard.parts.items())]
-        return result
 
 
 def _embedder(models_dir: str):

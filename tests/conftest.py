@@ -62,7 +62,7 @@ def talking_head(tmp_path_factory):
     import numpy as np
 
     from film_restore.faces import FaceAnalyzer, align_face
-    from film_restore.guards import aligned_embedder
+    from film_restore.finish.guards import aligned_embedder
     from film_restore.faces.identity import centroid
     from film_restore.records import Shot
     from film_restore.tracking import smooth_track, track_shot

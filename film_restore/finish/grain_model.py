@@ -45,8 +45,11 @@ GRAIN_MARGIN = 0.5
 # at least two in a window): enough flat blocks, and the estimate is paid once per track.
 GRAIN_FACES = 4
 # A flat block's change from frame to frame counts where the optical flow follows at least
-# this share of its pixels (forward-backward consistent).
+# this share of its pixels (forward-backward consistent); within the block the flow is refined
+# by at most this many pixels (the track's flow is computed at up to finish.flow.FLOW_SIDE, coarser
+# than a close-up's own pixels).
 FOLLOWED_SHARE = 0.5
+MAX_REFINEMENT = 0.5
 
 LUMA_BIN_EDGES = np.linspace(0.0, 256.0, LUMA_BINS + 1)
 LUMA_BIN_CENTRES = (LUMA_BIN_EDGES[:-1] + LUMA_BIN_EDGES[1:]) / 2
@@ -286,7 +289,9 @@ class TemporalDetail:
 def temporal_detail(pictures: list[np.ndarray], flows: list[tuple[np.ndarray, np.ndarray]]) -> TemporalDetail | None:
     """The TemporalDetail of consecutive same-size RGB pictures of a face, with each later picture's
     (flow to the one before, valid) in its pixels; None for fewer than two pictures or no flat
-    block the flow follows."""
+    block the flow follows. Within each block the flow is refined by one Lucas-Kanade step on the
+    fine detail (a shift of at most MAX_REFINEMENT pixels), so detail that moves with the face is
+    not taken for new where the flow is a little off: fresh grain cannot be shifted away."""
     columns = ([], [], [], [])
     for before, after, (flow, valid) in zip(pictures, pictures[1:], flows):
         now = fine_detail(after)
@@ -297,13 +302,31 @@ def temporal_detail(pictures: list[np.ndarray], flows: list[tuple[np.ndarray, np
         if not followed.any():
             continue
         weights = block_valid[followed]
-        mean = lambda values: (_blocks(values)[followed] * weights).sum(axis=(1, 2)) / weights.sum(axis=(1, 2))  # noqa: E731
-        for column, values in zip(columns, (np.asarray(after, np.float32) @ LUMA_WEIGHTS, (now - then) ** 2,
-                                            now ** 2 + then ** 2, now ** 2)):
+        now_blocks, then_blocks = _blocks(now)[followed], _refined(_blocks(now)[followed], _blocks(then)[followed], weights)
+        mean = lambda values: (values * weights).sum(axis=(1, 2)) / weights.sum(axis=(1, 2))  # noqa: E731
+        for column, values in zip(columns, (_blocks(np.asarray(after, np.float32) @ LUMA_WEIGHTS)[followed],
+                                            (now_blocks - then_blocks) ** 2, now_blocks ** 2 + then_blocks ** 2, now_blocks ** 2)):
             column.append(mean(values))
     if not columns[0]:
         return None
     return TemporalDetail(*(np.concatenate(column) for column in columns))
+
+
+def _refined(now: np.ndarray, then: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Blocks of `then` (N x B x B) shifted by the sub-pixel step that best matches `now` (one
+    weighted Lucas-Kanade step, at most MAX_REFINEMENT pixels)."""
+    gy, gx = np.gradient(then, axis=(1, 2))
+    difference = now - then
+    sums = lambda values: (values * weights).sum(axis=(1, 2))  # noqa: E731
+    xx, xy, yy = sums(gx * gx), sums(gx * gy), sums(gy * gy)
+    bx, by = sums(gx * difference), sums(gy * difference)
+    determinant = xx * yy - xy * xy
+    solvable = determinant > 1e-6 * np.maximum(xx * yy, 1e-12)
+    safe = np.where(solvable, determinant, 1.0)
+    dx = np.where(solvable, (yy * bx - xy * by) / safe, 0.0)
+    dy = np.where(solvable, (xx * by - xy * bx) / safe, 0.0)
+    length = np.maximum(np.hypot(dx, dy) / MAX_REFINEMENT, 1.0)
+    return then + (dx / length)[:, None, None] * gx + (dy / length)[:, None, None] * gy
 
 
 def estimate_track_grain(pictures: list[np.ndarray], flows: list[tuple[np.ndarray, np.ndarray]]) -> GrainModel | None:

@@ -44,7 +44,7 @@ import numpy as np
 from film_restore.faces.align import ffhq_template
 from film_restore.finish import ops
 from film_restore.finish.flow import PairFlow, chained
-from film_restore.finish.measures import identity, temporal_changes
+from film_restore.finish.measures import CHANNEL_MEAN, identity, temporal_changes
 from film_restore.settings import AUTO
 
 # Stabilisation: neighbours each side and the Gaussian (frames) that weighs them.
@@ -201,7 +201,7 @@ class TrackGuard:
         self.strength = strength
         self.resolution = resolution
         self.inputs, self.restored, self.flows = {}, {}, {}  # position -> uint8 crop, float32 crop, PairFlow from the one before
-        self.residuals, self.stabilised, self.finals = {}, {}, {}
+        self.float_inputs, self.guides, self.residuals, self.stabilised, self.finals = {}, {}, {}, {}, {}
         self.limits, self.input_embeddings, self.candidates = {}, {}, {}  # candidates: (position, strength) -> embedding
 
     def add(self, position: int, input_crop: np.ndarray, restored, flow: PairFlow | None) -> None:
@@ -214,8 +214,8 @@ class TrackGuard:
 
     def forget(self, before: int) -> None:
         """Drops what only faces before this position needed (keeps what later faces still read)."""
-        for store in (self.inputs, self.restored, self.flows, self.residuals, self.stabilised, self.finals,
-                      self.limits, self.input_embeddings):
+        for store in (self.inputs, self.restored, self.flows, self.float_inputs, self.guides, self.residuals, self.stabilised,
+                      self.finals, self.limits, self.input_embeddings):
             for position in [p for p in store if p < before - GUARD_HORIZON - TEMPORAL_RADIUS]:
                 del store[position]
         for key in [key for key in self.candidates if key[0] < before]:
@@ -226,9 +226,6 @@ class TrackGuard:
     def _existing(self, positions) -> list[int]:
         return sorted({p for p in positions if 0 <= p < self.length})
 
-    def _device_input(self, position: int):
-        return ops.like(self.restored[position], self.inputs[position])
-
     def _residuals(self, positions: list[int]) -> None:
         missing = [p for p in positions if p not in self.residuals]
         if not missing:
@@ -237,7 +234,7 @@ class TrackGuard:
             first = [self.inputs[p] for p in range(min(RESOLUTION_FACES, self.length)) if p in self.inputs]
             self.resolution = effective_resolution(np.stack(first))
         xp = ops.namespace(self.restored[missing[0]])
-        raw = xp.stack([self.restored[p] - self._device_input(p) for p in missing])
+        raw = xp.stack([self.restored[p] - self._float_input(p) for p in missing])
         for position, residual in zip(missing, match_band(raw, self.resolution)):
             self.residuals[position] = residual
 
@@ -257,41 +254,56 @@ class TrackGuard:
 
     def _stabilise(self, position: int) -> None:
         """The face's residual filtered along its neighbours (see the module notes)."""
-        residual, picture = self.residuals[position], self._device_input(position)
+        residual, picture = self.residuals[position], self._float_input(position)
         xp = ops.namespace(residual)
         size = picture.shape[0]
-        steps = [step for step in range(-TEMPORAL_RADIUS, TEMPORAL_RADIUS + 1)
-                 if step and 0 <= position + step < self.length]
-        if not steps:
+        half = self._guide(position).shape[0]
+        sum_residual, sum_input, total = residual, picture, None
+        for step in range(-TEMPORAL_RADIUS, TEMPORAL_RADIUS + 1):
+            neighbour = position + step
+            if step == 0 or not 0 <= neighbour < self.length:
+                continue
+            coarse, valid = self._step_flow(position, step, half)
+            warped_guide = ops.warp(self._guide(neighbour)[None], ops.like(residual, coarse)[None])[0]
+            mismatch = abs(self._guide(position) - warped_guide) @ ops.like(residual, CHANNEL_MEAN)
+            closeness = ops.like(residual, valid.astype(np.float32) * np.float32(np.exp(-0.5 * (step / TEMPORAL_SIGMA) ** 2)))
+            weight = closeness * xp.exp(-0.5 * (mismatch / MATCH_TOLERANCE) ** 2)
+            if half != size:
+                weight = ops.resize(weight[None, ..., None], (size, size), ops.LINEAR)[0, ..., 0]
+            flow = ops.like(residual, self._step_flow(position, step, size)[0])[None]
+            sum_residual = sum_residual + weight[..., None] * ops.warp(self.residuals[neighbour][None], flow)[0]
+            sum_input = sum_input + weight[..., None] * ops.warp(self._float_input(neighbour)[None], flow)[0]
+            total = 1.0 + weight if total is None else total + weight
+        if total is None:  # a track of one face
             self.stabilised[position] = residual
             return
-        half = size // 2 if size % 2 == 0 else size
-        flows = [self._step_flow(position, step, size)[0] for step in steps]
-        coarse = [self._step_flow(position, step, half) for step in steps]
-        neighbours = [position + step for step in steps]
-        pictures = xp.stack([picture] + [self._device_input(p) for p in neighbours])
-        guides = ops.blur(ops.resize(pictures, (half, half), ops.AREA) if half != size else pictures, MATCH_BLUR * half)
-        warped_guides = ops.warp(guides[1:], ops.like(residual, np.stack([flow for flow, _ in coarse])))
-        mismatch = abs(guides[:1] - warped_guides) @ ops.like(residual, np.full(3, 1 / 3, np.float32))
-        closeness = ops.like(residual, np.stack([np.exp(-0.5 * (step / TEMPORAL_SIGMA) ** 2) * valid
-                                                 for step, (_, valid) in zip(steps, coarse)]).astype(np.float32))
-        weights = closeness * xp.exp(-0.5 * (mismatch / MATCH_TOLERANCE) ** 2)
-        if half != size:
-            weights = ops.resize(weights[..., None], (size, size), ops.LINEAR)[..., 0]
-        device_flows = ops.like(residual, np.stack(flows))
-        warped = ops.warp(xp.stack([self.residuals[p] for p in neighbours]), device_flows)
-        warped_inputs = ops.warp(pictures[1:], device_flows)
-        total = 1.0 + xp.sum(weights, axis=0)
-        smooth_residual = (residual + xp.sum(weights[..., None] * warped, axis=0)) / total[..., None]
-        input_change = picture - (picture + xp.sum(weights[..., None] * warped_inputs, axis=0)) / total[..., None]
+        smooth_residual = sum_residual / total[..., None]
+        input_change = picture - sum_input / total[..., None]
         residual_change = residual - smooth_residual
-        ones = ops.like(residual, np.ones(3, np.float32))
         # The share of the residual's own frame-to-frame change that best cancels the input's
         # (least squares, locally): 1 where the restorer removed noise, 0 where it added flicker.
-        sums = xp.stack([-(input_change * residual_change) @ ones, (residual_change ** 2) @ ones], axis=-1)
+        ones = ops.like(residual, np.ones((3, 1), np.float32))
+        sums = xp.concat([-(input_change * residual_change) @ ones, (residual_change ** 2) @ ones], axis=-1)
         blurred = wide_blur(sums[None], CANCEL_BLUR * size)[0]
         keep = xp.clip(blurred[..., 0] / (blurred[..., 1] + 1.0), 0.0, 1.0)
         self.stabilised[position] = smooth_residual + keep[..., None] * residual_change
+
+    def _float_input(self, position: int):
+        """The face's input crop as float32, of the restored crops' kind (kept: its neighbours read it too)."""
+        if position not in self.float_inputs:
+            self.float_inputs[position] = ops.like(self.restored[position], self.inputs[position])
+        return self.float_inputs[position]
+
+    def _guide(self, position: int):
+        """The face's input blurred by MATCH_BLUR of its side, at half the crop's resolution (kept)."""
+        if position not in self.guides:
+            picture = self._float_input(position)[None]
+            size = picture.shape[1]
+            half = size // 2 if size % 2 == 0 else size
+            if half != size:
+                picture = ops.resize(picture, (half, half), ops.AREA)
+            self.guides[position] = ops.blur(picture, MATCH_BLUR * half)[0]
+        return self.guides[position]
 
     def _embed(self, crops) -> np.ndarray:
         xp = ops.namespace(crops)
@@ -314,7 +326,7 @@ class TrackGuard:
                 self.limits.update((p, 0.0) for p in undecided)
                 break
             xp = ops.namespace(self.stabilised[undecided[0]])
-            candidates = xp.stack([self._device_input(p) + strength * self.stabilised[p] for p in undecided])
+            candidates = xp.stack([self._float_input(p) + strength * self.stabilised[p] for p in undecided])
             passed = []
             for position, embedding in zip(undecided, self._embed(candidates)):
                 self.candidates[position, strength] = embedding
@@ -334,16 +346,10 @@ class TrackGuard:
         return float(identity(self.input_embeddings[position][None], self.reference)[0])
 
     def _strength(self, position: int) -> float:
-        """The smoothed strength (see smooth_strengths) of one face, from the limits within GUARD_HORIZON of it."""
+        """The smoothed strength of one face, from the limits within GUARD_HORIZON of it."""
         if self.strength != AUTO:
             return float(self.strength)
-        reach = STRENGTH_RADIUS
-        offsets = np.arange(-reach, reach + 1)
-        gauss = np.exp(-0.5 * (offsets / (reach / 2)) ** 2)
-        inside = (position + offsets >= 0) & (position + offsets < self.length)
-        lowest = [min(self.limits[v] for v in self._existing(range(u - reach, u + reach + 1))) for u in position + offsets[inside]]
-        smoothed = np.float32((gauss[inside] * np.asarray(lowest, np.float32)).sum() / gauss[inside].sum())
-        return float(min(smoothed, self.limits[position]))
+        return smoothed_strength(self.limits, position, self.length)
 
     # ---- a window's faces
 
@@ -360,7 +366,7 @@ class TrackGuard:
         strengths = np.array([self._strength(p) for p in positions], np.float32)
         xp = ops.namespace(self.stabilised[positions[0]])
         for position, strength in zip(positions, strengths):
-            self.finals[position] = self._device_input(position) + float(strength) * self.stabilised[position]
+            self.finals[position] = self._float_input(position) + float(strength) * self.stabilised[position]
         faces = xp.stack([self.finals[p] for p in positions])
         output_embeddings = self._output_embeddings(positions, strengths, faces)
         identity_in = np.array([self._baseline(p) for p in positions], np.float32)
@@ -386,7 +392,7 @@ class TrackGuard:
                 continue
             pair = [position - 1, position]
             xp = ops.namespace(self.finals[position])
-            inputs = xp.stack([self._device_input(p) for p in pair])
+            inputs = xp.stack([self._float_input(p) for p in pair])
             outputs = xp.stack([self.finals[p] for p in pair])
             changes = temporal_changes(inputs, outputs, face_mask(size), [self.flows[position].backward(size)])
             sums[:, index] = [values[0] for values in changes]
@@ -398,6 +404,38 @@ class TrackGuard:
         if self.limits[position] < STRENGTH_STEPS[0]:
             return LESS_LIKE_THE_ACTOR if self.reference is not None else UNLIKE_ITSELF
         return WITH_NEIGHBOURS
+
+
+def smoothed_strength(limits, position: int, length: int) -> float:
+    """One face's strength along a track of `length` faces whose limits (by position) are given
+    within 2 STRENGTH_RADIUS of it: a moving minimum of the limits, then a moving Gaussian average of
+    the same reach, never above the face's own limit (see the module notes)."""
+    reach = STRENGTH_RADIUS
+    offsets = np.arange(-reach, reach + 1)
+    gauss = np.exp(-0.5 * (offsets / (reach / 2)) ** 2)
+    inside = (position + offsets >= 0) & (position + offsets < length)
+    lowest = [min(limits[v] for v in range(max(u - reach, 0), min(u + reach, length - 1) + 1)) for u in position + offsets[inside]]
+    smoothed = np.float32((gauss[inside] * np.asarray(lowest, np.float32)).sum() / gauss[inside].sum())
+    return float(min(smoothed, limits[position]))
+
+
+def smooth_strengths(limits: np.ndarray) -> np.ndarray:
+    """smoothed_strength of every face of a whole track's limits."""
+    return np.array([smoothed_strength(limits, t, len(limits)) for t in range(len(limits))], np.float32)
+
+
+def stabilise(inputs: np.ndarray, residuals, scale: float = 1.0):
+    """The stabilisation alone over a whole track: its N x S x S x 3 residuals filtered along the
+    inputs' flows (no band match, no identity guard; scale: the faces' crop pixels per frame pixel)."""
+    guard = TrackGuard(len(inputs), None, None, 1.0)
+    for position in range(len(inputs)):
+        flow = PairFlow.of_crops(inputs[position - 1], inputs[position], scale) if position else None
+        guard.add(position, inputs[position], ops.as_float(residuals[position]), flow)
+        guard.residuals[position] = ops.as_float(residuals[position])
+    for position in range(len(inputs)):
+        guard._stabilise(position)
+    xp = ops.namespace(residuals)
+    return xp.stack([guard.stabilised[position] for position in range(len(inputs))])
 
 
 def _on_grid(flow: tuple[np.ndarray, np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -423,7 +461,7 @@ def guard_track(inputs: np.ndarray, restored, embed: Callable[[np.ndarray], np.n
     guard = TrackGuard(len(inputs), embed, reference, strength, resolution)
     restored = ops.as_float(restored)
     for position in range(len(inputs)):
-        flow = PairFlow.between(inputs[position - 1], inputs[position], scale) if position else None
+        flow = PairFlow.of_crops(inputs[position - 1], inputs[position], scale) if position else None
         guard.add(position, inputs[position], restored[position], flow)
     return guard.guard(list(range(len(inputs))))
 

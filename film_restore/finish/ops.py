@@ -12,6 +12,8 @@ single image is N = 1. Flows are N x H x W x 2: (dx, dy) in pixels, the image sa
 """
 from __future__ import annotations
 
+import functools
+
 import array_api_compat
 import cv2
 import numpy as np
@@ -69,8 +71,8 @@ def blur(images, sigma: float, border: str = REFLECT101):
     if sigma <= 0:
         return images
     if is_numpy(images):
-        return np.stack([_channels(cv2.GaussianBlur(image, (0, 0), sigma, borderType=_CV_BORDERS[border]), image)
-                         for image in images])
+        return _each(images, images.shape[1:3], lambda image, border: cv2.GaussianBlur(image, (0, 0), sigma,
+                                                                                      borderType=_CV_BORDERS[border]), border)
     import torch.nn.functional as F
 
     kernel = like(images, gaussian_kernel(sigma))
@@ -86,10 +88,9 @@ def warp(images, flows, border: str = REPLICATE):
     """Each image sampled at x + flow(x) (bilinear): brought onto the grid of the image the flow starts from."""
     height, width = flows.shape[1:3]
     if is_numpy(images):
-        grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-        return np.stack([_channels(cv2.remap(image, grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_LINEAR,
-                                             borderMode=_CV_BORDERS[border]), image)
-                         for image, flow in zip(images, flows)])
+        grid_x, grid_y = _grid(height, width)
+        return _each(images, (height, width), _remapper((grid_x + flow[..., 0], grid_y + flow[..., 1]) for flow in flows),
+                     border)
     import torch
 
     grid_y, grid_x = torch.meshgrid(torch.arange(height, device=flows.device, dtype=torch.float32),
@@ -97,14 +98,41 @@ def warp(images, flows, border: str = REPLICATE):
     return _sample(images, grid_x + flows[..., 0], grid_y + flows[..., 1], LINEAR, border)
 
 
+def sample(images, points, border: str = REPLICATE):
+    """Each image sampled (bilinear) at its points: N x h x w x 2 pixel coordinates (x, y) -> N x h x w x C."""
+    if is_numpy(images):
+        return _each(images, points.shape[1:3], _remapper((where[..., 0], where[..., 1]) for where in points), border)
+    return _sample(images, points[..., 0], points[..., 1], LINEAR, border)
+
+
+def _remapper(maps):
+    """A work function for _each: cv2.remap of each image with the next (x map, y map)."""
+    maps = iter(maps)
+
+    def remap(image, border):
+        map_x, map_y = next(maps)
+        return cv2.remap(image, np.ascontiguousarray(map_x, np.float32), np.ascontiguousarray(map_y, np.float32),
+                         cv2.INTER_LINEAR, borderMode=_CV_BORDERS[border])
+
+    return remap
+
+
+@functools.lru_cache(maxsize=16)
+def _grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    grid_x.flags.writeable = grid_y.flags.writeable = False
+    return grid_x, grid_y
+
+
 def affine(images, matrices: np.ndarray, size: tuple[int, int], interpolation: str = LINEAR, border: str = REPLICATE):
     """Each image warped by its 2 x 3 matrix (source to destination pixels, as cv2.warpAffine) into height x width."""
     height, width = size
     matrices = np.asarray(matrices, np.float64).reshape(-1, 2, 3)
     if is_numpy(images):
-        return np.stack([_channels(cv2.warpAffine(image, matrix, (width, height), flags=_CV_INTERPOLATIONS[interpolation],
-                                                  borderMode=_CV_BORDERS[border]), image)
-                         for image, matrix in zip(images, matrices)])
+        matrix = iter(matrices)
+        return _each(images, size, lambda image, border: cv2.warpAffine(image, next(matrix), (width, height),
+                                                                       flags=_CV_INTERPOLATIONS[interpolation],
+                                                                       borderMode=_CV_BORDERS[border]), border)
     import torch
 
     inverse = np.stack([cv2.invertAffineTransform(matrix) for matrix in matrices])
@@ -120,8 +148,8 @@ def resize(images, size: tuple[int, int], interpolation: str = LINEAR):
     """Each image resized to height x width (cv2.resize; AREA only by whole factors on torch)."""
     height, width = size
     if is_numpy(images):
-        return np.stack([_channels(cv2.resize(image, (width, height), interpolation=_CV_INTERPOLATIONS[interpolation]), image)
-                         for image in images])
+        return _each(images, size, lambda image, _: cv2.resize(image, (width, height),
+                                                               interpolation=_CV_INTERPOLATIONS[interpolation]), None)
     import torch.nn.functional as F
 
     planes = images.permute(0, 3, 1, 2)
@@ -135,9 +163,14 @@ def resize(images, size: tuple[int, int], interpolation: str = LINEAR):
     return planes.permute(0, 2, 3, 1)
 
 
-def _channels(result: np.ndarray, source: np.ndarray) -> np.ndarray:
-    """OpenCV drops a single channel's axis; put it back."""
-    return result[..., None] if result.ndim == source.ndim - 1 else result
+def _each(images: np.ndarray, size: tuple[int, int], work, border) -> np.ndarray:
+    """work(image, border) for each image of a batch, into one float32 N x height x width x C array
+    (OpenCV drops a single channel's axis: it is put back)."""
+    out = np.empty((len(images), *size, images.shape[-1]), np.float32)
+    for image, result in zip(images, out):
+        done = work(image, border)
+        result[...] = done[..., None] if done.ndim == 2 else done
+    return out
 
 
 def _pad(planes, reach: int, border: str):

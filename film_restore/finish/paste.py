@@ -43,13 +43,13 @@ def face_matte(landmarks, size: int) -> np.ndarray:
     more than two edge widths from the hull.
     """
     points = check_points(landmarks, 68, "landmarks")
-    hull = np.zeros((size, size), dtype=np.float32)
+    hull = np.zeros((size, size), dtype=np.uint8)
     subpixel_bits = 4
-    cv2.fillConvexPoly(hull, np.round(face_outline(points, FOREHEAD_LIFT) * (1 << subpixel_bits)).astype(np.int32), 1.0,
+    cv2.fillConvexPoly(hull, np.round(face_outline(points, FOREHEAD_LIFT) * (1 << subpixel_bits)).astype(np.int32), 1,
                        cv2.LINE_8, subpixel_bits)
     edge = max(int(round(MATTE_EDGE * face_width(points))), 1)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * edge + 1, 2 * edge + 1))
-    eroded = cv2.erode(hull, kernel)
+    eroded = cv2.erode(hull, kernel).astype(np.float32)
     # The blur window is no wider than the erosion, so the matte stays inside the hull.
     matte = cv2.GaussianBlur(eroded, (2 * edge + 1, 2 * edge + 1), edge / 2, borderType=cv2.BORDER_CONSTANT)
     # The blur's float32 sums stop a hair short of 1 inside the face; there it must be 1.
@@ -225,20 +225,28 @@ def composite(regions: Sequence[FaceRegion]) -> tuple[tuple[slice, slice], objec
     return np.s_[y0:y1, x0:x1], layer, alpha_total
 
 
+def face_layer(frame_shape: tuple, restored_faces: Sequence[tuple[AlignedFace, object]], originals=None,
+               grain_std: Sequence | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The restored faces as one frame-sized layer (numpy): (RGB float32 H x W x 3, alpha H x W); a
+    frame becomes frame + alpha (layer - frame), untouched where alpha is 0 (face_regions's arguments)."""
+    layer = np.zeros((*frame_shape[:2], 3), np.float32)
+    alpha = np.zeros(frame_shape[:2], np.float32)
+    laid = composite(face_regions(frame_shape, restored_faces, originals, grain_std))
+    if laid is not None:
+        region, region_layer, region_alpha = laid
+        layer[region], alpha[region] = ops.to_numpy(region_layer), ops.to_numpy(region_alpha)
+    return layer, alpha
+
+
 def paste_back(frame: np.ndarray, restored_faces: Sequence[tuple[AlignedFace, np.ndarray]]) -> np.ndarray:
     """A copy of the uint8 RGB frame with each (aligned face, restored uint8 crop) pair blended in."""
     check_rgb_image(frame, "frame")
     for _, restored in restored_faces:
         check_rgb_image(restored, "restored crop")
-    laid = composite(face_regions(frame.shape, [(aligned, restored.astype(np.float32)) for aligned, restored in restored_faces]))
-    result = frame.copy()
-    if laid is None:
-        return result
-    region, layer, alpha = laid
-    current = frame[region].astype(np.float32)
-    blended = current + alpha[..., None] * (layer - current)
-    result[region] = np.where(alpha[..., None] > 0, np.clip(np.round(blended), 0, 255), current).astype(np.uint8)
-    return result
+    layer, alpha = face_layer(frame.shape, [(aligned, restored.astype(np.float32)) for aligned, restored in restored_faces])
+    current = frame.astype(np.float32)
+    blended = np.clip(np.round(current + alpha[..., None] * (layer - current)), 0, 255).astype(np.uint8)
+    return np.where(alpha[..., None] > 0, blended, frame)
 
 
 def frame_matte(frame_shape: tuple, aligned: AlignedFace) -> np.ndarray:

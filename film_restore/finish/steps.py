@@ -12,7 +12,7 @@ Paste        the final faces warped into their frame regions, once (finish.paste
 HoldStill    under strength auto, each track keeps only the share of its restoration that changes
              no more from frame to frame than the film (finish.hold)
 AddGrain     fresh grain, as much as each track may take (finish.grain)
-Blend        each frame's faces blended into its picture, which is written
+Blend        each frame's faces blended into its picture
 
 A step's state (a track's guards, its grain, its share) lives in the step, for one chunk.
 """
@@ -26,7 +26,7 @@ import numpy as np
 
 from film_restore.faces import align_face
 from film_restore.finish import ops
-from film_restore.finish.flow import PairFlow
+from film_restore.finish.flow import PairFlow, flow_picture, flow_side
 from film_restore.finish.grain import GrainTile, add_missing_grain, grain_allowed
 from film_restore.finish.grain_model import GRAIN_FACES, estimate_track_grain, grain_window
 from film_restore.finish.guards import GUARD_HORIZON, GuardedFaces, TrackGuard
@@ -38,6 +38,9 @@ from film_restore.records import ChunkResult, Track
 from film_restore.settings import AUTO
 
 Windows = Iterator[Window]
+# A track's change from frame to frame (what the hold-still and the grain's allowance balance)
+# is sampled on every CHANGE_STRIDE-th pixel each way: means over a face's samples, as good from a quarter of them.
+CHANGE_STRIDE = 2
 
 
 @dataclass
@@ -132,7 +135,10 @@ class Follow:
                 for face in faces:
                     before = self.last.get(number)
                     if before is not None and before.position == face.position - 1:
-                        face.flow = PairFlow.between(before.aligned.crop, face.aligned.crop, face.aligned.transform.scale)
+                        size = face.aligned.transform.size
+                        side = flow_side(size, face.aligned.transform.scale)
+                        pictures = [flow_picture(f.surround.rgb, f.surround.aligned(f.aligned.transform), side) for f in (before, face)]
+                        face.flow = PairFlow.between(*pictures, size)
                     self.last[number] = face
             yield window
 
@@ -195,8 +201,7 @@ class GrainModels:
     """Each track's grain tile (None where none was found), estimated from the first window in which
     the track shows on at least two consecutive frames (its grain's change must be seen)."""
 
-    def __init__(self, frame_shape: tuple):
-        self.frame_shape = frame_shape
+    def __init__(self):
         self.tiles: dict[int, GrainTile | None] = {}
 
     def __call__(self, windows: Windows) -> Windows:
@@ -207,7 +212,7 @@ class GrainModels:
                 run = longest_run(faces)[:GRAIN_FACES]
                 if len(run) < 2:
                     continue
-                region = _common(grain_window(self.frame_shape, np.concatenate([face.landmarks for face in run])), run)
+                region = _common(grain_window(_shape(window), np.concatenate([face.landmarks for face in run])), run)
                 flows = [face.flow.in_frame(region, face.aligned.transform, before.aligned.transform)
                          for before, face in zip(run, run[1:])]
                 model = estimate_track_grain([face.surround.read(region) for face in run], flows)
@@ -220,8 +225,8 @@ class GrainModels:
 
 
 class Paste:
-    def __init__(self, frame_shape: tuple, grain: GrainModels):
-        self.frame_shape, self.grain = frame_shape, grain
+    def __init__(self, grain: GrainModels):
+        self.grain = grain
 
     def __call__(self, windows: Windows) -> Windows:
         for window in windows:
@@ -230,7 +235,7 @@ class Paste:
                 if not faces:
                     continue
                 models = [self.grain.model(face.track) for face in faces]
-                regions = face_regions(self.frame_shape, [(face.aligned, face.final) for face in faces],
+                regions = face_regions(_shape(window), [(face.aligned, face.final) for face in faces],
                                        [face.surround for face in faces],
                                        [None if model is None else model.std_above for model in models])
                 for region in regions:
@@ -278,8 +283,9 @@ class HoldStill:
             picture = ops.like(face.region.face, picture)
             outputs.append(picture + alpha[..., None] * (layer - picture))
             masks.append(alpha >= 1)
-        flows = [face.flow.in_frame(area, face.aligned.transform, before.aligned.transform) for before, face in zip(run, run[1:])]
-        change = change_samples(inputs, outputs, masks, flows)
+        flows = [face.flow.in_frame(area, face.aligned.transform, before.aligned.transform, CHANGE_STRIDE)
+                 for before, face in zip(run, run[1:])]
+        change = change_samples(inputs, outputs, masks, flows, CHANGE_STRIDE)
         if change is None:
             return
         self.shares[number] = steady_share(change) if held else 1.0
@@ -306,11 +312,11 @@ class AddGrain:
 
 
 class Blend:
-    """Each frame's faces composited and blended into its picture, then written (writer.write(picture, pts));
-    on_frame(frame, picture, faces) sees each frame as written (the report's samples)."""
+    """Each frame's faces composited and blended into its picture (window.pictures); on_frame(frame,
+    picture, faces) sees each frame with faces (the report's samples)."""
 
-    def __init__(self, writer, result: ChunkResult, on_frame: Callable | None = None):
-        self.writer, self.result, self.on_frame = writer, result, on_frame
+    def __init__(self, result: ChunkResult, on_frame: Callable | None = None):
+        self.result, self.on_frame = result, on_frame
 
     def __call__(self, windows: Windows) -> Windows:
         for window in windows:
@@ -323,9 +329,14 @@ class Blend:
                     picture = picture.blended(ops.to_numpy(layer), ops.to_numpy(alpha), (rows.start, columns.start))
                 if self.on_frame is not None and faces:
                     self.on_frame(frame, picture, faces)
-                self.writer.write(picture, frame.pts)
+                window.pictures[frame.index] = picture
                 self.result.faces += len(faces)
             yield window
+
+
+def _shape(window: Window) -> tuple[int, int]:
+    picture = window.frames[0].picture
+    return picture.height, picture.width
 
 
 def _union(regions: list[tuple[slice, slice]]) -> tuple[slice, slice]:

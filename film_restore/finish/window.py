@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from film_restore.faces.align import AlignmentTransform
 from film_restore.finish.flow import PairFlow
 from film_restore.finish.grain_model import grain_window
 from film_restore.records import AlignedFace, Frame
@@ -33,6 +34,12 @@ class Surround:
         x1 = min(max(int(np.ceil(corners[:, 0].max())) + 2, columns.stop), width)
         y1 = min(max(int(np.ceil(corners[:, 1].max())) + 2, rows.stop), height)
         return cls((y0, x0), frame_rgb[y0:y1, x0:x1])
+
+    def aligned(self, transform: AlignmentTransform) -> AlignmentTransform:
+        """The face's alignment (frame to crop) for this surround's pixels instead of the frame's."""
+        matrix = transform.matrix.copy()
+        matrix[:, 2] += matrix[:, :2] @ np.array(self.origin[::-1], np.float64)
+        return AlignmentTransform(matrix, transform.size)
 
     def read(self, region: tuple[slice, slice]) -> np.ndarray:
         """The frame's RGB over a rectangle inside this surround (frame coordinates)."""
@@ -78,6 +85,7 @@ class Window:
     frames: list[Frame]
     faces: dict[FaceKey, WindowFace] = field(default_factory=dict)
     requests: list = field(default_factory=list)  # (keys, what restore returned), one per actor
+    pictures: dict = field(default_factory=dict)  # frame index -> its picture with the faces blended in
 
     def tracks(self) -> dict[int, list[WindowFace]]:
         """The window's faces by track, in frame order."""

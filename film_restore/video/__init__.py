@@ -33,12 +33,12 @@ split and woven back).
 from film_restore.video.encoding import CODECS, ChunkWriter, EncoderChoice, choose_encoder
 from film_restore.video.formats import SUPPORTED_PIX_FMTS, VideoError
 from film_restore.video.output import OutputPlan, check_output, join
-from film_restore.video.picture import Picture
+from film_restore.video.picture import Picture, RGBPicture
 from film_restore.video.probe import StreamSummary, VideoInfo, probe
 from film_restore.video.reading import read_frames
 
 __all__ = [
-    "VideoError", "StreamSummary", "VideoInfo", "probe", "Picture", "read_frames",
+    "VideoError", "StreamSummary", "VideoInfo", "probe", "Picture", "RGBPicture", "read_frames",
     "EncoderChoice", "choose_encoder", "OutputPlan", "check_output", "ChunkWriter", "join",
     "SUPPORTED_PIX_FMTS", "CODECS",
 ]

@@ -318,3 +318,38 @@ def _frame_rectangle(values: np.ndarray, top: int, left: int, y0: int, y1: int, 
     sy0, sy1, sx0, sx1 = max(y0, top), min(y1, top + height), max(x0, left), min(x1, left + width)
     out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = values[sy0 - top:sy1 - top, sx0 - left:sx1 - left]
     return out
+
+
+class RGBPicture:
+    """A picture held as 8-bit RGB (H x W x 3 uint8), with Picture's rgb() and blended(): for pictures
+    that are not a film's frames (tests, benches, photos) going through the compose steps."""
+
+    __slots__ = ("pixels",)
+
+    def __init__(self, rgb: np.ndarray):
+        rgb = np.asarray(rgb)
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError(f"an RGB picture is H x W x 3 uint8, got {rgb.shape} {rgb.dtype}")
+        self.pixels = rgb
+
+    @property
+    def height(self) -> int:
+        return self.pixels.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.pixels.shape[1]
+
+    def rgb(self) -> np.ndarray:
+        return self.pixels
+
+    def blended(self, rgb_float: np.ndarray, alpha: np.ndarray, origin: tuple[int, int] | None = None) -> "RGBPicture":
+        """A new RGBPicture: pixel + alpha (rgb - pixel), rounded, where alpha > 0 (as Picture.blended, in RGB)."""
+        origin_y, origin_x = origin or (0, 0)
+        height, width = alpha.shape
+        region = np.s_[origin_y:origin_y + height, origin_x:origin_x + width]
+        current = self.pixels[region].astype(np.float32)
+        blended = current + alpha[..., None] * (np.asarray(rgb_float, np.float32) - current)
+        pixels = self.pixels.copy()
+        pixels[region] = np.where(alpha[..., None] > 0, np.clip(np.rint(blended), 0, 255), current).astype(np.uint8)
+        return RGBPicture(pixels)

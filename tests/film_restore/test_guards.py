@@ -1,4 +1,4 @@
-"""film_restore.guards on a real talking-head track: exact for a restorer that changes nothing,
+"""film_restore.finish.guards on a real talking-head track: exact for a restorer that changes nothing,
 steady where a restorer flickers, faithful to the actor, identical in overlapping segments."""
 import base64
 
@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from film_restore import guards, quality
+from film_restore import settings
+from film_restore.finish import guards, measures as quality
 
 
 def _run(talking_head, restored, count=10, **options):
@@ -35,7 +36,7 @@ def test_noise_a_restorer_removes_stays_removed(talking_head):
     clean = talking_head["crops"][:10].astype(np.float32)
     noisy = np.clip(np.round(clean + np.random.default_rng(1).normal(0, 6, clean.shape)), 0, 255).astype(np.uint8)
     residuals = clean - noisy
-    stabilised, _ = guards.stabilise(noisy, residuals)
+    stabilised = guards.stabilise(noisy, residuals)
     error = lambda faces: np.sqrt(((faces - clean) ** 2).mean())
     # Residual filtering alone would put ~70% of the noise back; the cancelling share keeps it out.
     assert error(noisy + stabilised) < 0.45 * error(noisy.astype(np.float32))
@@ -47,7 +48,7 @@ def test_detail_that_moves_with_the_face_is_not_smeared(talking_head):
 
     sharpened = np.stack([crop + 1.5 * (crop - cv2.GaussianBlur(crop, (0, 0), 2)) for crop in crops])
     residuals = sharpened - crops
-    stabilised, _ = guards.stabilise(talking_head["crops"][:10], residuals)
+    stabilised = guards.stabilise(talking_head["crops"][:10], residuals)
     assert np.abs(stabilised - residuals).mean() < 0.35 * np.abs(residuals).mean()
 
 
@@ -84,10 +85,10 @@ def test_a_segment_with_the_horizon_either_side_gives_the_whole_tracks_faces(tal
 
 
 def test_strength_is_a_number_from_0_to_1_or_auto():
-    assert guards.parse_strength("auto") == guards.AUTO and guards.parse_strength("0.4") == 0.4
+    assert settings.parse_strength("auto") == settings.AUTO and settings.parse_strength("0.4") == 0.4
     for bad in ("1.5", "-0.1", "strong", None):
         with pytest.raises(ValueError, match="strength must be a number from 0 to 1 or 'auto'"):
-            guards.parse_strength(bad)
+            settings.parse_strength(bad)
 
 
 def test_composer_with_guards_and_a_restorer_that_changes_nothing_writes_todays_round_trip(talking_head, tmp_path):
