@@ -4,28 +4,25 @@ For each shared talking-head clip, its first --frames frames as they are ("clean
 degraded copy (x3 down and up, per-frame Gaussian noise of sigma 6, seeded): faces found and
 tracked with the compact face stack, aligned at the model's size, restored by
 film_restore.restore.FaceRestorer with the actor's dictionary (built from frames of the
-clip's second half, which also give the actor's reference centroid), pasted back with
-paste.face_layer. Printed per clip and variant, in the frame:
+clip's second half, which also give the actor's reference centroid). Printed per clip and
+variant, in the frame:
   flicker   output / input frame-to-frame change along the input's flow, in the face box
             (and both changes, levels)
-  texture   texture.texture_ratio, output / input (mean over frames; 1 = the film's texture kept)
+  texture   finish.measures.texture_ratio, output / input (mean over frames; 1 = the film's texture kept)
   id in/out cosine of input and output faces to the actor's centroid (mean over frames)
   PSNR      face box against the clean frame (degraded copies), input -> output
   change    mean |output - input| in the face box (levels): how visibly restored
 Variants: input (no restoration), round trip (a restorer that returns its input: aligned,
-pasted back), today (restored crops pasted as they are), each guard alone, all guards
-(guards.guard_track, strength auto), and the full pipeline: all guards pasted back as the
-Composer does: the frame's detail above the crop's resolution but for the film's grain
-(grain.TrackGrain, estimated on the copy itself), in each window only the share of the
-restoration that keeps the face changing no more than the input (printed: the windows held),
-with --grain off and with the default --grain auto (fresh grain in the amount of texture the
-face lacks).
+pasted back), today (restored crops pasted as they are), all guards (finish.guards, strength
+auto, pasted back), and the full pipeline: the Composer's steps on the frames held in memory
+(compose.Composer.windows), with --grain off and with the default --grain auto.
 
     FILM_RESTORE_ASSETS=../shared python -m bench.film_look [--frames 72] [--clips retalk_2 liveportrait_d10]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 import time
@@ -38,16 +35,16 @@ import torch
 
 import dmdnet
 from dmdnet.images import to_tensor
-from film_restore import guards, quality
-from film_restore.compose import COMPOSE_WINDOW, paste_window
-from film_restore.paste import face_layer
+from film_restore.compose import ComposeSettings, Composer
 from film_restore.faces import FaceAnalyzer, align_face
 from film_restore.faces.identity import centroid
-from film_restore.records import Shot
+from film_restore.finish import guards, measures as quality
+from film_restore.finish.measures import texture_ratio
+from film_restore.finish.paste import face_layer
+from film_restore.records import ChunkResult, Frame, Shot
 from film_restore.restore import FaceRestorer
-from film_restore.grain import TrackGrain
-from film_restore.texture import texture_ratio
 from film_restore.tracking import smooth_track, track_shot
+from film_restore.video import RGBPicture
 from tests.assets import ASSETS, TRAINED_MODEL as CHECKPOINT
 
 DEGRADE_SCALE = 3
@@ -90,28 +87,24 @@ def paste(frame: np.ndarray, aligned, crop: np.ndarray) -> np.ndarray:
     return blend(frame, *face_layer(frame.shape, [(aligned, crop)]))
 
 
-def paste_as_composer(frames, aligned, crops, track, add_grain: bool) -> tuple[list[np.ndarray], list[float]]:
-    """(the frames with the track's faces pasted back as the Composer does, COMPOSE_WINDOW frames at
-    a time; the share of the restoration kept in each window, grain.TrackGrain.kept_share)."""
-    grain = track_grain(frames, track)
-    pasted, kept = [], []
-    for start in range(0, len(frames), COMPOSE_WINDOW):
-        indices = range(start, min(start + COMPOSE_WINDOW, len(frames)))
-        faces = paste_window(frames[0].shape, {i: ([(i, 0)], [(aligned[i], crops[i])]) for i in indices},
-                             dict(enumerate(frames)), {(i, 0): track.faces[i].face.landmarks for i in indices},
-                             grain, add_grain, held={0})
-        pasted += [blend(frames[i], *faces[i][2]) for i in indices]
-        kept.append(grain.kept_share(0))
-    return pasted, kept
+def composed(frames, track, restored, reference, grain: str) -> tuple[list[np.ndarray], ChunkResult]:
+    """The frames as the Composer makes them (its steps, on the frames held in memory), the restorer's
+    faces given; and what it counted."""
+    queue = list(restored)
 
+    def restore(crops, boxes, actor):
+        taken = np.stack(queue[:len(crops)])
+        del queue[:len(crops)]
+        return taken
 
-def track_grain(frames: list[np.ndarray], track) -> TrackGrain:
-    """The track's grain model (track number 0), estimated as the Composer does: from the first
-    COMPOSE_WINDOW frames the track appears in."""
-    grain = TrackGrain()
-    grain.observe({(index, 0): (frames[index], tracked.face.landmarks)
-                   for index, tracked in enumerate(track.faces[:COMPOSE_WINDOW])})
-    return grain
+    settings = ComposeSettings("ffv1", restored.shape[1], grain=grain, references={"actor": reference},
+                               models_dir=str(ASSETS / "models"))
+    result = ChunkResult(0, 0, 0)
+    in_memory = [Frame(index, index, RGBPicture(frame)) for index, frame in enumerate(frames)]
+    pictures = {}
+    for window in Composer(None, settings, restore).windows(in_memory, [track], result):
+        pictures.update(window.pictures)
+    return [pictures[index].rgb() for index in range(len(frames))], result
 
 
 def measures(inputs, outputs, clean, track, analyzer, reference) -> dict:
@@ -136,22 +129,6 @@ def measures(inputs, outputs, clean, track, analyzer, reference) -> dict:
     return row
 
 
-def variants(inputs, restored, embed, reference):
-    """name -> guarded crops (float N x S x S x 3)."""
-    residual = restored - inputs.astype(np.float32)
-    resolution = guards.effective_resolution(inputs)
-    stabilised, _ = guards.stabilise(inputs, residual)
-    limits, _ = guards.identity_limits(inputs, residual, embed, reference, embed(inputs))
-    full = guards.guard_track(inputs, restored, embed, reference)
-    return {
-        "today": restored,
-        "fidelity guard": inputs + guards.match_band(residual, resolution),
-        "stabilisation": inputs + stabilised,
-        "identity guard": inputs + guards.smooth_strengths(limits)[:, None, None, None] * residual,
-        "all guards": full.faces,
-    }, full
-
-
 def main() -> None:
     arguments = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     arguments.add_argument("--frames", type=int, default=72)
@@ -163,7 +140,7 @@ def main() -> None:
     analyzer = FaceAnalyzer.from_models_dir(ASSETS / "models")
     model = dmdnet.load(args.checkpoint)
     size = model.image_size
-    embed = guards.aligned_embedder(analyzer.recogniser)
+    embed = guards.pack_embedder(str(analyzer.recogniser.model_path))
     rows = []
     for clip in args.clips:
         frames = read_clip(ASSETS / "media" / "clips" / f"{clip}.mp4")
@@ -181,7 +158,7 @@ def main() -> None:
             dictionary.save(Path(folder) / "actor.dict")
             restorer = FaceRestorer(args.checkpoint, {"actor": Path(folder) / "actor.dict"})
         for version, inputs in (("clean", clean), ("degraded", degrade(clean))):
-            track = main_track(analyzer, inputs)
+            track = dataclasses.replace(main_track(analyzer, inputs), actor="actor")
             aligned = [align_face(frame, t.face, size) for frame, t in zip(inputs, track.faces)]
             crops = np.stack([a.crop for a in aligned])
             started = time.perf_counter()
@@ -195,25 +172,22 @@ def main() -> None:
                     np.save(cached, restored)
             restore_s = time.perf_counter() - started
             started = time.perf_counter()
-            outputs, full = variants(crops, restored, embed, reference)
-            guard_s = time.perf_counter() - started
+            scale = float(np.median([a.transform.scale for a in aligned]))
+            full = guards.guard_track(crops, restored, embed, reference, scale=scale)
             truth = clean if version == "degraded" else None
             rows.append((clip, version, "input", measures(inputs, inputs, truth, track, analyzer, reference)))
-            for name, faces in {"round trip": crops.astype(np.float32), **outputs}.items():
+            for name, faces in {"round trip": crops.astype(np.float32), "today": restored, "all guards": full.faces}.items():
                 pasted = [paste(frame, a, face) for frame, a, face in zip(inputs, aligned, faces)]
                 rows.append((clip, version, name, measures(inputs, pasted, truth, track, analyzer, reference)))
-            for name, add_grain in (("full pipeline, --grain off", False), ("full pipeline", True)):
-                pasted, kept = paste_as_composer(inputs, aligned, full.faces, track, add_grain)
+            for name, grain in (("full pipeline, --grain off", "off"), ("full pipeline", "auto")):
+                pasted, result = composed(inputs, track, restored, reference, grain)
                 rows.append((clip, version, name, measures(inputs, pasted, truth, track, analyzer, reference)))
-            grain_model = track_grain(inputs, track).models.get(0)
-            mid_tones = "none found" if grain_model is None else (
-                " / ".join(f"{v:.1f}" for v in grain_model.amplitude[2:6]) + f", new each frame {grain_model.new_each_frame:.2f}")
+            finish_s = time.perf_counter() - started
             held = int((full.strength < 1).sum())
-            print(f"{clip} {version}: restore {restore_s:.0f} s, guards (all variants) {guard_s:.0f} s; resolution "
+            print(f"{clip} {version}: restore {restore_s:.0f} s, guards and composing {finish_s:.0f} s; resolution "
                   f"{full.resolution:.2f}, strength mean {full.strength.mean():.2f} min {full.strength.min():.2f}, "
-                  f"{held}/{len(full.strength)} faces held back; grain (luma std new each frame, luma 80-176) {mid_tones}; "
-                  f"restoration kept to hold still: {sum(share < 1 for share in kept)}/{len(kept)} windows held, "
-                  f"least share {min(kept):.2f}", flush=True)
+                  f"{held}/{len(full.strength)} faces held back; faces held still (restored in part) "
+                  f"{result.faces_held_still}/{result.faces}", flush=True)
     print(f"\n{args.frames} frames per clip, model {args.checkpoint.name}, faces {size} px aligned\n")
     print("| clip | copy | variant | flicker ratio | frame-to-frame change in -> out (levels) | texture ratio | "
           "identity in -> out | face PSNR vs clean in -> out | change (levels) |")

@@ -190,21 +190,24 @@ def test_a_restorer_that_flickers_keeps_only_the_share_that_changes_no_more_than
     restorers = {"flickers": [crop + rng.normal(0, 1, crop.shape).astype(np.float32) for crop in smooth], "smooths": smooth}
     window = grain_model.grain_window(frames[0].shape, np.concatenate([tracked.face.landmarks for tracked in track.faces]))
     inputs = np.stack([frame[window] for frame in frames])
+    grain_std = film_track(analyzer, frames).model.std_above
     for name, restored in restorers.items():
         composer = Composer(None, ComposeSettings("ffv1", CROP, grain="off"), lambda crops, boxes, actor: np.stack(restored))
         result = ChunkResult(0, 0, 0)
         [composed] = composer.windows(in_memory(frames), [track], result)
         outputs = np.stack([composed.pictures[t].rgb()[window].astype(np.float32) for t in range(4)])
-        layers = [face_layer(frames[t].shape, [(aligned[t], restored[t])], frames[t]) for t in range(4)]
+        # Restored whole: pasted as the Composer pastes (the frame's detail kept above the crop's
+        # resolution but for the track's grain), without the hold-still.
+        layers = [face_layer(frames[t].shape, [(aligned[t], restored[t])], frames[t], [grain_std]) for t in range(4)]
         whole = np.stack([blend(frames[t].astype(np.float32), *layers[t])[window] for t in range(4)])
         inside = np.stack([layers[t][1][window] >= 1 for t in range(4)])
         held, unheld = (measures.flicker(inputs, np.round(pictures), inside).ratio for pictures in (outputs, whole))
         restoration = (whole - inputs)[inside]
         share = float(((outputs - inputs)[inside] * restoration).sum() / (restoration ** 2).sum())
         if name == "flickers":
-            # The hold-still measures the change along the track's own flow; the frames' own flow here agrees within 2%.
+            # The hold-still measures the change along the track's own flow; the frames' own flow here agrees within 3%.
             assert unheld > 1.05 and 0.2 < share < 0.9 and result.faces_held_still == 4
-            assert held == pytest.approx(1.0, abs=0.02)
+            assert held == pytest.approx(1.0, abs=0.03)
         else:
             assert unheld < 1.0 and result.faces_held_still == 0 and np.array_equal(outputs, np.round(whole))
 

@@ -111,9 +111,9 @@ def test_composer_with_guards_and_a_restorer_that_changes_nothing_writes_todays_
     guarded = ComposeSettings("ffv1", 128, grain="off", references={"Speaker": talking_head["reference"]},
                               models_dir=str(asset("models")))
     outputs = {}
-    for name, settings in (("today", today), ("guarded", guarded)):
+    for name, compose_settings in (("today", today), ("guarded", guarded)):
         outputs[name] = tmp_path / f"{name}.mkv"
-        result = Composer(probe(film), settings, unchanged)(chunk, tracks, scan.frame_pts, outputs[name])
+        result = Composer(probe(film), compose_settings, unchanged)(chunk, tracks, scan.frame_pts, outputs[name])
     frames = {name: [picture.rgb() for _, _, picture in read_frames(path)] for name, path in outputs.items()}
     assert len(frames["today"]) == 11 and all(np.array_equal(a, b) for a, b in zip(frames["today"], frames["guarded"]))
     [summary] = result.tracks

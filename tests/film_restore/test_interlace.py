@@ -11,7 +11,7 @@ from film_restore.compose import Composer, ComposeSettings
 from film_restore.faces import align_face
 from film_restore.faces.identity import Identifier
 from film_restore.interlace import FieldPicture, combing, restored_field_order, whole_frames_note
-from film_restore.paste import face_layer, frame_matte
+from film_restore.finish.paste import face_layer, frame_matte
 from film_restore.settings import GRAIN, STRENGTH
 from film_restore.stages import FaceTracker, Scanner
 from film_restore.video import check_output, join, probe, read_frames

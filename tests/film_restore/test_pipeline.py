@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests.assets import REPO, asset, save_small_checkpoint
-from film_restore.paste import frame_matte
+from film_restore.finish.paste import frame_matte
 from film_restore.faces import align_face
 from film_restore.workdir import read_tracks
 from tests.media import make_film, write_references

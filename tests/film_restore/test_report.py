@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from film_restore import report
-from film_restore.compose import SAMPLE_SIDE, _detail, _thumbnail
+from film_restore.report import SAMPLE_SIDE, _detail, _thumbnail
 from tests.assets import asset
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

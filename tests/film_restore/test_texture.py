@@ -8,7 +8,7 @@ from tests.media import clip_frame, largest_face, old_film
 from film_restore.finish import bands, grain_model, measures
 from film_restore.finish.colour import luma
 from film_restore.finish.paste import face_layer, frame_matte
-from film_restore.faces import FaceAnalyzer, align_face
+from film_restore.faces import align_face
 
 CROP = 256  # our shipped model's crop
 

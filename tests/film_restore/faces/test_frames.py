@@ -5,7 +5,7 @@ import pytest
 
 from tests.assets import asset
 from film_restore.faces.align import alignment_transform, ffhq_template, warp_to_crop
-from film_restore.paste import face_matte, frame_matte, paste_back
+from film_restore.finish.paste import face_matte, frame_matte, paste_back
 from film_restore.faces import align_face
 
 # Faces a person sees at once in each photo (counted by eye); heads seen from behind

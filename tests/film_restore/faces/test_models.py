@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 
 from tests.assets import asset
 from film_restore.faces.align import alignment_transform, ffhq_template
-from film_restore.paste import face_matte, paste_back
+from film_restore.finish.paste import face_matte, paste_back
 from film_restore.faces.detector import Detector
 from film_restore.faces.landmarker import Landmarker68
 from film_restore.faces.recogniser import Recogniser
