@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from film_restore import report
-from film_restore.finish import ops, steps
-from film_restore.finish.guards import pack_embedder, summarise
+from film_restore.faces.align import warp_to_crop
+from film_restore.finish import steps
+from film_restore.finish.device import Finish
+from film_restore.finish.guards import summarise
 from film_restore.finish.measures import texture_ratio
 from film_restore.finish.window import Window
 from film_restore.interlace import FieldWeaver, field_frames, restored_field_order
 from film_restore.records import Chunk, ChunkResult, Frame, Track
-from film_restore.settings import GRAIN, MIN_FACE, STRENGTH, AUTO, parse_grain, parse_strength
+from film_restore.settings import GRAIN, MIN_FACE, STRENGTH, parse_grain, parse_strength
 from film_restore.video import ChunkWriter, VideoInfo, read_frames
 
 # Frames whose faces are sent to the restorers together: faces batch across frames.
@@ -60,7 +62,9 @@ class Composer:
     restore(crops, boxes, actor) -> float32 restored crops, or a request in flight whose
     result() gives them (on Ray, pipeline.cluster.RemoteRestore): the next window is decoded,
     aligned and sent before the previous window's faces are waited for, so decoding, blending
-    and encoding overlap the restorer's work (the output is the same either way).
+    and encoding overlap the restorer's work (the output is the same either way). A restorer
+    with open_session(plan, settings) finishes the faces beside it, on its device
+    (finish.device): this task then only aligns, blends and encodes.
 
     Faces are restored COMPOSE_WINDOW frames at a time; with guards, a window is written only once
     the faces the guards look ahead to are restored (finish.guards.GUARD_HORIZON <= COMPOSE_WINDOW:
@@ -71,7 +75,6 @@ class Composer:
         self.info = info
         self.settings = settings
         self.restore = restore
-        self.embed = None if settings.models_dir is None else _embedder(settings.models_dir)
 
     def __call__(self, chunk: Chunk, tracks: list[Track], frame_pts, output: Path) -> ChunkResult:
         result = ChunkResult(chunk.index, 0, 0)
@@ -96,32 +99,19 @@ class Composer:
         settings = self.settings
         plan = steps.FacePlan.of(tracks, settings.min_face)
         result.faces_too_small = plan.too_small
-        grain = steps.GrainModels()
-        guard = steps.Guard(plan, self.embed, settings.references, settings.strength_of)
-        hold = steps.HoldStill(settings.strength_of, grain, result)
-        chain = [
-            steps.Align(plan, settings.face_size),
-            steps.Restore(self.restore, result),
-            steps.Follow(),
-            guard,
-            grain,
-            steps.Paste(grain),
-            hold,
-            *([steps.AddGrain(grain, hold)] if settings.grain == AUTO else []),
-            steps.Blend(result, _Samples(tracks, result)),
-        ]
-        stream = _windows(frames)
-        for step in chain:
-            stream = step(stream)
-        yield from stream
-        result.tracks = [{"track": number, **summarise([part for _, part in parts]), "series": _series(parts)}
-                         for number, parts in sorted(guard.parts.items())]
-
-
-def _embedder(models_dir: str):
-    from film_restore.models import find_pack
-
-    return pack_embedder(str(find_pack(models_dir).recogniser))
+        if hasattr(self.restore, "open_session"):  # the faces are finished beside the restorer, on its device
+            finish = Finish(*self.restore.open_session(plan, settings), result)
+            finishing, parts = [finish], lambda: finish.parts
+        else:
+            finishing, guard = steps.finishing(self.restore, plan, settings, result)
+            parts = lambda: guard.parts  # noqa: E731
+        chain = [steps.Align(plan, settings.face_size), *finishing, steps.Blend(result, _Samples(tracks, result))]
+        chain = steps.Chain(chain)
+        for window in _windows(frames):
+            yield from chain(window)
+        yield from chain.flush()
+        result.tracks = [{"track": number, **summarise([part for _, part in track_parts]), "series": _series(track_parts)}
+                         for number, track_parts in sorted(parts().items())]
 
 
 def _windows(frames) -> Iterator[Window]:
@@ -129,10 +119,14 @@ def _windows(frames) -> Iterator[Window]:
     for frame in frames:
         window.append(frame)
         if len(window) == COMPOSE_WINDOW:
-            yield Window(window)
+            yield Window(window, _shape(window))
             window = []
     if window:
-        yield Window(window)
+        yield Window(window, _shape(window))
+
+
+def _shape(frames: list[Frame]) -> tuple[int, int]:
+    return frames[0].picture.height, frames[0].picture.width
 
 
 def _series(parts) -> dict:
@@ -144,7 +138,8 @@ def _series(parts) -> dict:
 
 class _Samples:
     """The report's sample of each track, on its middle face's frame: the aligned face before and
-    after, the frame around it at 1:1 before and after, and the face's texture ratio there."""
+    after (aligned from the output frame, as it was written), the frame around it at 1:1 before and
+    after, and the face's texture ratio there."""
 
     def __init__(self, tracks: list[Track], result: ChunkResult):
         self.frames = {number: track.faces[len(track.faces) // 2].frame for number, track in enumerate(tracks)}
@@ -157,6 +152,6 @@ class _Samples:
         before, after = frame.picture.rgb(), picture.rgb()
         for face in sampled:
             ratio = texture_ratio(before, after, face.landmarks)
-            final = ops.to_numpy(face.final if face.final is not None else face.restored)
-            self.result.samples.append(report.face_sample(face.frame, face.actor, face.aligned.crop, final, before, after,
+            output = warp_to_crop(after, face.aligned.transform)
+            self.result.samples.append(report.face_sample(face.frame, face.actor, face.aligned.crop, output, before, after,
                                                           face.landmarks, ratio))

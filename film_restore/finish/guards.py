@@ -124,6 +124,13 @@ def pack_embedder(recogniser_path: str) -> Callable[[np.ndarray], np.ndarray]:
     return aligned_embedder(Recogniser(recogniser_path))
 
 
+def embedder_of(models_dir: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The identity guard's embedder: the recogniser of the face models in models_dir (one per process)."""
+    from film_restore.models import find_pack
+
+    return pack_embedder(str(find_pack(models_dir).recogniser))
+
+
 @functools.lru_cache(maxsize=4)
 def face_mask(size: int) -> np.ndarray:
     """Weights (float32 size x size) of the face inside an FFHQ-aligned crop: an ellipse over brows to chin."""

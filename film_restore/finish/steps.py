@@ -1,6 +1,7 @@
-"""The Composer's steps, in order, over a stream of windows (finish.window), like a filter graph:
-each step takes the windows, adds its part to their faces and gives them on; the guards hold
-windows back until the faces they look ahead to have come.
+"""The Composer's steps, in order, over windows of frames (finish.window), like a filter graph: a
+step is given a window, adds its part to its faces and gives on the windows it is done with
+(`Chain` passes them along); the restorers and the guards hold windows back until what they wait
+for has come, and give them on in order, the rest at once; `flush` gives what is held at the end.
 
 Align        the faces aligned at the model's size, with the frame around them
 Restore      each window's faces sent to the restorers, one request per actor; the next window is
@@ -14,13 +15,15 @@ HoldStill    under strength auto, each track keeps only the share of its restora
 AddGrain     fresh grain, as much as each track may take (finish.grain)
 Blend        each frame's faces blended into its picture
 
-A step's state (a track's guards, its grain, its share) lives in the step, for one chunk.
+A step's state (a track's guards, its grain, its share) lives in the step, for one chunk. The
+steps from Follow to AddGrain work on numpy arrays or on torch tensors alike (finish.ops): on a
+GPU node they run beside the restorer (finish.remote), and only the face regions come back.
 """
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
@@ -29,7 +32,7 @@ from film_restore.finish import ops
 from film_restore.finish.flow import PairFlow, flow_picture, flow_side
 from film_restore.finish.grain import GrainTile, add_missing_grain, grain_allowed
 from film_restore.finish.grain_model import GRAIN_FACES, estimate_track_grain, grain_window
-from film_restore.finish.guards import GUARD_HORIZON, GuardedFaces, TrackGuard
+from film_restore.finish.guards import GUARD_HORIZON, GuardedFaces, TrackGuard, embedder_of
 from film_restore.finish.hold import steady_share
 from film_restore.finish.measures import change_samples
 from film_restore.finish.paste import composite, face_regions
@@ -37,7 +40,6 @@ from film_restore.finish.window import Surround, Window, WindowFace, longest_run
 from film_restore.records import ChunkResult, Track
 from film_restore.settings import AUTO
 
-Windows = Iterator[Window]
 # A track's change from frame to frame (what the hold-still and the grain's allowance balance)
 # is sampled on every CHANGE_STRIDE-th pixel each way: means over a face's samples, as good from a quarter of them.
 CHANGE_STRIDE = 2
@@ -70,40 +72,74 @@ class FacePlan:
         return plan
 
 
-class Align:
+class Step:
+    """A step that gives each window on as soon as it is done with it (most do)."""
+
+    def __call__(self, window: Window) -> list[Window]:
+        self.work(window)
+        return [window]
+
+    def work(self, window: Window) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> list[Window]:
+        return []
+
+
+class Chain:
+    """Steps in order: each window given passes through them; gives the windows the last step is done with."""
+
+    def __init__(self, steps: list):
+        self.steps = steps
+
+    def __call__(self, window: Window) -> list[Window]:
+        windows = [window]
+        for step in self.steps:
+            windows = [done for held in windows for done in step(held)]
+        return windows
+
+    def flush(self) -> list[Window]:
+        """The windows still held, through the steps after the one holding them."""
+        windows = []
+        for step in self.steps:
+            windows = [done for held in windows for done in step(held)] + step.flush()
+        return windows
+
+
+class Align(Step):
     def __init__(self, plan: FacePlan, face_size: int):
         self.plan, self.face_size = plan, face_size
 
-    def __call__(self, windows: Windows) -> Windows:
-        for window in windows:
-            for frame in window.frames:
-                faces = self.plan.by_frame.get(frame.index)
-                if not faces:
-                    continue
-                rgb = frame.picture.rgb()
-                for number, face, actor in faces:
-                    aligned = align_face(rgb, face, self.face_size)
-                    key = (frame.index, number)
-                    window.faces[key] = WindowFace(key, self.plan.positions[key], aligned, actor, face.landmarks,
-                                                   Surround.around(rgb, aligned, face.landmarks))
-            yield window
+    def work(self, window: Window) -> None:
+        for frame in window.frames:
+            faces = self.plan.by_frame.get(frame.index)
+            if not faces:
+                continue
+            rgb = frame.picture.rgb()
+            for number, face, actor in faces:
+                aligned = align_face(rgb, face, self.face_size)
+                key = (frame.index, number)
+                window.faces[key] = WindowFace(key, self.plan.positions[key], aligned, actor, face.landmarks,
+                                               Surround.around(rgb, aligned, face.landmarks))
 
 
 class Restore:
-    """restore(crops, boxes, actor) -> float32 restored crops, or a request in flight whose result() gives them."""
+    """restore(crops, boxes, actor) -> float32 restored crops, or a request in flight whose result()
+    gives them; a window is given on once the next one is sent (or at the end). on: an array whose
+    kind and device the restored crops are put on (None: as they come)."""
 
-    def __init__(self, restore: Callable, result: ChunkResult):
-        self.restore, self.result = restore, result
+    def __init__(self, restore: Callable, result: ChunkResult, on=None):
+        self.restore, self.result, self.on = restore, result, on
+        self.sent: Window | None = None
 
-    def __call__(self, windows: Windows) -> Windows:
-        sent = None
-        for window in windows:
-            self._send(window)
-            if sent is not None:
-                yield self._collected(sent)
-            sent = window
-        if sent is not None:
-            yield self._collected(sent)
+    def __call__(self, window: Window) -> list[Window]:
+        self._send(window)
+        previous, self.sent = self.sent, window
+        return [] if previous is None else [self._collected(previous)]
+
+    def flush(self) -> list[Window]:
+        previous, self.sent = self.sent, None
+        return [] if previous is None else [self._collected(previous)]
 
     def _send(self, window: Window) -> None:
         by_actor = defaultdict(list)
@@ -115,32 +151,31 @@ class Restore:
             window.requests.append((keys, self.restore(crops, boxes, actor)))
             self.result.faces_by_actor[actor or ""] = self.result.faces_by_actor.get(actor or "", 0) + len(keys)
 
-    @staticmethod
-    def _collected(window: Window) -> Window:
+    def _collected(self, window: Window) -> Window:
         for keys, request in window.requests:
             restored = request.result() if hasattr(request, "result") else request
+            if self.on is not None:
+                restored = ops.like(self.on, ops.to_numpy(restored))
             for key, crop in zip(keys, restored):
                 window.faces[key].restored = ops.as_float(crop)
         window.requests = []
         return window
 
 
-class Follow:
+class Follow(Step):
     def __init__(self):
         self.last: dict[int, WindowFace] = {}  # track number -> its face last seen
 
-    def __call__(self, windows: Windows) -> Windows:
-        for window in windows:
-            for number, faces in window.tracks().items():
-                for face in faces:
-                    before = self.last.get(number)
-                    if before is not None and before.position == face.position - 1:
-                        size = face.aligned.transform.size
-                        side = flow_side(size, face.aligned.transform.scale)
-                        pictures = [flow_picture(f.surround.rgb, f.surround.aligned(f.aligned.transform), side) for f in (before, face)]
-                        face.flow = PairFlow.between(*pictures, size)
-                    self.last[number] = face
-            yield window
+    def work(self, window: Window) -> None:
+        for number, faces in window.tracks().items():
+            for face in faces:
+                before = self.last.get(number)
+                if before is not None and before.position == face.position - 1:
+                    size = face.aligned.transform.size
+                    side = flow_side(size, face.aligned.transform.scale)
+                    pictures = [flow_picture(f.surround.rgb, f.surround.aligned(f.aligned.transform), side) for f in (before, face)]
+                    face.flow = PairFlow.between(*pictures, size)
+                self.last[number] = face
 
 
 class Guard:
@@ -153,23 +188,25 @@ class Guard:
         self.tracks: dict[int, TrackGuard] = {}
         self.added: dict[int, int] = {}  # track number -> highest position added
         self.parts: dict[int, list[tuple[list[int], GuardedFaces]]] = defaultdict(list)
+        self.held: list[Window] = []
 
-    def __call__(self, windows: Windows) -> Windows:
-        held = []
-        for window in windows:
-            if self.embed is None:
-                for face in window.faces.values():
-                    face.final = face.restored
-                yield window
-                continue
-            for face in sorted(window.faces.values(), key=lambda face: face.position):
-                self._track(face).add(face.position, face.aligned.crop, face.restored, face.flow)
-                self.added[face.track] = face.position
-            held.append(window)
-            while held and self._ready(held[0]):
-                yield self._guarded(held.pop(0))
-        for window in held:
-            yield self._guarded(window)
+    def __call__(self, window: Window) -> list[Window]:
+        if self.embed is None:
+            for face in window.faces.values():
+                face.final = face.restored
+            return [window]
+        for face in sorted(window.faces.values(), key=lambda face: face.position):
+            self._track(face).add(face.position, face.aligned.crop, face.restored, face.flow)
+            self.added[face.track] = face.position
+        self.held.append(window)
+        done = []
+        while self.held and self._ready(self.held[0]):
+            done.append(self._guarded(self.held.pop(0)))
+        return done
+
+    def flush(self) -> list[Window]:
+        done, self.held = [self._guarded(window) for window in self.held], []
+        return done
 
     def _track(self, face: WindowFace) -> TrackGuard:
         if face.track not in self.tracks:
@@ -197,53 +234,47 @@ class Guard:
         return window
 
 
-class GrainModels:
+class GrainModels(Step):
     """Each track's grain tile (None where none was found), estimated from the first window in which
     the track shows on at least two consecutive frames (its grain's change must be seen)."""
 
     def __init__(self):
         self.tiles: dict[int, GrainTile | None] = {}
 
-    def __call__(self, windows: Windows) -> Windows:
-        for window in windows:
-            for number, faces in window.tracks().items():
-                if number in self.tiles:
-                    continue
-                run = longest_run(faces)[:GRAIN_FACES]
-                if len(run) < 2:
-                    continue
-                region = _common(grain_window(_shape(window), np.concatenate([face.landmarks for face in run])), run)
-                flows = [face.flow.in_frame(region, face.aligned.transform, before.aligned.transform)
-                         for before, face in zip(run, run[1:])]
-                model = estimate_track_grain([face.surround.read(region) for face in run], flows)
-                self.tiles[number] = None if model is None else GrainTile(model, number)
-            yield window
+    def work(self, window: Window) -> None:
+        for number, faces in window.tracks().items():
+            if number in self.tiles:
+                continue
+            run = longest_run(faces)[:GRAIN_FACES]
+            if len(run) < 2:
+                continue
+            region = _common(grain_window(window.shape, np.concatenate([face.landmarks for face in run])), run)
+            flows = [face.flow.in_frame(region, face.aligned.transform, before.aligned.transform)
+                     for before, face in zip(run, run[1:])]
+            model = estimate_track_grain([face.surround.read(region) for face in run], flows)
+            self.tiles[number] = None if model is None else GrainTile(model, number)
 
     def model(self, number: int):
         tile = self.tiles.get(number)
         return None if tile is None else tile.model
 
 
-class Paste:
+class Paste(Step):
     def __init__(self, grain: GrainModels):
         self.grain = grain
 
-    def __call__(self, windows: Windows) -> Windows:
-        for window in windows:
-            for frame in window.frames:
-                faces = window.in_frame(frame.index)
-                if not faces:
-                    continue
-                models = [self.grain.model(face.track) for face in faces]
-                regions = face_regions(_shape(window), [(face.aligned, face.final) for face in faces],
-                                       [face.surround for face in faces],
-                                       [None if model is None else model.std_above for model in models])
-                for region in regions:
-                    faces[region.number].region = region
-            yield window
+    def work(self, window: Window) -> None:
+        for index in sorted({face.frame for face in window.faces.values()}):
+            faces = window.in_frame(index)
+            models = [self.grain.model(face.track) for face in faces]
+            regions = face_regions(window.shape, [(face.aligned, face.final) for face in faces],
+                                   [face.surround for face in faces],
+                                   [None if model is None else model.std_above for model in models])
+            for region in regions:
+                faces[region.number].region = region
 
 
-class HoldStill:
+class HoldStill(Step):
     """Measures each track's change from frame to frame over the window's faces (inside their mattes,
     along the track's flow), for the tracks held (strength auto) or taking grain: a held track keeps
     only the share of its restoration that changes no more than its input (1 for the others), and
@@ -255,32 +286,30 @@ class HoldStill:
         self.shares: dict[int, float] = {}
         self.allowed: dict[int, float] = {}
 
-    def __call__(self, windows: Windows) -> Windows:
-        for window in windows:
-            for number, faces in window.tracks().items():
-                held = self.strength_of(faces[0].actor) == AUTO
-                model = self.grain.model(number)
-                if held or model is not None:
-                    self._measure(number, faces, held, model)
-                share = self.shares.get(number, 1.0)
-                if share < 1:
-                    self.result.faces_held_still += len(faces)
-                    for face in faces:
-                        if face.region is not None:
-                            face.region = face.region.partial(face.surround.read(face.region.region), share)
-            yield window
+    def work(self, window: Window) -> None:
+        for number, faces in window.tracks().items():
+            held = self.strength_of(faces[0].actor) == AUTO
+            model = self.grain.model(number)
+            if held or model is not None:
+                self._measure(number, faces, held, model)
+            share = self.shares.get(number, 1.0)
+            if share < 1:
+                self.result.faces_held_still += len(faces)
+                for face in faces:
+                    if face.region is not None:
+                        original = ops.like(face.region.face, face.surround.read(face.region.region))
+                        face.region = face.region.partial(original, share)
 
     def _measure(self, number: int, faces: list[WindowFace], held: bool, model) -> None:
         run = longest_run([face for face in faces if face.region is not None])
         if len(run) < 2:
             return
         area = _common(_union([face.region.region for face in run]), run)
-        inputs = [face.surround.read(area) for face in run]
+        inputs = [ops.like(face.region.face, face.surround.read(area)) for face in run]
         outputs, masks = [], []
         for face, picture in zip(run, inputs):
             alpha = _placed(face.region.alpha, face.region.region, area)
             layer = _placed(face.region.face, face.region.region, area, picture)
-            picture = ops.like(face.region.face, picture)
             outputs.append(picture + alpha[..., None] * (layer - picture))
             masks.append(alpha >= 1)
         flows = [face.flow.in_frame(area, face.aligned.transform, before.aligned.transform, CHANGE_STRIDE)
@@ -293,50 +322,54 @@ class HoldStill:
             self.allowed[number] = grain_allowed(change.kept(self.shares[number]), model)
 
 
-class AddGrain:
+class AddGrain(Step):
     def __init__(self, grain: GrainModels, hold: HoldStill):
         self.grain, self.hold = grain, hold
 
-    def __call__(self, windows: Windows) -> Windows:
-        for window in windows:
-            for face in window.faces.values():
-                tile = self.grain.tiles.get(face.track)
-                if tile is None or face.region is None:
-                    continue
-                original = face.surround.read(face.region.region)
-                allowed = self.hold.allowed.get(face.track, 0.0)  # none before the track's change is measured
-                grained = add_missing_grain(face.region.face, ops.like(face.region.face, original), face.region.alpha,
-                                            tile, face.key, allowed)
-                face.region = replace(face.region, face=grained)
-            yield window
+    def work(self, window: Window) -> None:
+        for face in window.faces.values():
+            tile = self.grain.tiles.get(face.track)
+            if tile is None or face.region is None:
+                continue
+            original = face.surround.read(face.region.region)
+            allowed = self.hold.allowed.get(face.track, 0.0)  # none before the track's change is measured
+            grained = add_missing_grain(face.region.face, ops.like(face.region.face, original), face.region.alpha,
+                                        tile, face.key, allowed)
+            face.region = replace(face.region, face=grained)
 
 
-class Blend:
+class Blend(Step):
     """Each frame's faces composited and blended into its picture (window.pictures); on_frame(frame,
     picture, faces) sees each frame with faces (the report's samples)."""
 
     def __init__(self, result: ChunkResult, on_frame: Callable | None = None):
         self.result, self.on_frame = result, on_frame
 
-    def __call__(self, windows: Windows) -> Windows:
-        for window in windows:
-            for frame in window.frames:
-                faces = window.in_frame(frame.index)
-                picture = frame.picture
-                laid = composite([face.region for face in faces if face.region is not None])
-                if laid is not None:
-                    (rows, columns), layer, alpha = laid
-                    picture = picture.blended(ops.to_numpy(layer), ops.to_numpy(alpha), (rows.start, columns.start))
-                if self.on_frame is not None and faces:
-                    self.on_frame(frame, picture, faces)
-                window.pictures[frame.index] = picture
-                self.result.faces += len(faces)
-            yield window
+    def work(self, window: Window) -> None:
+        for frame in window.frames:
+            faces = window.in_frame(frame.index)
+            picture = frame.picture
+            laid = composite([face.region for face in faces if face.region is not None])
+            if laid is not None:
+                (rows, columns), layer, alpha = laid
+                picture = picture.blended(ops.to_numpy(layer), ops.to_numpy(alpha), (rows.start, columns.start))
+            if self.on_frame is not None and faces:
+                self.on_frame(frame, picture, faces)
+            window.pictures[frame.index] = picture
+            self.result.faces += len(faces)
 
 
-def _shape(window: Window) -> tuple[int, int]:
-    picture = window.frames[0].picture
-    return picture.height, picture.width
+def finishing(restore: Callable, plan: FacePlan, settings, result: ChunkResult, on=None) -> tuple[list, Guard]:
+    """The steps from Restore to AddGrain for one chunk, and its Guard (whose parts hold the guards'
+    measures). settings: the chunk's compose.ComposeSettings; on: as Restore takes it."""
+    grain = GrainModels()
+    embed = None if settings.models_dir is None else embedder_of(settings.models_dir)
+    guard = Guard(plan, embed, settings.references, settings.strength_of)
+    hold = HoldStill(settings.strength_of, grain, result)
+    chain = [Restore(restore, result, on), Follow(), guard, grain, Paste(grain), hold]
+    if settings.grain == AUTO:
+        chain.append(AddGrain(grain, hold))
+    return chain, guard
 
 
 def _union(regions: list[tuple[slice, slice]]) -> tuple[slice, slice]:

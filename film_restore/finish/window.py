@@ -80,9 +80,10 @@ class WindowFace:
 
 @dataclass(eq=False)
 class Window:
-    """Consecutive frames (or fields) of a chunk and their faces."""
+    """Consecutive frames (or fields) of a chunk and their faces; shape: the frames' (height, width)."""
 
     frames: list[Frame]
+    shape: tuple[int, int]
     faces: dict[FaceKey, WindowFace] = field(default_factory=dict)
     requests: list = field(default_factory=list)  # (keys, what restore returned), one per actor
     pictures: dict = field(default_factory=dict)  # frame index -> its picture with the faces blended in

@@ -104,8 +104,7 @@ def film_track(analyzer, frames: list[np.ndarray]) -> grain.GrainTile | None:
     """Track 0's grain from consecutive frames of one face (its largest), as the Composer's steps estimate it."""
     grain_models = steps.GrainModels()
     plan = steps.FacePlan.of([face_track(analyzer, frames)], min_face=0)
-    for _ in grain_models(steps.Follow()(steps.Align(plan, CROP)(iter([Window(in_memory(frames))])))):
-        pass
+    steps.Chain([steps.Align(plan, CROP), steps.Follow(), grain_models])(Window(in_memory(frames), frames[0].shape[:2]))
     return grain_models.tiles.get(0)
 
 
@@ -172,9 +171,7 @@ def test_only_the_share_of_texture_new_each_frame_counts_as_grain(analyzer):
     gapped = Track(0, (TrackedFace(0, face), TrackedFace(2, face)))
     plan = steps.FacePlan.of([gapped], min_face=0)
     plan.positions[2, 0] = 2  # the face between them is missing (not restored), not merely small
-    windows = steps.Align(plan, CROP)(iter([Window(in_memory(clean))]))
-    for _ in grain_models(steps.Follow()(windows)):
-        pass
+    steps.Chain([steps.Align(plan, CROP), steps.Follow(), grain_models])(Window(in_memory(clean), clean[0].shape[:2]))
     assert grain_models.tiles == {}
 
 
