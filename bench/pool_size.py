@@ -1,22 +1,26 @@
-"""How many compose CPUs keep one GPU restoring busy: stage costs measured at 1080p, two faces per frame.
+"""How many CPUs keep one GPU restoring busy: stage costs measured at 1080p, two faces per frame.
 
 Makes a 1920 x 1080 H.264 film of two real clips side by side (one face each), then measures
 on this machine, in this process, CPU seconds (all threads, process time) and wall seconds:
   decode        reading and converting every frame (film_restore.video.read_frames, .rgb())
-  analyse       faces on every frame, tracks, smoothing, identities (stages.FaceTracker)
-  compose       a compose task with a restorer that returns its input: decode, align, guards,
-                grain, blend, encode (compose.Composer, codec auto: x264 CRF 14)
-  encode        encoding the decoded frames alone (video.ChunkWriter, codec auto)
+  analyse       faces, tracks, smoothing, identities (stages.FaceTracker)
+  encode        encoding the decoded frames alone (video.ChunkWriter, codec auto: x264 CRF 14)
+  compose       a compose task (compose.Composer) with a stand-in restorer that changes the faces
+                (sharpens, adds fresh noise; its own CPU is counted apart), timed step by step:
+                on a CPU node every step runs in the task; on a GPU node the steps from Follow to
+                AddGrain run beside the restorer on its GPU (finish.device), so the task's CPU is
+                Align and Blend (and decode and encode)
   restore       one 512 px face through the full-size network (width 64, 128 items) per CPU engine
-and prints them per frame and per face, then the sizing table for 1080p24 with 2 faces per frame:
-  compose CPUs per GPU = compose CPU s per frame / (2 x GPU s per face)
-for GPU figures that are estimates (no GPU measured here): the paper's V100 64.8 ms per face,
-the issue's goal of 250 faces/s, and the H100 floor of ~0.5 ms (374 GFLOP at ~800 TFLOP/s).
+and prints them per frame and per face, then the sizing at 250 faces/s (the issue's goal for
+an H100/H200), 2 faces per frame:
+  CPUs per GPU = faces/s x (compose CPU s per face + (decode + encode + analyse) CPU s per frame / 2)
+The rows of the first table have stable names (a script may read them; --json prints them as JSON).
 
     FILM_RESTORE_ASSETS=../shared python -m bench.pool_size [--frames 24] [--repeats 2]
-        [--engines torch,onnxruntime] [--cache DIR]   (from the repository root)
+        [--engines torch,onnxruntime] [--cache DIR] [--json]   (from the repository root)
 """
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -24,6 +28,7 @@ import time
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import torch
 
@@ -41,12 +46,8 @@ CLIPS = (ASSETS / "media/clips/retalk_2.mp4", ASSETS / "media/clips/liveportrait
 SIZE = (1920, 1080)
 RATE = 24
 FACES_PER_FRAME = 2
-# GPU seconds per face, estimates from the issue (none measured: no GPU was lent).
-GPU_ESTIMATES = (
-    ("V100, the paper's figure (stored dictionary)", 64.8e-3),
-    ("H100/H200 at the issue's goal (250 faces/s)", 1 / 250),
-    ("H100 floor (374 GFLOP/face at ~800 TFLOP/s bf16)", 0.5e-3),
-)
+# Faces per second one H100/H200 restores (the goal of the pool's sizing).
+GOAL_FACES_PER_S = 250
 
 
 def make_two_face_film(path: Path, frames: int) -> None:
@@ -81,16 +82,31 @@ def restore_seconds(name: str, model: DMDNet, repeats: int, cache) -> tuple[floa
     return statistics.median(c for c, _ in runs), statistics.median(w for _, w in runs)
 
 
+class StandInRestorer:
+    """Changes faces as a restorer does (sharper, with fresh noise of its own), cheaply; its CPU time is kept apart."""
+
+    def __init__(self):
+        self.cpu_seconds = 0.0
+
+    def __call__(self, crops, boxes, actor):
+        started = time.process_time()
+        faces = crops.astype(np.float32)
+        sharp = np.stack([face + 0.8 * (face - cv2.GaussianBlur(face, (0, 0), 1.5)) for face in faces])
+        restored = sharp + np.random.default_rng(len(crops)).normal(0, 1.5, faces.shape).astype(np.float32)
+        self.cpu_seconds += time.process_time() - started
+        return restored
+
+
 def main() -> None:
     arguments = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     arguments.add_argument("--frames", type=int, default=24)
     arguments.add_argument("--repeats", type=int, default=2, help="restore calls per engine (median)")
-    arguments.add_argument("--engines", default="torch,onnxruntime", help="CPU engines to time the full network with")
+    arguments.add_argument("--engines", default="torch,onnxruntime", help="CPU engines to time the full network with ('' for none)")
     arguments.add_argument("--cache", type=Path, help="engine cache (exported graphs; default $DMDNET_CACHE or ~/.cache/dmdnet)")
+    arguments.add_argument("--json", action="store_true", help="print the rows as JSON only")
     args = arguments.parse_args()
     models = ASSETS / "models"
     load_before = os.getloadavg()[0]
-    costs = {}  # stage -> (CPU s, wall s) per frame (restore: per face)
     with tempfile.TemporaryDirectory() as folder:
         film = Path(folder) / "film1080.mp4"
         make_two_face_film(film, args.frames)
@@ -99,59 +115,73 @@ def main() -> None:
         chunk = scan.chunks[0]
         count = len(scan.frame_pts)
 
-        cpu, wall, pictures = measured(lambda: [(frame.picture, frame.picture.rgb(), frame.pts)
-                                                for frame in read_frames(film, chunk.first_frame, chunk.last_frame, scan.frame_pts)])
-        costs["decode"] = (cpu / count, wall / count)
-
+        decode_cpu, _, pictures = measured(lambda: [(frame.picture, frame.picture.rgb(), frame.pts)
+                                                    for frame in read_frames(film, chunk.first_frame, chunk.last_frame, scan.frame_pts)])
         analyzer = FaceAnalyzer.from_models_dir(models)
         first = sorted(analyzer.analyze(pictures[0][1]), key=lambda face: face.box[0])
         if len(first) != FACES_PER_FRAME:
             raise SystemExit(f"the test film's first frame shows {len(first)} faces, expected {FACES_PER_FRAME}")
         identifier = Identifier({"Left": first[0].embedding[None], "Right": first[1].embedding[None]}, 0.45)
         tracker = FaceTracker(models, identifier)
-        cpu, wall, tracks = measured(lambda: tracker(film, chunk, scan.frame_pts))
-        costs["analyse (detect, landmarks, embed, track)"] = (cpu / count, wall / count)
+        analyse_cpu, _, tracks = measured(lambda: tracker(film, chunk, scan.frame_pts))
         faces = sum(len(track.faces) for track in tracks)
 
         settings = ComposeSettings("auto", 512, references=dict(zip(identifier.names, identifier.centroids)),
                                    models_dir=str(models))
-        unchanged = lambda crops, boxes, actor: crops.astype(np.float32)  # noqa: E731 (the restorer's share is measured apart)
-        cpu, wall, _ = measured(lambda: Composer(info, settings, unchanged)(chunk, tracks, scan.frame_pts,
-                                                                           Path(folder) / "composed.mp4"))
-        costs["compose task (decode + align, guards, grain, blend + encode)"] = (cpu / count, wall / count)
+        restorer = StandInRestorer()
+        composer = Composer(info, settings, restorer)
+        compose_cpu, compose_wall, _ = measured(lambda: composer(chunk, tracks, scan.frame_pts, Path(folder) / "composed.mp4"))
+        steps_cpu = dict(composer.cpu_seconds)
+        steps_cpu["Restore"] -= restorer.cpu_seconds
 
         def encode():
             with ChunkWriter(Path(folder) / "encoded.mp4", info, "auto") as writer:
                 for picture, _, pts in pictures:
                     writer.write(picture, pts)
 
-        cpu, wall, _ = measured(encode)
-        costs["encode (x264 CRF 14)"] = (cpu / count, wall / count)
+        encode_cpu, _, _ = measured(encode)
 
-    torch.manual_seed(0)
-    model = DMDNet().eval()  # speed does not depend on the weights' values
-    restore = {name: restore_seconds(name, model, args.repeats, args.cache) for name in args.engines.split(",")}
-    compose_cpu = costs["compose task (decode + align, guards, grain, blend + encode)"][0]
-    analyse_cpu = costs["analyse (detect, landmarks, embed, track)"][0]
-
+    cpu_node = sum(steps_cpu.values()) / faces
+    gpu_node = (steps_cpu["Align"] + steps_cpu["Blend"]) / faces
+    per_frame = (decode_cpu + encode_cpu + analyse_cpu) / count
+    rows = {
+        "decode CPU ms per frame": decode_cpu / count * 1e3,
+        "analyse CPU ms per frame": analyse_cpu / count * 1e3,
+        "encode CPU ms per frame": encode_cpu / count * 1e3,
+        "compose CPU ms per face, CPU node": cpu_node * 1e3,
+        "compose CPU ms per face, GPU node": gpu_node * 1e3,
+        "CPUs per GPU at 250 faces/s, CPU node": GOAL_FACES_PER_S * (cpu_node + per_frame / FACES_PER_FRAME),
+        "CPUs per GPU at 250 faces/s, GPU node": GOAL_FACES_PER_S * (gpu_node + per_frame / FACES_PER_FRAME),
+    }
+    if args.json:
+        print(json.dumps({name: round(value, 1) for name, value in rows.items()}))
+        return
     print(f"{count} frames {SIZE[0]}x{SIZE[1]} H.264 at {RATE} fps, {faces} faces ({faces / count:.1f} per frame), compact "
-          f"face pack, {os.cpu_count()} CPU cores, torch {torch.__version__}, load average {load_before:.1f} before, "
-          f"{os.getloadavg()[0]:.1f} after\n")
-    print("| stage | CPU ms / frame | wall ms / frame |\n|---|---:|---:|")
-    for stage, (cpu, wall) in costs.items():
-        print(f"| {stage} | {cpu * 1e3:.0f} | {wall * 1e3:.0f} |")
-    blend = compose_cpu - costs["decode"][0] - costs["encode (x264 CRF 14)"][0]
-    print(f"| compose without decode and encode (align, guards, grain, blend) | {blend * 1e3:.0f} | - |")
-    print("\n| restore, full-size network, 1 face, CPU | CPU s / face | wall s / face |\n|---|---:|---:|")
-    for name, (cpu, wall) in restore.items():
-        print(f"| {name} float32 | {cpu:.2f} | {wall:.2f} |")
-    print(f"\n1080p{RATE}, {FACES_PER_FRAME} faces per frame; GPU seconds per face are ESTIMATES (no GPU measured)\n")
-    print("| GPU (estimate) | GPU ms / face | frames/s per GPU | compose CPUs per GPU | + analyse CPUs per GPU | "
-          f"GPUs for {RATE} fps |\n|---|---:|---:|---:|---:|---:|")
-    for gpu, per_face in GPU_ESTIMATES:
-        per_frame = FACES_PER_FRAME * per_face
-        print(f"| {gpu} | {per_face * 1e3:.1f} | {1 / per_frame:.1f} | {compose_cpu / per_frame:.1f} | "
-              f"{(compose_cpu + analyse_cpu) / per_frame:.1f} | {RATE * per_frame:.2f} |")
+          f"face pack, {os.cpu_count()} CPU cores ({cpu_name()}), torch {torch.__version__}, load average "
+          f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after\n")
+    print("| row | value |\n|---|---:|")
+    for name, value in rows.items():
+        print(f"| {name} | {value:.1f} |")
+    print(f"\ncompose task: {compose_cpu / count * 1e3:.0f} ms CPU and {compose_wall / count * 1e3:.0f} ms wall per frame, "
+          f"decode and encode included; the stand-in restorer's own {restorer.cpu_seconds / faces * 1e3:.1f} ms per face left out\n")
+    print("| compose step | CPU ms / face |\n|---|---:|")
+    for name, seconds in steps_cpu.items():
+        print(f"| {name} | {seconds / faces * 1e3:.1f} |")
+    names = [name for name in args.engines.split(",") if name]
+    if names:
+        torch.manual_seed(0)
+        model = DMDNet().eval()  # speed does not depend on the weights' values
+        print("\n| restore, full-size network, 1 face, CPU | CPU s / face | wall s / face |\n|---|---:|---:|")
+        for name in names:
+            cpu, wall = restore_seconds(name, model, args.repeats, args.cache)
+            print(f"| {name} float32 | {cpu:.2f} | {wall:.2f} |")
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ class Composer:
         self.info = info
         self.settings = settings
         self.restore = restore
+        self.cpu_seconds: dict[str, float] = {}  # each step's CPU time in the last chunk (bench.pool_size)
 
     def __call__(self, chunk: Chunk, tracks: list[Track], frame_pts, output: Path) -> ChunkResult:
         result = ChunkResult(chunk.index, 0, 0)
@@ -107,6 +108,7 @@ class Composer:
             parts = lambda: guard.parts  # noqa: E731
         chain = [steps.Align(plan, settings.face_size), *finishing, steps.Blend(result, _Samples(tracks, result))]
         chain = steps.Chain(chain)
+        self.cpu_seconds = chain.cpu_seconds
         for window in _windows(frames):
             yield from chain(window)
         yield from chain.flush()

@@ -128,17 +128,28 @@ class GrainModel:
     def std_above(self, luma_values, sigma: float):
         """The luma grain's std at these luma values in the band a Gaussian split of this sigma
         (pixels) leaves above it: what finish.bands must not keep as detail."""
-        return self.amplitude_at(luma_values) * float(np.sqrt(band_share(self.ar, sigma)))
+        key = round(float(sigma), 3)
+        if key not in self._band_shares:
+            self._band_shares[key] = float(np.sqrt(band_share(self.ar, key)))
+        return self.amplitude_at(luma_values) * self._band_shares[key]
+
+    @functools.cached_property
+    def _band_shares(self) -> dict:
+        return {}
+
+    @functools.cached_property
+    def _neighbour_correlations(self) -> tuple[float, float, float, float]:
+        """The grain's correlation with its neighbour across, down, on the diagonal and the anti-diagonal."""
+        size = 4 * GRAIN_BLOCK
+        autocovariance = ar_autocovariance(ar_transfer(self.ar, size, size), (size, size))
+        return tuple(float(autocovariance[lag] / autocovariance[0, 0]) for lag in ((0, 1), (1, 0), (1, 1), (1, -1)))
 
     def warped_variance(self, offsets: np.ndarray) -> np.ndarray:
         """The share of a unit grain field's variance left at each sample after it is brought along a
         flow with these offsets (... x 2, pixels) by bilinear interpolation (finish.ops.warp), which
         averages neighbouring grain at the fractional offsets: 1 at whole-pixel offsets, 1/4 for white
         grain halfway."""
-        size = 4 * GRAIN_BLOCK
-        autocovariance = ar_autocovariance(ar_transfer(self.ar, size, size), (size, size))
-        across, down, diagonal, anti_diagonal = (autocovariance[lag] / autocovariance[0, 0]
-                                                 for lag in ((0, 1), (1, 0), (1, 1), (1, -1)))
+        across, down, diagonal, anti_diagonal = self._neighbour_correlations
         a, b = offsets[..., 0] - np.floor(offsets[..., 0]), offsets[..., 1] - np.floor(offsets[..., 1])
         top_left, top_right, bottom_left, bottom_right = (1 - a) * (1 - b), a * (1 - b), (1 - a) * b, a * b
         return (top_left ** 2 + top_right ** 2 + bottom_left ** 2 + bottom_right ** 2
@@ -235,12 +246,14 @@ def _plane_fit_share(ar: np.ndarray) -> float:
 def estimate_grain(samples) -> GrainModel | None:
     """The grain of (RGB image, boolean mask) samples pooled (frames of one track), or None
     where no flat block was found (a face too small or all structure)."""
-    means, residuals, colours, chroma = [], [], [], []
-    for rgb, mask in samples:
-        mean, residual, colour = flat_blocks(rgb, mask)
-        means.append(mean), residuals.append(residual), colours.append(colour)
-        chroma.append(chroma_std(np.asarray(rgb, np.float32)[mask.astype(bool)]))
-    mean, residual, colour = np.concatenate(means), np.concatenate(residuals), np.concatenate(colours)
+    return _model_of([(_flat_selection(rgb, mask), chroma_std(np.asarray(rgb, np.float32)[mask.astype(bool)]))
+                      for rgb, mask in samples])
+
+
+def _model_of(selections) -> GrainModel | None:
+    """estimate_grain from each sample's (_flat_selection, chroma std)."""
+    mean, residual, colour = (np.concatenate([selection[part] for selection, _ in selections]) for part in (1, 2, 3))
+    chroma = [value for _, value in selections]
     amplitude = grain_amplitude(mean, residual) if len(mean) else None
     if amplitude is None or not amplitude.any():
         return None
@@ -286,17 +299,18 @@ class TemporalDetail:
                          else np.nan for k in range(LUMA_BINS)])
 
 
-def temporal_detail(pictures: list[np.ndarray], flows: list[tuple[np.ndarray, np.ndarray]]) -> TemporalDetail | None:
+def temporal_detail(pictures: list[np.ndarray], flows: list[tuple[np.ndarray, np.ndarray]], flats=None) -> TemporalDetail | None:
     """The TemporalDetail of consecutive same-size RGB pictures of a face, with each later picture's
     (flow to the one before, valid) in its pixels; None for fewer than two pictures or no flat
     block the flow follows. Within each block the flow is refined by one Lucas-Kanade step on the
     fine detail (a shift of at most MAX_REFINEMENT pixels), so detail that moves with the face is
-    not taken for new where the flow is a little off: fresh grain cannot be shifted away."""
+    not taken for new where the flow is a little off: fresh grain cannot be shifted away.
+    flats: the later pictures' flat blocks (_flat_selection's first part), where known."""
     columns = ([], [], [], [])
-    for before, after, (flow, valid) in zip(pictures, pictures[1:], flows):
+    flats = flats or [_flat_selection(after, np.ones(after.shape[:2], bool))[0] for after in pictures[1:]]
+    for before, after, (flow, valid), flat in zip(pictures, pictures[1:], flows, flats):
         now = fine_detail(after)
         then = ops.warp(fine_detail(before)[None, ..., None], flow[None])[0, ..., 0]
-        flat = _flat_selection(after, np.ones(after.shape[:2], bool))[0]
         block_valid = _blocks(valid.astype(np.float32))
         followed = flat & (block_valid.sum(axis=(1, 2)) >= FOLLOWED_SHARE * GRAIN_BLOCK ** 2)
         if not followed.any():
@@ -334,8 +348,9 @@ def estimate_track_grain(pictures: list[np.ndarray], flows: list[tuple[np.ndarra
     one window), flows as temporal_detail takes them: only its part new each frame, measured in
     the flat blocks, whose residuals hold fine texture that moves with the face too (so the grain
     is at most their estimate). None where no flat block was found or fewer than two pictures were given."""
-    model = estimate_grain([(picture, np.ones(picture.shape[:2], bool)) for picture in pictures])
-    detail = temporal_detail(pictures, flows)
+    selections = [_flat_selection(picture, np.ones(picture.shape[:2], bool)) for picture in pictures]
+    model = _model_of([(selection, chroma_std(picture)) for selection, picture in zip(selections, pictures)])
+    detail = temporal_detail(pictures, flows, [selection[0] for selection in selections[1:]])
     if model is None or detail is None:
         return None
     # The fine detail holds this share of a grain's variance (its spectrum through the high-pass).

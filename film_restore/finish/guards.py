@@ -73,6 +73,8 @@ UNKNOWN_SELF_SIMILARITY = 0.8
 # estimated once per track from its first faces (the median over them).
 VOUCH_SNR = 4.0
 RESOLUTION_FACES = 8
+# The guards' flicker measure (reported per track) reads every MEASURE_STRIDE-th pixel each way.
+MEASURE_STRIDE = 2
 # Why a face was held back (reports count them).
 LESS_LIKE_THE_ACTOR = "identity: restored face less like the actor than the input"
 UNLIKE_ITSELF = "identity: restored face unlike its own input"
@@ -278,14 +280,23 @@ class TrackGuard:
             if half != size:
                 weight = ops.resize(weight[None, ..., None], (size, size), ops.LINEAR)[0, ..., 0]
             flow = ops.like(residual, self._step_flow(position, step, size)[0])[None]
-            sum_residual = sum_residual + weight[..., None] * ops.warp(self.residuals[neighbour][None], flow)[0]
-            sum_input = sum_input + weight[..., None] * ops.warp(self._float_input(neighbour)[None], flow)[0]
-            total = 1.0 + weight if total is None else total + weight
+            points = flow + ops.grid(flow)
+            weight = weight[..., None]
+            residual_there = ops.sample(self.residuals[neighbour][None], points)[0]
+            input_there = ops.sample(self._float_input(neighbour)[None], points)[0]
+            residual_there *= weight
+            input_there *= weight
+            if total is None:
+                sum_residual, sum_input, total = residual + residual_there, picture + input_there, 1.0 + weight
+            else:
+                sum_residual += residual_there
+                sum_input += input_there
+                total += weight
         if total is None:  # a track of one face
             self.stabilised[position] = residual
             return
-        smooth_residual = sum_residual / total[..., None]
-        input_change = picture - sum_input / total[..., None]
+        smooth_residual = sum_residual / total
+        input_change = picture - sum_input / total
         residual_change = residual - smooth_residual
         # The share of the residual's own frame-to-frame change that best cancels the input's
         # (least squares, locally): 1 where the restorer removed noise, 0 where it added flicker.
@@ -401,7 +412,7 @@ class TrackGuard:
             xp = ops.namespace(self.finals[position])
             inputs = xp.stack([self._float_input(p) for p in pair])
             outputs = xp.stack([self.finals[p] for p in pair])
-            changes = temporal_changes(inputs, outputs, face_mask(size), [self.flows[position].backward(size)])
+            changes = temporal_changes(inputs, outputs, face_mask(size), [self.flows[position].backward(size)], MEASURE_STRIDE)
             sums[:, index] = [values[0] for values in changes]
         return sums[0], sums[1], sums[2]
 

@@ -70,13 +70,14 @@ def channel_mean_change(now, then):
     return abs(now - then) @ ops.like(now, CHANNEL_MEAN)
 
 
-def temporal_changes(inputs, outputs, mask=None, backward_flows=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def temporal_changes(inputs, outputs, mask=None, backward_flows=None, stride: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per consecutive pair (t-1, t): (sum |in change|, sum |out change|, weight) over the face's consistent pixels.
 
     inputs, outputs: N x H x W x 3 (uint8 or float, 0..255; numpy, or torch tensors); mask: H x W
     or N x H x W weights (1 inside the face), default everywhere. backward_flows: optional N-1
-    (flow t->t-1, valid) pairs (numpy) already computed on the inputs. Returns three numpy arrays
-    of N-1 values; a mean change is sum / weight (the change is averaged over the three channels).
+    (flow t->t-1, valid) pairs (numpy) already computed on the inputs. stride: measured on every
+    stride-th pixel each way. Returns three numpy arrays of N-1 values; a mean change is sum /
+    weight (the change is averaged over the three channels).
     """
     if len(inputs) != len(outputs) or inputs.shape[1:3] != outputs.shape[1:3]:
         raise ValueError(f"flicker needs inputs and outputs of one shape, got {tuple(inputs.shape)} and {tuple(outputs.shape)}")
@@ -85,17 +86,19 @@ def temporal_changes(inputs, outputs, mask=None, backward_flows=None) -> tuple[n
     if backward_flows is None:
         host = ops.to_numpy(inputs)
         backward_flows = [image_flow(host[t - 1], host[t]) for t in range(1, len(inputs))]
-    flows = ops.like(inputs, np.stack([flow for flow, _ in backward_flows]))
-    weight = np.stack([valid for _, valid in backward_flows]).astype(np.float32)
+    every = np.s_[::stride, ::stride]
+    flows = np.stack([flow for flow, _ in backward_flows])
+    points = ops.like(inputs, (flows + ops.grid(flows))[:, every[0], every[1]])
+    weight = np.stack([valid[every] for _, valid in backward_flows]).astype(np.float32)
     if mask is not None:
         mask = ops.to_numpy(mask)
-        weight = weight * (mask[1:] if mask.ndim == 3 else mask)
+        weight = weight * (mask[1:, every[0], every[1]] if mask.ndim == 3 else mask[every])
     weight = ops.like(inputs, weight)
-    xp = ops.namespace(flows)
+    xp = ops.namespace(points)
     sums = []
     for frames in (inputs, outputs):
         frames = ops.as_float(frames)
-        change = channel_mean_change(frames[1:], ops.warp(frames[:-1], flows))
+        change = channel_mean_change(frames[1:, every[0], every[1]], ops.sample(frames[:-1], points))
         sums.append(ops.to_numpy(xp.sum(change * weight, axis=(1, 2))).astype(np.float64))
     return sums[0], sums[1], ops.to_numpy(xp.sum(weight, axis=(1, 2))).astype(np.float64)
 

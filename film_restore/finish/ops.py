@@ -51,6 +51,11 @@ def like(array, values) -> object:
     return torch.as_tensor(np.asarray(values, np.float32), device=array.device)
 
 
+def copy(array):
+    """A copy of the array, of its own kind and device."""
+    return array.copy() if is_numpy(array) else array.clone()
+
+
 def as_float(array):
     """The array as float32, of its own kind and device (no copy where it already is)."""
     if is_numpy(array):
@@ -71,8 +76,8 @@ def blur(images, sigma: float, border: str = REFLECT101):
     if sigma <= 0:
         return images
     if is_numpy(images):
-        return _each(images, images.shape[1:3], lambda image, border: cv2.GaussianBlur(image, (0, 0), sigma,
-                                                                                      borderType=_CV_BORDERS[border]), border)
+        return _each(images, images.shape[1:3], lambda image, border, out: cv2.GaussianBlur(
+            image, (0, 0), sigma, dst=out, borderType=_CV_BORDERS[border]), border)
     import torch.nn.functional as F
 
     kernel = like(images, gaussian_kernel(sigma))
@@ -86,42 +91,42 @@ def blur(images, sigma: float, border: str = REFLECT101):
 
 def warp(images, flows, border: str = REPLICATE):
     """Each image sampled at x + flow(x) (bilinear): brought onto the grid of the image the flow starts from."""
-    height, width = flows.shape[1:3]
-    if is_numpy(images):
-        grid_x, grid_y = _grid(height, width)
-        return _each(images, (height, width), _remapper((grid_x + flow[..., 0], grid_y + flow[..., 1]) for flow in flows),
-                     border)
-    import torch
-
-    grid_y, grid_x = torch.meshgrid(torch.arange(height, device=flows.device, dtype=torch.float32),
-                                    torch.arange(width, device=flows.device, dtype=torch.float32), indexing="ij")
-    return _sample(images, grid_x + flows[..., 0], grid_y + flows[..., 1], LINEAR, border)
+    return sample(images, flows + grid(flows), border)
 
 
 def sample(images, points, border: str = REPLICATE):
-    """Each image sampled (bilinear) at its points: N x h x w x 2 pixel coordinates (x, y) -> N x h x w x C."""
+    """Each image sampled (bilinear) at its points: N x h x w x 2 pixel coordinates (x, y) -> N x h x w x C
+    (one set of points, 1 x h x w x 2, serves every image)."""
     if is_numpy(images):
-        return _each(images, points.shape[1:3], _remapper((where[..., 0], where[..., 1]) for where in points), border)
+        points = np.broadcast_to(points, (len(images), *points.shape[1:]))
+        where = iter(np.ascontiguousarray(points, np.float32))
+
+        def remap(image, border, out):
+            return cv2.remap(image, next(where), None, cv2.INTER_LINEAR, dst=out, borderMode=_CV_BORDERS[border])
+
+        return _each(images, points.shape[1:3], remap, border)
+    points = points.expand(len(images), *points.shape[1:])
     return _sample(images, points[..., 0], points[..., 1], LINEAR, border)
 
 
-def _remapper(maps):
-    """A work function for _each: cv2.remap of each image with the next (x map, y map)."""
-    maps = iter(maps)
+def grid(like_flows):
+    """The pixel coordinates (x, y) of a flow field's own grid (1 x h x w x 2), of its kind and device."""
+    height, width = like_flows.shape[1:3]
+    if is_numpy(like_flows):
+        return _grid(height, width)
+    import torch
 
-    def remap(image, border):
-        map_x, map_y = next(maps)
-        return cv2.remap(image, np.ascontiguousarray(map_x, np.float32), np.ascontiguousarray(map_y, np.float32),
-                         cv2.INTER_LINEAR, borderMode=_CV_BORDERS[border])
-
-    return remap
+    grid_y, grid_x = torch.meshgrid(torch.arange(height, device=like_flows.device, dtype=torch.float32),
+                                    torch.arange(width, device=like_flows.device, dtype=torch.float32), indexing="ij")
+    return torch.stack([grid_x, grid_y], dim=-1)[None]
 
 
 @functools.lru_cache(maxsize=16)
-def _grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+def _grid(height: int, width: int) -> np.ndarray:
     grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-    grid_x.flags.writeable = grid_y.flags.writeable = False
-    return grid_x, grid_y
+    points = np.stack([grid_x, grid_y], axis=-1)[None]
+    points.flags.writeable = False
+    return points
 
 
 def affine(images, matrices: np.ndarray, size: tuple[int, int], interpolation: str = LINEAR, border: str = REPLICATE):
@@ -130,9 +135,9 @@ def affine(images, matrices: np.ndarray, size: tuple[int, int], interpolation: s
     matrices = np.asarray(matrices, np.float64).reshape(-1, 2, 3)
     if is_numpy(images):
         matrix = iter(matrices)
-        return _each(images, size, lambda image, border: cv2.warpAffine(image, next(matrix), (width, height),
-                                                                       flags=_CV_INTERPOLATIONS[interpolation],
-                                                                       borderMode=_CV_BORDERS[border]), border)
+        return _each(images, size, lambda image, border, out: cv2.warpAffine(
+            image, next(matrix), (width, height), dst=out, flags=_CV_INTERPOLATIONS[interpolation],
+            borderMode=_CV_BORDERS[border]), border)
     import torch
 
     inverse = np.stack([cv2.invertAffineTransform(matrix) for matrix in matrices])
@@ -148,8 +153,8 @@ def resize(images, size: tuple[int, int], interpolation: str = LINEAR):
     """Each image resized to height x width (cv2.resize; AREA only by whole factors on torch)."""
     height, width = size
     if is_numpy(images):
-        return _each(images, size, lambda image, _: cv2.resize(image, (width, height),
-                                                               interpolation=_CV_INTERPOLATIONS[interpolation]), None)
+        return _each(images, size, lambda image, _, out: cv2.resize(
+            image, (width, height), dst=out, interpolation=_CV_INTERPOLATIONS[interpolation]), None)
     import torch.nn.functional as F
 
     planes = images.permute(0, 3, 1, 2)
@@ -164,12 +169,15 @@ def resize(images, size: tuple[int, int], interpolation: str = LINEAR):
 
 
 def _each(images: np.ndarray, size: tuple[int, int], work, border) -> np.ndarray:
-    """work(image, border) for each image of a batch, into one float32 N x height x width x C array
-    (OpenCV drops a single channel's axis: it is put back)."""
+    """work(image, border, out) for each image of a batch, into one float32 N x height x width x C
+    array: OpenCV writes float32 results into out itself (a single channel without its axis)."""
+    images = images.astype(np.float32, copy=False)
     out = np.empty((len(images), *size, images.shape[-1]), np.float32)
     for image, result in zip(images, out):
-        done = work(image, border)
-        result[...] = done[..., None] if done.ndim == 2 else done
+        target = result[..., 0] if result.shape[-1] == 1 else result
+        done = work(image[..., 0] if image.shape[-1] == 1 else image, border, target)
+        if done is not target and not np.shares_memory(done, target):
+            target[...] = done
     return out
 
 

@@ -202,11 +202,27 @@ class _WholeFrame:
         return self.rgb[region]
 
 
-def composite(regions: Sequence[FaceRegion]) -> tuple[tuple[slice, slice], object, object] | None:
-    """Face regions (in their order) as one layer over the rectangle they reach together:
-    (rectangle, RGB float32 h x w x 3, alpha h x w), or None for no region."""
-    if not regions:
-        return None
+def composite(regions: Sequence[FaceRegion]) -> list[tuple[tuple[slice, slice], object, object]]:
+    """Face regions (in their order) as layers, one over each group of regions that overlap:
+    (rectangle, RGB float32 h x w x 3, alpha h x w), so far-apart faces are not laid over the frame between them."""
+    groups: list[list[FaceRegion]] = []
+    for face in regions:
+        touching = [group for group in groups if any(_overlap(face.region, other.region) for other in group)]
+        merged = [face]
+        for group in touching:
+            groups.remove(group)
+            merged = group + merged
+        groups.append(sorted(merged, key=regions.index))
+    return [_laid(group) for group in groups]
+
+
+def _overlap(a: tuple[slice, slice], b: tuple[slice, slice]) -> bool:
+    return a[0].start < b[0].stop and b[0].start < a[0].stop and a[1].start < b[1].stop and b[1].start < a[1].stop
+
+
+def _laid(regions: list[FaceRegion]) -> tuple[tuple[slice, slice], object, object]:
+    if len(regions) == 1:
+        return regions[0].region, regions[0].face, regions[0].alpha
     y0 = min(face.region[0].start for face in regions)
     x0 = min(face.region[1].start for face in regions)
     y1 = max(face.region[0].stop for face in regions)
@@ -231,9 +247,7 @@ def face_layer(frame_shape: tuple, restored_faces: Sequence[tuple[AlignedFace, o
     frame becomes frame + alpha (layer - frame), untouched where alpha is 0 (face_regions's arguments)."""
     layer = np.zeros((*frame_shape[:2], 3), np.float32)
     alpha = np.zeros(frame_shape[:2], np.float32)
-    laid = composite(face_regions(frame_shape, restored_faces, originals, grain_std))
-    if laid is not None:
-        region, region_layer, region_alpha = laid
+    for region, region_layer, region_alpha in composite(face_regions(frame_shape, restored_faces, originals, grain_std)):
         layer[region], alpha[region] = ops.to_numpy(region_layer), ops.to_numpy(region_alpha)
     return layer, alpha
 

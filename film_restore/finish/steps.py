@@ -21,6 +21,7 @@ GPU node they run beside the restorer (finish.remote), and only the face regions
 """
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -36,7 +37,7 @@ from film_restore.finish.guards import GUARD_HORIZON, GuardedFaces, TrackGuard, 
 from film_restore.finish.hold import steady_share
 from film_restore.finish.measures import change_samples
 from film_restore.finish.paste import composite, face_regions
-from film_restore.finish.window import Surround, Window, WindowFace, longest_run
+from film_restore.finish.window import FaceKey, Surround, Window, WindowFace, longest_run
 from film_restore.records import ChunkResult, Track
 from film_restore.settings import AUTO
 
@@ -87,23 +88,31 @@ class Step:
 
 
 class Chain:
-    """Steps in order: each window given passes through them; gives the windows the last step is done with."""
+    """Steps in order: each window given passes through them; gives the windows the last step is done with.
+    cpu_seconds: each step's CPU time (this process, all threads) by its name, summed."""
 
     def __init__(self, steps: list):
         self.steps = steps
+        self.cpu_seconds = {type(step).__name__: 0.0 for step in steps}
 
     def __call__(self, window: Window) -> list[Window]:
         windows = [window]
         for step in self.steps:
-            windows = [done for held in windows for done in step(held)]
+            windows = self._timed(step, lambda: [done for held in windows for done in step(held)])
         return windows
 
     def flush(self) -> list[Window]:
         """The windows still held, through the steps after the one holding them."""
         windows = []
         for step in self.steps:
-            windows = [done for held in windows for done in step(held)] + step.flush()
+            windows = self._timed(step, lambda: [done for held in windows for done in step(held)] + step.flush())
         return windows
+
+    def _timed(self, step, work):
+        started = time.process_time()
+        done = work()
+        self.cpu_seconds[type(step).__name__] += time.process_time() - started
+        return done
 
 
 class Align(Step):
@@ -165,6 +174,7 @@ class Restore:
 class Follow(Step):
     def __init__(self):
         self.last: dict[int, WindowFace] = {}  # track number -> its face last seen
+        self.pictures: dict[tuple[FaceKey, int], np.ndarray] = {}  # (face, side) -> its flow picture, while it is needed
 
     def work(self, window: Window) -> None:
         for number, faces in window.tracks().items():
@@ -173,9 +183,15 @@ class Follow(Step):
                 if before is not None and before.position == face.position - 1:
                     size = face.aligned.transform.size
                     side = flow_side(size, face.aligned.transform.scale)
-                    pictures = [flow_picture(f.surround.rgb, f.surround.aligned(f.aligned.transform), side) for f in (before, face)]
-                    face.flow = PairFlow.between(*pictures, size)
+                    face.flow = PairFlow.between(self._picture(before, side), self._picture(face, side), size)
+                if before is not None:
+                    self.pictures = {key: picture for key, picture in self.pictures.items() if key[0] != before.key}
                 self.last[number] = face
+
+    def _picture(self, face: WindowFace, side: int) -> np.ndarray:
+        if (face.key, side) not in self.pictures:
+            self.pictures[face.key, side] = flow_picture(face.surround.rgb, face.surround.aligned(face.aligned.transform), side)
+        return self.pictures[face.key, side]
 
 
 class Guard:
@@ -349,9 +365,7 @@ class Blend(Step):
         for frame in window.frames:
             faces = window.in_frame(frame.index)
             picture = frame.picture
-            laid = composite([face.region for face in faces if face.region is not None])
-            if laid is not None:
-                (rows, columns), layer, alpha = laid
+            for (rows, columns), layer, alpha in composite([face.region for face in faces if face.region is not None]):
                 picture = picture.blended(ops.to_numpy(layer), ops.to_numpy(alpha), (rows.start, columns.start))
             if self.on_frame is not None and faces:
                 self.on_frame(frame, picture, faces)
@@ -394,7 +408,7 @@ def _placed(values, region: tuple[slice, slice], area: tuple[slice, slice], back
     if background is None:
         out = ops.like(values, np.zeros((height, width, *values.shape[2:]), np.float32))
     else:
-        out = ops.like(values, background)
+        out = ops.copy(ops.like(values, background))
     y0, x0 = max(region[0].start, area[0].start), max(region[1].start, area[1].start)
     y1, x1 = min(region[0].stop, area[0].stop), min(region[1].stop, area[1].stop)
     out[y0 - area[0].start:y1 - area[0].start, x0 - area[1].start:x1 - area[1].start] = \

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit
@@ -18,6 +19,7 @@ from ray._private.utils import read_ray_address
 
 from film_restore.batching import BatchingRestorer
 from film_restore.compose import Composer, ComposeSettings
+from film_restore.finish.device import FinishSession
 from film_restore.pipeline.job import PipelineError
 from film_restore.records import Chunk, ChunkResult, Scan, Track
 from film_restore.restore import FaceRestorer
@@ -146,6 +148,8 @@ class RestoreActor:
         self.batcher = BatchingRestorer(self.restorer.restore, batch_size=batch)
         self.faces = counter("film_restore_faces_restored", "faces restored by DMDNet")
         self.film = film
+        self.device = device
+        self.sessions: dict[str, FinishSession] = {}  # a GPU's compose tasks' chunks, finished here
 
     def restore(self, crops, boxes, actor):
         self.faces.inc(len(crops), tags={"film": self.film})
@@ -157,6 +161,19 @@ class RestoreActor:
     def engine(self) -> dict:
         """What runs DMDNet here and why: engine, precision, device, reason (dmdnet.engines.Engine.describe)."""
         return self.restorer.engine.describe()
+
+    def finishes_on_device(self) -> bool:
+        """Whether this actor finishes its faces on its device too (it holds a GPU: finish.device)."""
+        return self.device == "cuda"
+
+    def open_session(self, session: str, plan, settings) -> None:
+        self.sessions[session] = FinishSession(self.restore, plan, settings, self.device)
+
+    def finish(self, session: str, number: int, window):
+        return self.sessions[session](number, window)
+
+    def close_session(self, session: str):
+        return self.sessions.pop(session).flush()
 
 
 class RemoteRestore:
@@ -171,6 +188,17 @@ class RemoteRestore:
         return InFlight(self.actor.restore.remote(crops, boxes, actor_name))
 
 
+class RemoteFinish(RemoteRestore):
+    """A restore actor that finishes the faces on its GPU (finish.device): the Composer opens a
+    session per chunk and sends it each window's faces and their surroundings, never whole frames."""
+
+    def open_session(self, plan, settings):
+        session = uuid.uuid4().hex
+        get(self.actor.open_session.remote(session, plan, settings))
+        return (lambda number, window: InFlight(self.actor.finish.remote(session, number, window)),
+                lambda: InFlight(self.actor.close_session.remote(session)))
+
+
 class InFlight:
     """A Ray call in flight; result() waits for it and raises the call's own exception."""
 
@@ -183,8 +211,9 @@ class InFlight:
 
 @ray.remote
 def compose_task(info: VideoInfo, settings: ComposeSettings, restorer, chunk: Chunk, tracks: list[Track], frame_pts,
-                 output: str, film: str) -> ChunkResult:
-    result = Composer(info, settings, RemoteRestore(restorer))(chunk, tracks, frame_pts, Path(output))
+                 output: str, film: str, finish_on_restorer: bool = False) -> ChunkResult:
+    remote = RemoteFinish(restorer) if finish_on_restorer else RemoteRestore(restorer)
+    result = Composer(info, settings, remote)(chunk, tracks, frame_pts, Path(output))
     counter("film_restore_chunks_done", "chunks restored and encoded").inc(1, tags={"film": film})
     counter("film_restore_frames_done", "frames restored and encoded").inc(result.frames, tags={"film": film})
     return result

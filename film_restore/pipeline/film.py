@@ -151,6 +151,7 @@ class FilmRun:
                 for i in range(count)
             ]
             self.restore_engines = self._engines(restorers)
+            finish_on_restorer = all(get(restorer.finishes_on_device.remote()) for restorer in restorers)
             settings = ComposeSettings(
                 codec=self.job.codec, face_size=self.face_size, min_face=self.job.min_face, grain=self.job.grain,
                 strength=self.job.strength, actor_strengths=self.cast.strengths, models_dir=str(self.pack.directory),
@@ -162,7 +163,7 @@ class FilmRun:
                 video.parent.mkdir(parents=True, exist_ok=True)
                 reference = compose_task.options(name=f"film_restore.compose-{chunk.index}").remote(
                     self.info, settings, restorers[number % len(restorers)], chunk, tracks[chunk.index], scan.frame_pts,
-                    str(video), self.film)
+                    str(video), self.film, finish_on_restorer)
                 pending[reference] = chunk
             frames_done = sum(r.frames for r in results.values())
             for chunk, result in as_completed(pending):
