@@ -159,3 +159,32 @@ def artifact_folder(tmp_path: Path) -> Path:
     folder = Path(os.environ.get("FILM_RESTORE_ARTIFACTS", tmp_path))
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def open_review_page(browser: Browser, html: Path, tracks: int) -> dict:
+    """Opens a run's review page, opens every track and waits until its pictures have loaded and its loops have
+    played for a moment. Returns what the page shows: timeline bars and cards per track id, every picture's natural
+    width, and per loop its time and frames decoded."""
+    browser.open(html.resolve().as_uri())
+    browser.evaluate("document.getElementById('open-all').click()")
+    browser.wait_for(f"document.querySelectorAll('details.track[open] .body').length === {tracks}")
+    browser.wait_for("[...document.images].every((image) => image.complete)")
+    browser.wait_for("[...document.querySelectorAll('video')].every((video) => video.currentTime > 0.2)")
+    return browser.evaluate("""({
+        bars: [...document.querySelectorAll('#timeline .track-bar')].map((bar) => bar.dataset.id),
+        cards: [...document.querySelectorAll('details.track')].map((card) => card.dataset.id),
+        images: [...document.images].map((image) => [image.getAttribute('src'), image.naturalWidth]),
+        videos: [...document.querySelectorAll('video')].map((video) => ({
+            src: video.getAttribute('src'), time: video.currentTime, paused: video.paused,
+            frames: video.getVideoPlaybackQuality().totalVideoFrames, width: video.videoWidth})),
+    })""")
+
+
+def shown_cards(browser: Browser) -> list[str]:
+    """The ids of the track cards the filters leave shown."""
+    return browser.evaluate("[...document.querySelectorAll('details.track')].filter((card) => !card.hidden).map((card) => card.dataset.id)")
+
+
+def click_filter(browser: Browser, group: str, value: str) -> None:
+    """Clicks the checkbox of a flag ("flag-filters") or an actor ("actor-filters", "" for strangers)."""
+    browser.evaluate(f"document.querySelector('#{group} input[value={json.dumps(value)}]').click()")

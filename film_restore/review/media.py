@@ -37,7 +37,7 @@ STILL_QUALITY = 95
 # The loop: LOOP_SECONDS of the track, its faces' boxes together grown by STILL_MARGIN, at 1:1 up to
 # LOOP_MAX_SIDE pixels a side (larger faces are shrunk to it, and the page says by how much).
 LOOP_SECONDS = 1.5
-LOOP_MAX_SIDE = 320
+LOOP_MAX_SIDE = 384
 LOOP_GAP = 4  # pixels between before and after
 LOOP_CRF = 16  # VP9, nearly transparent: compression must not add flicker of its own
 # The loop's frame-to-frame change is measured along optical flow computed at this side (quality.flow_pair): the
