@@ -17,6 +17,7 @@ import io
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import NamedTuple
 
 import av
 import cv2
@@ -27,7 +28,7 @@ from film_restore.quality import flow_pair, temporal_changes
 from film_restore.records import Track
 from film_restore.review.flags import CHANGE_BLUR
 from film_restore.texture import luma, texture_ratio
-from film_restore.video import read_frames
+from film_restore.video import Picture, read_frames
 
 # A still: the face box grown by STILL_MARGIN of its larger side on each side, within
 # STILL_SIDES pixels, at 1:1 (cropped from the frame, never scaled).
@@ -43,6 +44,9 @@ LOOP_CRF = 16  # VP9, nearly transparent: compression must not add flicker of it
 # The loop's frame-to-frame change is measured along optical flow computed at this side (quality.flow_pair): the
 # face's motion, not its pores, is what the flow must follow.
 LOOP_FLOW_SIDE = 128
+# The texture measure's ring reaches about half a face beyond the face's box (texture.RING_DISTANCE, RING_FOREHEAD_LIFT):
+# on the middle picture, this many box sides around the box are converted.
+TEXTURE_REACH = 1.0
 # Needed frames closer than this are decoded through, farther ones are sought.
 DECODE_GAP = 48
 
@@ -105,6 +109,35 @@ def _crop(rgb: np.ndarray, region) -> np.ndarray:
     return rgb[y:y + height, x:x + width]
 
 
+def _grown(box, reach: float, frame_shape: tuple) -> tuple[int, int, int, int]:
+    """(x, y, width, height) of the box grown by reach times its larger side on each side, inside the frame."""
+    x1, y1, x2, y2 = box
+    margin = reach * max(x2 - x1, y2 - y1)
+    height, width = frame_shape[:2]
+    x0, y0 = max(int(np.floor(x1 - margin)), 0), max(int(np.floor(y1 - margin)), 0)
+    return x0, y0, min(int(np.ceil(x2 + margin)), width) - x0, min(int(np.ceil(y2 + margin)), height) - y0
+
+
+class _View(NamedTuple):
+    """The part of a picture (input, output or None) that the plans wanting it need: where it lies in the frame, and
+    the frame's shape."""
+
+    before: np.ndarray
+    after: np.ndarray | None
+    x: int
+    y: int
+    shape: tuple
+
+    def crop(self, rgb: np.ndarray, region) -> np.ndarray:
+        """A region (x, y, width, height) of the frame, from this view's rgb."""
+        x, y, width, height = region
+        return _crop(rgb, (x - self.x, y - self.y, width, height))
+
+    def box(self, box) -> tuple:
+        x1, y1, x2, y2 = box
+        return x1 - self.x, y1 - self.y, x2 - self.x, y2 - self.y
+
+
 def face_change(before: np.ndarray, after: np.ndarray, box) -> float:
     """Mean |output - input| (levels) of the luma inside the face box, both blurred by CHANGE_BLUR px (grain left out)."""
     x, y, width, height = _region(box, before.shape, (1, 1 << 16))
@@ -136,19 +169,19 @@ class Pictures:
         return [tuple(run) for run in runs]
 
     def read(self, first: int, last: int):
-        """(picture number, input RGB, output RGB or None) for the frames first..last."""
+        """(picture number, input picture, output picture or None) for the frames first..last: decoded pictures
+        (video.Picture, or interlace.FieldPicture) whose rgb() is taken only where it is needed."""
         inputs = read_frames(self.input_path, first, last, self.frame_pts)
         outputs = read_frames(self.output_path, first, last, self.frame_pts) if self.output_path else None
         for frame in inputs:
             after = next(outputs) if outputs is not None else None
             if self.field_order is None:
-                yield frame.index, frame.picture.rgb(), after and after.picture.rgb()
+                yield frame.index, frame.picture, after and after.picture
                 continue
-            befores = field_frames([frame], self.field_order)
             afters = field_frames([after], self.field_order) if after else None
-            for before_field in befores:
+            for before_field in field_frames([frame], self.field_order):
                 after_field = next(afters) if afters is not None else None
-                yield before_field.index, before_field.picture.rgb(), after_field and after_field.picture.rgb()
+                yield before_field.index, before_field.picture, after_field and after_field.picture
 
     def seconds(self, picture: int) -> float:
         """The picture's time in the film (a second field half a frame after its frame)."""
@@ -173,30 +206,62 @@ def gather(plans: list[TrackPlan], pictures: Pictures) -> int:
     for first, last in pictures.runs(set(wanted)):
         for number, before, after in pictures.read(first, last):
             decoded += 1
-            for plan in wanted.get(number, ()):
-                _take(plan, number, before, after)
+            if number not in wanted:
+                continue
+            shape = (before.height, before.width)
+            x0, y0, x1, y1 = _union([_needed(plan, number, shape) for plan in wanted[number]])
+            view = _View(_rgb(before, (x0, y0, x1, y1)), after and _rgb(after, (x0, y0, x1, y1)), x0, y0, shape)
+            for plan in wanted[number]:
+                _take(plan, number, view)
                 remaining[plan.key] -= 1
                 if not remaining[plan.key]:
                     _finish(plan, pictures)
     return decoded
 
 
-def _take(plan: TrackPlan, number: int, before: np.ndarray, after: np.ndarray | None) -> None:
-    face = plan.faces[number]
+def _needed(plan: TrackPlan, number: int, shape: tuple) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of what the plan takes from the picture: its still, the loop's region, the face with the
+    margin of the change's blur, and on the middle picture the ring of the texture measure."""
+    box = plan.faces[number].box
+    regions = [_region(box, shape, (1, 1 << 16))]
     if number in plan.stills:
-        region = _region(face.box, before.shape, STILL_SIDES)
-        plan.crops[number] = (_crop(before, region), None if after is None else _crop(after, region))
-    if after is None:
-        return
-    plan.changes[number] = face_change(before, after, face.box)
+        regions.append(_region(box, shape, STILL_SIDES))
     if number == plan.middle:
-        ratio = texture_ratio(before, after, face.landmarks)
-        plan.texture = round(ratio, 3) if np.isfinite(ratio) else None
+        regions.append(_grown(box, TEXTURE_REACH, shape))
     if number in plan.loop:
         if plan.loop_region is None:
-            plan.loop_region = _loop_region(plan, before.shape)
+            plan.loop_region = _loop_region(plan, shape)
+        regions.append(plan.loop_region[0])
+    return _union([(x, y, x + width, y + height) for x, y, width, height in regions])
+
+
+def _union(rectangles) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = zip(*rectangles)
+    return min(x0), min(y0), max(x1), max(y1)
+
+
+def _rgb(picture, rectangle) -> np.ndarray:
+    """The picture's RGB inside (x0, y0, x1, y1); only those pixels are converted where the picture can."""
+    if isinstance(picture, Picture):
+        return picture.rgb(rectangle)
+    x0, y0, x1, y1 = rectangle
+    return picture.rgb()[y0:y1, x0:x1]
+
+
+def _take(plan: TrackPlan, number: int, view: _View) -> None:
+    face = plan.faces[number]
+    if number in plan.stills:
+        region = _region(face.box, view.shape, STILL_SIDES)
+        plan.crops[number] = (view.crop(view.before, region), None if view.after is None else view.crop(view.after, region))
+    if view.after is None:
+        return
+    plan.changes[number] = face_change(view.before, view.after, view.box(face.box))
+    if number == plan.middle:
+        ratio = texture_ratio(view.before, view.after, face.landmarks - np.float32([view.x, view.y]))
+        plan.texture = round(ratio, 3) if np.isfinite(ratio) else None
+    if number in plan.loop:
         region, scale = plan.loop_region
-        plan.loop_crops[number] = tuple(_scaled(_crop(rgb, region), scale) for rgb in (before, after))
+        plan.loop_crops[number] = tuple(_scaled(view.crop(rgb, region), scale) for rgb in (view.before, view.after))
 
 
 def _finish(plan: TrackPlan, pictures: Pictures) -> None:
