@@ -35,10 +35,14 @@ class Browser:
         command = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}"]
         if os.geteuid() == 0:
             command.append("--no-sandbox")  # chromium refuses to run as root with its sandbox
-        # The shell puts our pipe ends on descriptors 3 and 4, where --remote-debugging-pipe expects them.
-        self._process = subprocess.Popen(
-            ["sh", "-c", f'exec "$@" 3<&{to_browser_read} 4>&{from_browser_write}', "chromium", *command],
-            pass_fds=(to_browser_read, from_browser_write), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # bash puts our pipe ends on descriptors 3 and 4, where --remote-debugging-pipe expects them (dash cannot
+        # redirect descriptors above 9).
+        profile.mkdir(parents=True, exist_ok=True)
+        self._log = profile / "chromium.log"  # a file, not a pipe: chromium may write more than a pipe holds
+        with open(self._log, "wb") as log:
+            self._process = subprocess.Popen(
+                ["bash", "-c", f'exec "$@" 3<&{to_browser_read} 4>&{from_browser_write}', "chromium", *command],
+                pass_fds=(to_browser_read, from_browser_write), stdout=subprocess.DEVNULL, stderr=log)
         os.close(to_browser_read)
         os.close(from_browser_write)
         self.timeout = timeout
@@ -96,7 +100,7 @@ class Browser:
                 raise BrowserError("chromium did not answer in time")
             chunk = os.read(self._from_browser, 1 << 16)
             if not chunk:
-                raise BrowserError(f"chromium closed its pipe: {self._process.stderr.read().decode()[-2000:]}")
+                raise BrowserError(f"chromium closed its pipe: {self._log.read_text(errors='replace')[-2000:]}")
             self._buffer += chunk
         message, self._buffer = self._buffer.split(b"\0", 1)
         event = json.loads(message)

@@ -23,6 +23,7 @@ from film_restore.review.page import html
 from film_restore.video import probe, read_frames
 from film_restore.video.fields import split_fields
 from tests.assets import asset
+from tests.browser import CHROMIUM, NO_CHROMIUM, Browser, click_filter, shown_cards
 from tests.masters import make_master, woven_frames
 from tests.media import make_film
 
@@ -219,3 +220,42 @@ def test_the_page_and_its_folder_are_replaced_whole(films, tmp_path):
     write_page(report, path, {"s0t0/other.jpg": b"x"})  # a later run's page: the earlier pictures are gone
     assert [p.name for p in folder.rglob("*.*")] == ["other.jpg"] and not list(tmp_path.glob(".*.tmp"))
     assert html(report, "report.files") == path.read_text()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
+def test_edited_tracks_are_marked_and_each_track_gives_its_edits_entry(tmp_path):
+    """What the edits file will need of the page: a track's id and its entry to copy; tracks an edit changed
+    (report.json's per-track "edits") marked and found by a filter. A dry run's page: the input only."""
+    tracks = [{"id": f"s{shot}t0", "shot": shot, "first_frame": 10 * shot, "last_frame": 10 * shot + 9, "actor": actor,
+               "similarity": 0.8, "faces": 10, "flags": [] if actor else ["stranger"], "measures": {}}
+              for shot, actor in enumerate(["Ann O'Hara", None, "Yes"])]
+    tracks[1]["edits"] = [{"actor": "Ann O'Hara"}]
+    report = {
+        "input": {"path": "film.mkv", "codec": "h264", "width": 64, "height": 48, "pix_fmt": "yuv420p", "bit_depth": 8,
+                  "frames": 30},
+        "output": None, "dry_run": True, "cast": {"path": "cast.yaml", "match_threshold": 0.45, "actors": ["Ann O'Hara", "Yes"]},
+        "shots": [{"index": n, "first_frame": 10 * n, "last_frame": 10 * n + 9} for n in range(3)],
+        "timings_s": {"total": 1.0}, "tracks": tracks, "frame_seconds": [n / 25 for n in range(30)],
+        "totals": {"frames": 30, "shots": 3, "tracks": 3, "faces_detected": 30, "faces_restored": 0,
+                   "faces_too_small": {"min_face": 24, "faces": 0}, "faces_held_still": 0},
+    }
+    write_page(report, tmp_path / "report.html", {})
+    with Browser(tmp_path / "profile") as browser:
+        browser.open((tmp_path / "report.html").as_uri())
+        assert browser.evaluate("document.querySelector('#track-s1t0 .flag.edited').textContent") == "edited"
+        click_filter(browser, "flag-filters", "edited")
+        assert shown_cards(browser) == ["s1t0"]
+        browser.evaluate("document.getElementById('open-all').click()")
+        entry = browser.evaluate("document.querySelector('#track-s1t0 pre.entry').textContent")
+        assert entry.splitlines()[:2] == ["- track: s1t0", "  actor: none    # or none (leave unrestored); strength: 0..1; skip: true"]
+        click_filter(browser, "flag-filters", "edited")
+        browser.evaluate("document.getElementById('open-all').click()")
+        entries = browser.evaluate("[...document.querySelectorAll('pre.entry')].map((pre) => pre.textContent.split('\\n')[1])")
+        assert sorted(entries)[:2] == ['  actor: "Yes"    # or none (leave unrestored); strength: 0..1; skip: true',
+                                       "  actor: Ann O'Hara    # or none (leave unrestored); strength: 0..1; skip: true"]
+        browser.evaluate("document.querySelector('#track-s0t0 .entry-block button').click()")
+        copied = browser.wait_for("document.querySelector('#track-s0t0 .entry-block button').textContent !== 'copy edits entry' "
+                                  "&& document.querySelector('#track-s0t0 .entry-block button').textContent")
+        assert copied in ("copied", "selected: press Ctrl+C")
+        assert browser.evaluate("document.querySelector('#track-s0t0 .body').textContent").count("No pictures for this track") == 1
+    assert browser.errors == []
