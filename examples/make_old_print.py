@@ -13,7 +13,7 @@ done to it (examples/README.md says the same):
   specks, and a little compression (x264 at CRF COMPRESSION_CRF);
 - the references: REFERENCES frames from the clip's last third (never in the film), as they
   are (the cast's photos are good ones), cropped around the face, JPEG.
-Seeded: running it again makes the same pictures.
+Seeded: running it again makes the same pictures and sound (the Matroska container differs in its ids).
 """
 from __future__ import annotations
 
