@@ -13,7 +13,8 @@ import av
 
 from dmdnet.files import write_json
 from film_restore.interlace import restored_field_order
-from film_restore.review import MEDIA_TRACKS, Pictures, frame_seconds, review_tracks, track_id, write_page
+from film_restore.review import MEDIA_TRACKS, Pictures, frame_seconds, frame_timestamps, review_tracks, track_id, write_page
+from film_restore.video import probe
 from film_restore.video.fields import is_interlaced
 
 # The report's entry (not in report.json) that carries the page's pictures and frame times from build to write.
@@ -66,8 +67,11 @@ def build(run, scan, tracks_by_chunk, results, media_tracks: int = MEDIA_TRACKS)
                         "similarity": round(t.similarity, 4), "faces": len(t.faces), **guarded.get(id(t), {})})
         in_shot[t.shot] += 1
     seconds = frame_seconds(scan.frame_pts, info.time_base, info.average_rate)
-    pictures = Pictures(info.path, None if job.dry_run else job.output, scan.frame_pts, seconds, restored_field_order(info))
-    files, cost = review_tracks(tracks, entries, pictures, media_tracks)
+    output = None if job.dry_run else job.output
+    # The output keeps the input's timestamps, on its own container's clock (video.check_output says when that differs).
+    output_pts = None if output is None or probe(output).time_base == info.time_base else frame_timestamps(output)
+    pictures = Pictures(info.path, output, scan.frame_pts, seconds, restored_field_order(info), output_pts)
+    files, cost = review_tracks(tracks, entries, pictures, media_tracks, run.progress.say)
     report = {
         "input": {**_video_facts(info), "sha256": run.keys.parts["input_sha256"], "frames": len(scan.frame_pts)},
         "output": None if job.dry_run else {"path": str(job.output), "codec": job.codec,

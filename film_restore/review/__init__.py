@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import time
 
+import av
+
 from film_restore.records import Track
 from film_restore.review.flags import FLAGS, track_flags
-from film_restore.review.media import Pictures, gather, plan_track
+from film_restore.review.media import Pictures, frame_timestamps, gather, plan_track
 from film_restore.review.page import page_folder, write_page
+from film_restore.video import VideoError
 
-__all__ = ["FLAGS", "MEDIA_TRACKS", "Pictures", "frame_seconds", "page_folder", "review_tracks", "track_id", "write_page"]
+__all__ = ["FLAGS", "MEDIA_TRACKS", "Pictures", "frame_seconds", "frame_timestamps", "page_folder", "review_tracks",
+           "track_id", "write_page"]
 
 # Tracks that get stills and a loop, flagged tracks first (then the longest): bounds the page's cost on a long film.
 MEDIA_TRACKS = 40
@@ -36,11 +40,13 @@ def frame_seconds(frame_pts, time_base, average_rate) -> list[float]:
     return [round(index / rate, 4) for index in range(len(frame_pts))]
 
 
-def review_tracks(tracks: list[Track], entries: list[dict], pictures: Pictures, media_tracks: int = MEDIA_TRACKS) -> tuple[dict, dict]:
+def review_tracks(tracks: list[Track], entries: list[dict], pictures: Pictures, media_tracks: int = MEDIA_TRACKS,
+                  say=print) -> tuple[dict, dict]:
     """Adds to each track's report entry (with its "id", "guards" and "series" where restored) its flags, measures,
     worst frames and, for up to media_tracks of them, its media, loop measures and texture ratio.
 
-    Returns (files: name -> bytes for the page's folder, cost: what making them took)."""
+    Returns (files: name -> bytes for the page's folder, cost: what making them took). A film that cannot be read
+    back for the pictures gives a page without them, and say() tells why: the run's output is done by then."""
     started = time.perf_counter()
     flags = [track_flags(track, entry.get("guards"), entry.get("series"), None) for track, entry in zip(tracks, entries)]
     chosen = sorted(range(len(tracks)), key=lambda i: (-len(flags[i].raised), -len(tracks[i].faces), i))[:media_tracks]
@@ -48,7 +54,13 @@ def review_tracks(tracks: list[Track], entries: list[dict], pictures: Pictures, 
     span = (seconds[-1] - seconds[0]) if len(seconds) > 1 else 0.0
     rate = pictures.per_frame * ((len(seconds) - 1) / span if span > 0 else FALLBACK_RATE)
     plans = {i: plan_track(entries[i]["id"], tracks[i], flags[i].worst, rate) for i in chosen}
-    decoded = gather(list(plans.values()), pictures)
+    error = None
+    try:
+        decoded = gather(list(plans.values()), pictures)
+    except (VideoError, av.FFmpegError, OSError) as failure:
+        error = " ".join(str(failure).split())
+        say(f"note: the review page has no pictures: {error}")
+        plans, decoded = {}, 0
     files = {}
     for index, (track, entry) in enumerate(zip(tracks, entries)):
         plan = plans.get(index)
@@ -61,5 +73,5 @@ def review_tracks(tracks: list[Track], entries: list[dict], pictures: Pictures, 
         files.update(plan.files)
     cost = {"tracks_with_media": len(plans), "media_tracks_limit": media_tracks, "pictures_decoded": decoded,
             "files": len(files), "bytes": sum(len(data) for data in files.values()),
-            "seconds": round(time.perf_counter() - started, 2)}
+            "seconds": round(time.perf_counter() - started, 2), **({"error": error} if error else {})}
     return files, cost

@@ -7,9 +7,10 @@ Per track: 1:1 before/after stills (JPEG) of chosen frames, and a moving before|
 
 Only the frames needed are decoded: the needed frames of every track are merged, and each
 run of them (closer than DECODE_GAP) is read once from both films with a seek to its start
-(video.read_frames); a track's face is cropped as its frames go by, so memory holds crops, not
-frames. A film restored field by field (interlace.py) counts its tracks in fields: both
-fields of a decoded frame are pictures here.
+(video.read_frames); only the part of a picture the tracks need is turned into RGB, and a
+track's face is cropped as its frames go by, so memory holds crops, not frames. A film
+restored field by field (interlace.py) counts its tracks in fields: both fields of a decoded
+frame are pictures here.
 """
 from __future__ import annotations
 
@@ -148,12 +149,16 @@ def face_change(before: np.ndarray, after: np.ndarray, box) -> float:
 
 
 class Pictures:
-    """The pictures of the input and the output by number (frames, or fields of a film restored field by field)."""
+    """The pictures of the input and the output by number (frames, or fields of a film restored field by field).
+
+    frame_pts: the input's frame timestamps (the scan's); output_pts: the output's, where its container keeps
+    them on another clock (default: the same); frame_seconds: each frame's time from the first."""
 
     def __init__(self, input_path: Path, output_path: Path | None, frame_pts, frame_seconds: list[float],
-                 field_order: str | None):
+                 field_order: str | None, output_pts=None):
         self.input_path, self.output_path = input_path, output_path
         self.frame_pts, self.frame_seconds = frame_pts, frame_seconds
+        self.output_pts = frame_pts if output_pts is None else output_pts
         self.field_order = field_order
         self.per_frame = 1 if field_order is None else FIELDS_PER_FRAME
 
@@ -172,7 +177,7 @@ class Pictures:
         """(picture number, input picture, output picture or None) for the frames first..last: decoded pictures
         (video.Picture, or interlace.FieldPicture) whose rgb() is taken only where it is needed."""
         inputs = read_frames(self.input_path, first, last, self.frame_pts)
-        outputs = read_frames(self.output_path, first, last, self.frame_pts) if self.output_path else None
+        outputs = read_frames(self.output_path, first, last, self.output_pts) if self.output_path else None
         for frame in inputs:
             after = next(outputs) if outputs is not None else None
             if self.field_order is None:
@@ -192,6 +197,12 @@ class Pictures:
         following = self.frame_seconds[frame + 1] if frame + 1 < len(self.frame_seconds) else None
         duration = following - start if following is not None else 0.04
         return start + duration * field_number / self.per_frame
+
+
+def frame_timestamps(path: Path) -> list[int]:
+    """A film's video frame timestamps in presentation order, from its packets (nothing decoded)."""
+    with av.open(str(path)) as container:
+        return sorted(packet.pts for packet in container.demux(video=0) if packet.pts is not None and packet.size)
 
 
 def gather(plans: list[TrackPlan], pictures: Pictures) -> int:

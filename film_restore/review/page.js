@@ -4,6 +4,8 @@ const DATA = JSON.parse(document.getElementById("review-data").textContent);
 const PALETTE = ["#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#bcbd22"];
 const STRANGER_COLOUR = "#999";
 const SVG = "http://www.w3.org/2000/svg";
+// Tracks of a film restored field by field count fields (two a frame).
+const UNIT = DATA.pictures_per_frame === 2 ? "field" : "frame";
 const state = { flags: new Set(), actors: new Set(DATA.actors.map(actorKey)), sort: "first" };
 const rendered = new Set();
 
@@ -76,7 +78,7 @@ function renderTimeline() {
       x: x(track.first_frame), y: shotHeight + lane[track.id] * (laneHeight + 3),
       width: Math.max(x(track.last_frame + 1) - x(track.first_frame), 2), height: laneHeight,
       onclick: () => openTrack(track.id, true),
-    }, element("svg:title", { text: `${track.id}: ${actorName(track.actor)}, frames ${track.first_frame}-${track.last_frame}` +
+    }, element("svg:title", { text: `${track.id}: ${actorName(track.actor)}, ${UNIT}s ${track.first_frame}-${track.last_frame}` +
                                     (track.flags.length ? ` (${track.flags.map((f) => DATA.flags[f]).join(", ")})` : "") }));
     svg.append(bar);
   }
@@ -177,7 +179,7 @@ function trackCard(track) {
   const summary = element("summary", {},
     element("span", { class: "track-id", text: track.id }),
     element("span", { class: "swatch", style: `background:${actorColour(track.actor)}` }),
-    `${actorName(track.actor)} · shot ${track.shot} · frames ${track.first_frame}-${track.last_frame} ` +
+    `${actorName(track.actor)} · shot ${track.shot} · ${UNIT}s ${track.first_frame}-${track.last_frame} ` +
     `(${timecode(track.first_frame)}-${timecode(track.last_frame)}) · ${track.faces} faces `, ...badges);
   const card = element("details", { class: "track", id: `track-${track.id}`, "data-id": track.id }, summary);
   card.addEventListener("toggle", () => { if (card.open && !rendered.has(track.id)) { rendered.add(track.id); card.append(trackBody(track)); } });
@@ -242,11 +244,11 @@ function numbers(track) {
 function stills(track) {
   const box = element("div", { class: "stills" });
   for (const still of track.media.stills) {
-    const before = element("img", { class: "before", src: media(still.before), alt: `before, frame ${still.frame}` });
+    const before = element("img", { class: "before", src: media(still.before), alt: `before, ${UNIT} ${still.frame}` });
     const compare = element("div", { class: "compare" }, before);
     let range = null;
     if (still.after) {
-      compare.append(element("img", { class: "after", src: media(still.after), alt: `after, frame ${still.frame}` }),
+      compare.append(element("img", { class: "after", src: media(still.after), alt: `after, ${UNIT} ${still.frame}` }),
                      element("div", { class: "wipe-line" }));
       range = element("input", { type: "range", min: 0, max: 100, value: 50, title: "wipe: before left, after right",
                                  oninput: (event) => { compare.style.setProperty("--wipe", `${event.target.value}%`); compare.className = "compare"; } });
@@ -261,7 +263,7 @@ function stills(track) {
     } }, element("option", { value: 1, text: "1:1" }), element("option", { value: 2, text: "2x" }), element("option", { value: 3, text: "3x" }));
     box.append(element("figure", { class: "still" }, compare,
       element("div", { class: "still-controls" }, still.after ? "before" : null, range, still.after ? "after" : null, toggle, zoom),
-      element("figcaption", { text: `${still.labels.join(", ")}: frame ${still.frame} (${timecode(still.frame)})` })));
+      element("figcaption", { text: `${still.labels.join(", ")}: ${UNIT} ${still.frame} (${timecode(still.frame)})` })));
   }
   return box;
 }
@@ -280,7 +282,7 @@ function loop(track) {
   const speeds = [1, 0.5, 0.25].map((rate) => element("button", { text: `${rate}x`, onclick: () => { video.playbackRate = rate; } }));
   const scale = spec.scale < 1 ? ` (shown at ${Math.round(spec.scale * 100)}% of the film's pixels)` : " (1:1)";
   return element("div", { class: "loop" },
-    element("h3", { text: `Moving: frames ${spec.first_frame}-${spec.last_frame}${scale}` }),
+    element("h3", { text: `Moving: ${UNIT}s ${spec.first_frame}-${spec.last_frame}${scale}` }),
     element("div", { class: "loop-labels", style: `width:${spec.width}px` },
             element("span", { style: "flex:1", text: "before" }), element("span", { style: "flex:1", text: "after" })),
     video, element("div", { class: "still-controls" }, playing,
@@ -342,10 +344,10 @@ function trackPlots(track) {
   const identityRange = [Math.max(-1, Math.min(...identities) - pad), Math.min(1, Math.max(...identities) + pad)];
   const stranger = track.actor === null;
   return [
-    linePlot(stranger ? "Likeness to its own input" : "Identity: likeness to the actor", "frame", "cosine similarity", series.frame, [
+    linePlot(stranger ? "Likeness to its own input" : "Identity: likeness to the actor", UNIT, "cosine similarity", series.frame, [
       { label: stranger ? "input (1)" : "input", values: series.identity_in, colour: "#888" },
       { label: "output", values: series.identity_out, colour: "#1f77b4" }], identityRange, marks),
-    linePlot("Strength used (the guards)", "frame", "share of the restoration (0-1)", series.frame, [
+    linePlot("Strength used (the guards)", UNIT, "share of the restoration (0-1)", series.frame, [
       { label: "strength", values: series.strength, colour: "#ff7f0e" }], [0, 1.05], marks),
   ];
 }
@@ -358,7 +360,7 @@ function loopPlot(track) {
     { label: "frame change in", values: measures.frame_change_in, colour: "#888" },
     { label: "frame change out", values: measures.frame_change_out, colour: "#2ca02c" },
   ];
-  return linePlot("In the loop: change and flicker", "frame", "levels (8-bit), face mean", measures.frame, lines, null);
+  return linePlot("In the loop: change and flicker", UNIT, "levels (8-bit), face mean", measures.frame, lines, null);
 }
 
 // ---- start

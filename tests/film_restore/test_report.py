@@ -15,7 +15,7 @@ import pytest
 from film_restore.interlace import FieldPicture
 from film_restore.records import Track, TrackedFace
 from film_restore.texture import texture_ratio
-from film_restore.review import Pictures, frame_seconds, page_folder, write_page
+from film_restore.review import Pictures, frame_seconds, frame_timestamps, page_folder, review_tracks, write_page
 from film_restore.review.flags import (HELD_BACK_SHARE, IDENTITY_DROP, LARGE_CHANGE, LOW_SCORE, LOW_SCORE_SHARE,
                                        OCCLUSION_MISMATCH, keypoint_mismatch, track_flags)
 from film_restore.review.media import DECODE_GAP, LOOP_GAP, LOOP_SECONDS, STILL_SIDES, gather, plan_track
@@ -259,3 +259,33 @@ def test_edited_tracks_are_marked_and_each_track_gives_its_edits_entry(tmp_path)
         assert copied in ("copied", "selected: press Ctrl+C")
         assert browser.evaluate("document.querySelector('#track-s0t0 .body').textContent").count("No pictures for this track") == 1
     assert browser.errors == []
+
+
+def test_an_output_on_another_clock_is_read_at_its_own_timestamps(films, tmp_path):
+    """An output whose container keeps time on another clock (Matroska in, MP4 out) has other pts for the same frames:
+    read at its own, it gives the same pictures; a film that cannot be read back leaves a page without them."""
+    matroska, mp4 = tmp_path / "restored.mkv", tmp_path / "restored.mp4"
+    with av.open(str(films["restored"])) as source, av.open(str(matroska), "w") as target:
+        stream = target.add_stream("libx264", rate=25, options={"x264-params": "bframes=0"})
+        stream.width, stream.height, stream.pix_fmt = 256, 256, "yuv420p"
+        stream.time_base = stream.codec_context.time_base = source.streams.video[0].time_base
+        for frame in source.decode(video=0):
+            target.mux(stream.encode(frame))
+        target.mux(stream.encode())
+    with av.open(str(matroska)) as source, av.open(str(mp4), "w") as target:
+        stream = target.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(video=0):
+            if packet.dts is not None:
+                packet.stream = stream
+                target.mux(packet)
+    output_pts = frame_timestamps(mp4)
+    assert probe(mp4).time_base != probe(films["film"]).time_base and output_pts != films["pts"]
+    same_clock = Pictures(films["film"], matroska, films["pts"], films["seconds"], None)
+    other_clock = Pictures(films["film"], mp4, films["pts"], films["seconds"], None, output_pts)
+    assert all(np.array_equal(a[2].rgb(), b[2].rgb()) for a, b in zip(same_clock.read(3, 6), other_clock.read(3, 6)))
+    notes = []
+    entries = [{"id": "s0t0"}]
+    wrong_clock = Pictures(films["film"], mp4, films["pts"], films["seconds"], None)
+    files, cost = review_tracks([films["track"]], entries, wrong_clock, say=notes.append)
+    assert files == {} and "media" not in entries[0] and cost["tracks_with_media"] == 0
+    assert len(notes) == 1 and notes[0].startswith("note: the review page has no pictures: ") and "pts" in cost["error"]
