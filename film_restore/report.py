@@ -20,7 +20,7 @@ from film_restore.video.fields import is_interlaced
 # The report's entry (not in report.json) that carries the page's pictures and frame times from build to write.
 PAGE = "page"
 # The OpenCV distribution this project installs (pyproject.toml).
-OPENCV = "opencv-python"
+OPENCV = "opencv-python-headless"
 
 
 def _video_facts(info) -> dict:

@@ -241,6 +241,11 @@ function numbers(track) {
                                                                                    element("span", { text: String(value) })]));
 }
 
+function stillLabel(label) {
+  const flag = label.startsWith("worst: ") ? label.slice(7) : null;
+  return flag && DATA.flags[flag] ? `worst for "${DATA.flags[flag]}"` : label;
+}
+
 function stills(track) {
   const box = element("div", { class: "stills" });
   for (const still of track.media.stills) {
@@ -263,7 +268,7 @@ function stills(track) {
     } }, element("option", { value: 1, text: "1:1" }), element("option", { value: 2, text: "2x" }), element("option", { value: 3, text: "3x" }));
     box.append(element("figure", { class: "still" }, compare,
       element("div", { class: "still-controls" }, still.after ? "before" : null, range, still.after ? "after" : null, toggle, zoom),
-      element("figcaption", { text: `${still.labels.join(", ")}: ${UNIT} ${still.frame} (${timecode(still.frame)})` })));
+      element("figcaption", { text: `${still.labels.map(stillLabel).join(", ")}: ${UNIT} ${still.frame} (${timecode(still.frame)})` })));
   }
   return box;
 }
