@@ -31,7 +31,7 @@ SOURCE = "media/clips/retalk_1.mp4"
 FILM = HERE / "old_print.mkv"
 REFERENCES_FOLDER = HERE / "refs" / "speaker"
 
-SHOT_FRAMES = 30  # frames per shot: two shots, 2.7 s
+SHOT_FRAMES = 24  # frames per shot: two shots, 2.2 s (the example runs in the tests: few frames)
 FILM_SIZE = (384, 288)  # width, height: 4:3
 # The shots' crops of the clip (width, height) and their centres (x, y): the first frames him to the
 # waist, the second closer; both are shrunk to FILM_SIZE.
