@@ -237,8 +237,8 @@ function numbers(track) {
   }
   if (track.texture_ratio !== undefined) rows.push(["texture kept (output / input, middle face)", track.texture_ratio ?? "–"]);
   for (const [name, value] of Object.entries(track.measures)) rows.push([MEASURES[name] || name, value]);
-  return element("div", { class: "numbers" }, ...rows.flatMap(([name, value]) => [element("span", { class: "name", text: name }),
-                                                                                   element("span", { text: String(value) })]));
+  return element("div", { class: "numbers" }, ...rows.map(([name, value]) =>
+    element("div", {}, element("span", { class: "name", text: `${name}: ` }), String(value))));
 }
 
 function stillLabel(label) {
