@@ -227,7 +227,7 @@ function trackBody(track) {
 }
 
 function numbers(track) {
-  const rows = [["similarity to the actor", track.similarity.toFixed(3)]];
+  const rows = [[track.actor === null ? "best similarity to a cast member" : "similarity to the actor", track.similarity.toFixed(3)]];
   const g = track.guards;
   if (g) {
     rows.push(["identity in → out (mean)", `${g.identity_in} → ${g.identity_out}`],
