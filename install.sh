@@ -5,9 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 python -m pip install "${FILM_RESTORE_TORCH:-torch==2.13.0}"
+# insightface without its requirements: it names opencv-python (GUI, needs libGL), we use opencv-python-headless;
+# pyproject.toml lists its real requirements. One OpenCV is installed: `pip list | grep -i opencv` shows one line
+# (and pip says "insightface requires opencv-python, which is not installed": expected, cv2 is there).
+python -m pip install --no-deps "insightface>=0.7.3"
 python -m pip install -e '.[dev]'
-# The report's browser test renders report.html in headless chromium (Debian's package);
-# elsewhere that test skips.
+# The review page's browser tests render report.html in headless chromium (Debian's package);
+# elsewhere they skip.
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq chromium \
         || echo "install.sh: chromium could not be installed; the report's browser test will skip" >&2

@@ -7,12 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from film_restore import report
-from film_restore.faces.align import warp_to_crop
 from film_restore.finish import steps
 from film_restore.finish.device import Finish
 from film_restore.finish.guards import summarise
-from film_restore.finish.measures import texture_ratio
 from film_restore.finish.window import Window
 from film_restore.interlace import FieldWeaver, field_frames, restored_field_order
 from film_restore.records import Chunk, ChunkResult, Frame, Track
@@ -106,7 +103,7 @@ class Composer:
         else:
             finishing, guard = steps.finishing(self.restore, plan, settings, result)
             parts = lambda: guard.parts  # noqa: E731
-        chain = [steps.Align(plan, settings.face_size), *finishing, steps.Blend(result, _Samples(tracks, result))]
+        chain = [steps.Align(plan, settings.face_size), *finishing, steps.Blend(result)]
         chain = steps.Chain(chain)
         self.cpu_seconds = chain.cpu_seconds
         for window in _windows(frames):
@@ -136,24 +133,3 @@ def _series(parts) -> dict:
     rounded = lambda name: [round(float(value), SERIES_DECIMALS) for _, part in parts for value in getattr(part, name)]  # noqa: E731
     return {"frame": [frame for frames, _ in parts for frame in frames], "identity_in": rounded("identity_in"),
             "identity_out": rounded("identity_out"), "strength": rounded("strength")}
-
-
-class _Samples:
-    """The report's sample of each track, on its middle face's frame: the aligned face before and
-    after (aligned from the output frame, as it was written), the frame around it at 1:1 before and
-    after, and the face's texture ratio there."""
-
-    def __init__(self, tracks: list[Track], result: ChunkResult):
-        self.frames = {number: track.faces[len(track.faces) // 2].frame for number, track in enumerate(tracks)}
-        self.result = result
-
-    def __call__(self, frame, picture, faces) -> None:
-        sampled = [face for face in faces if self.frames.get(face.track) == frame.index]
-        if not sampled:
-            return
-        before, after = frame.picture.rgb(), picture.rgb()
-        for face in sampled:
-            ratio = texture_ratio(before, after, face.landmarks)
-            output = warp_to_crop(after, face.aligned.transform)
-            self.result.samples.append(report.face_sample(face.frame, face.actor, face.aligned.crop, output, before, after,
-                                                          face.landmarks, ratio))

@@ -14,7 +14,8 @@ from dmdnet.files import file_sha256
 from film_restore.workdir import content_hash
 
 # Bumped when a stage's results would change for the same inputs and settings.
-SCAN_VERSION, ANALYSIS_VERSION, COMPOSE_VERSION = 1, 2, 4  # analysis 2: an interlaced film is tracked field by field
+# analysis 2: an interlaced film is tracked field by field; compose 5: the face's last steps rebuilt (film_restore.finish)
+SCAN_VERSION, ANALYSIS_VERSION, COMPOSE_VERSION = 1, 2, 5
 
 
 def digest(*parts) -> str:

@@ -153,7 +153,7 @@ class Scan:
 
 @dataclass
 class ChunkResult:
-    """What composing one chunk did: counts, and before/after thumbnails per track (JPEG, base64).
+    """What composing one chunk did: counts, and the guards' measures per track.
     An interlaced film's fields are restored as pictures of their own: faces count fields, frames count frames."""
 
     index: int
@@ -163,7 +163,6 @@ class ChunkResult:
     # restored in part only, so they change from frame to frame no more than the input (compose.paste_window)
     faces_held_still: int = 0
     faces_by_actor: dict[str, int] = field(default_factory=dict)
-    samples: list[dict] = field(default_factory=list)
     tracks: list[dict] = field(default_factory=list)  # per guarded track: guards.summarise and its number
     # Interlaced films: the face regions' combing summed over frames, input and output (film_restore.interlace).
     combing: dict = field(default_factory=dict)

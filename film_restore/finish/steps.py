@@ -355,11 +355,10 @@ class AddGrain(Step):
 
 
 class Blend(Step):
-    """Each frame's faces composited and blended into its picture (window.pictures); on_frame(frame,
-    picture, faces) sees each frame with faces (the report's samples)."""
+    """Each frame's faces composited and blended into its picture (window.pictures)."""
 
-    def __init__(self, result: ChunkResult, on_frame: Callable | None = None):
-        self.result, self.on_frame = result, on_frame
+    def __init__(self, result: ChunkResult):
+        self.result = result
 
     def work(self, window: Window) -> None:
         for frame in window.frames:
@@ -367,8 +366,6 @@ class Blend(Step):
             picture = frame.picture
             for (rows, columns), layer, alpha in composite([face.region for face in faces if face.region is not None]):
                 picture = picture.blended(ops.to_numpy(layer), ops.to_numpy(alpha), (rows.start, columns.start))
-            if self.on_frame is not None and faces:
-                self.on_frame(frame, picture, faces)
             window.pictures[frame.index] = picture
             self.result.faces += len(faces)
 

@@ -211,10 +211,11 @@ class Picture:
             return np.repeat(grey[:, :, None], 3, axis=2)
         return cv2.transform(yuv.astype(np.float32), model.to_rgb)
 
-    def rgb(self) -> np.ndarray:
-        """uint8 H x W x 3 RGB for face analysis: rgb_float clipped and rounded (within 1 level; a fast fixed-point path for 8-bit)."""
+    def rgb(self, region: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """uint8 H x W x 3 RGB for face analysis: rgb_float clipped and rounded (within 1 level; a fast fixed-point path for 8-bit).
+        region (x0, y0, x1, y1): only those pixels (the same values as the whole picture's there)."""
         model = self._colour()
-        yuv = self._yuv_full()
+        yuv = self._yuv_full() if region is None else self._yuv_full(region[1], region[3], region[0], region[2])
         if yuv.ndim == 2:
             grey = np.clip((yuv.astype(np.float32) - model.luma_offset) * model.luma_to_grey + 0.5, 0, 255).astype(np.uint8)
             return np.repeat(grey[:, :, None], 3, axis=2)

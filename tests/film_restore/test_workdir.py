@@ -32,7 +32,7 @@ def test_records_come_back_exactly(tmp_path):
             assert np.array_equal(getattr(before.face, field), getattr(after.face, field)), field
 
     result = ChunkResult(0, 31, 2, faces_too_small=1, faces_held_still=1, faces_by_actor={"Actor": 2},
-                         samples=[{"frame": 10, "actor": "Actor", "before": "x", "after": "y"}])
+                         tracks=[{"track": 0, "faces": 2, "series": {"frame": [10, 11]}}])
     work.save_chunk_result(scan.chunks[0], "k", result)
     assert work.load_chunk_result(scan.chunks[0], "k") is None  # no video: not complete
     work.chunk_video(scan.chunks[0], "k").write_bytes(b"video")
