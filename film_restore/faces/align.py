@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from dmdnet.boxes import component_boxes
+from film_restore.records import AlignedFace, Face
 from film_restore.validation import check_points, check_rgb_image
 
 TEMPLATE_SIZE = 512
@@ -154,3 +156,18 @@ def _shrunk_source(frame: np.ndarray, transform: AlignmentTransform) -> tuple[np
         [0, 0, 1],
     ])
     return shrunk, transform.matrix @ shrunk_to_frame
+
+
+def align_face(frame: np.ndarray, face: Face, size: int = TEMPLATE_SIZE) -> AlignedFace:
+    """The face warped to the FFHQ template at size x size, with its landmarks, DMDNet boxes and transform.
+
+    DMDNet's boxes are defined on the 512 template; for other sizes they are computed
+    there and scaled to the crop.
+    """
+    check_rgb_image(frame, "frame")
+    if not isinstance(face, Face):
+        raise ValueError(f"align needs a Face from FaceAnalyzer.analyze, got {type(face).__name__}")
+    transform = alignment_transform(face.keypoints, size)
+    crop_landmarks = transform.to_crop(face.landmarks)
+    boxes = component_boxes(crop_landmarks, size)
+    return AlignedFace(warp_to_crop(frame, transform), crop_landmarks.astype(np.float32), boxes, transform)

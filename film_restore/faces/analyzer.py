@@ -1,18 +1,17 @@
-"""FaceAnalyzer: detection, 68 landmarks and identity of every face in a frame; align_face for DMDNet."""
+"""FaceAnalyzer: detection, 68 landmarks and identity of every face in a frame (align_face, from align.py, for DMDNet)."""
 import os
 from typing import Sequence
 
 import cv2
 import numpy as np
 
-from dmdnet.boxes import component_boxes
 from film_restore.faces.align import TEMPLATE_SIZE, AlignmentTransform, alignment_transform, warp_to_crop
 from film_restore.faces.detector import Detector
 from film_restore.faces.landmarker import Landmarker68
 from film_restore.faces.onnx import CPU_PROVIDERS
 from film_restore.faces.recogniser import Recogniser
 from film_restore.models import find_pack
-from film_restore.records import AlignedFace, Face
+from film_restore.records import Face
 from film_restore.settings import DETECTOR_SIZE
 from film_restore.validation import check_box, check_rgb_image
 
@@ -62,21 +61,6 @@ class FaceAnalyzer:
         crop = warp_to_crop(frame, transform, cv2.INTER_LINEAR)
         crop_landmarks = self.landmarker.landmarks(crop, _box_in_crop(box, transform))
         return transform.to_frame(crop_landmarks).astype(np.float32)
-
-
-def align_face(frame: np.ndarray, face: Face, size: int = TEMPLATE_SIZE) -> AlignedFace:
-    """The face warped to the FFHQ template at size x size, with its landmarks, DMDNet boxes and transform.
-
-    DMDNet's boxes are defined on the 512 template; for other sizes they are computed
-    there and scaled to the crop.
-    """
-    check_rgb_image(frame, "frame")
-    if not isinstance(face, Face):
-        raise ValueError(f"align needs a Face from FaceAnalyzer.analyze, got {type(face).__name__}")
-    transform = alignment_transform(face.keypoints, size)
-    crop_landmarks = transform.to_crop(face.landmarks)
-    boxes = component_boxes(crop_landmarks, size)
-    return AlignedFace(warp_to_crop(frame, transform), crop_landmarks.astype(np.float32), boxes, transform)
 
 
 def _box_in_crop(box: np.ndarray, transform: AlignmentTransform) -> np.ndarray:
