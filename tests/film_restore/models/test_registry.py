@@ -236,7 +236,8 @@ def test_run_without_model_flags_fetches_verifies_and_restores(publisher, tmp_pa
     assert first.returncode == 0, first.stderr[-3000:]
     assert sorted(publisher.names()) == sorted(["DMDNet.pth", *(d.name for d in COMPACT.downloads)])
     report = json.loads(output.with_name("restored.report.json").read_text())
-    assert report["checkpoint"] == {"path": str(location(DMDNET)), "source": "cache"}
+    assert report["checkpoint"] == {"path": str(location(DMDNET)), "source": "cache",
+                                    "sha256": hashlib.sha256(location(DMDNET).read_bytes()).hexdigest()}
     assert report["totals"]["faces_restored"] > 0 and output.is_file()
 
     # Used again (by the cast command: no film to decode), offline: nothing is downloaded.
