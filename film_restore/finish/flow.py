@@ -55,8 +55,8 @@ def _dis(tuned: bool):
 def _round_trip_valid(there: np.ndarray, back: np.ndarray) -> np.ndarray:
     """Where the flow `there` and the flow `back` from where it lands agree (forward-backward check)."""
     back_there = ops.warp(back[None], there[None])[0]
-    miss = ((there + back_there) ** 2).sum(-1)
-    return miss <= FB_RELATIVE * ((there ** 2).sum(-1) + (back_there ** 2).sum(-1)) + FB_ABSOLUTE
+    squared = lambda flow: flow[..., 0] ** 2 + flow[..., 1] ** 2  # noqa: E731 (not .sum(-1): slow over two values)
+    return squared(there + back_there) <= FB_RELATIVE * (squared(there) + squared(back_there)) + FB_ABSOLUTE
 
 
 def flow_side(crop_side: int, scale: float) -> int:
@@ -65,9 +65,12 @@ def flow_side(crop_side: int, scale: float) -> int:
     return int(max(min(FLOW_SIDE, round(crop_side / max(scale, 1e-6))), 8))
 
 
-def flow_picture(frame_rgb: np.ndarray, transform: AlignmentTransform, side: int) -> np.ndarray:
-    """The face's luma aligned as its crop is (transform: frame to crop) on a side x side grid, from
-    the frame itself (a crop smaller than the face in the frame would hold less of it)."""
+def flow_picture(frame_rgb: np.ndarray, transform: AlignmentTransform, side: int, crop: np.ndarray | None = None) -> np.ndarray:
+    """The face's luma aligned as its crop is (transform: frame to crop) on a side x side grid: the crop
+    shrunk where it holds that many pixels, else from the frame itself (a crop smaller than the face
+    in the frame holds less of it)."""
+    if crop is not None and side <= transform.size:
+        return cv2.resize(gray(crop), (side, side), interpolation=cv2.INTER_AREA) if side < transform.size else gray(crop)
     shrink = side / transform.size
     scaled = AlignmentTransform(transform.matrix * shrink, side)
     return gray(warp_to_crop(frame_rgb, scaled))

@@ -190,7 +190,8 @@ class Follow(Step):
 
     def _picture(self, face: WindowFace, side: int) -> np.ndarray:
         if (face.key, side) not in self.pictures:
-            self.pictures[face.key, side] = flow_picture(face.surround.rgb, face.surround.aligned(face.aligned.transform), side)
+            self.pictures[face.key, side] = flow_picture(face.surround.rgb, face.surround.aligned(face.aligned.transform), side,
+                                                         face.aligned.crop)
         return self.pictures[face.key, side]
 
 

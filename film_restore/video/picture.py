@@ -285,7 +285,13 @@ class Picture:
             def footprint_sum(values):
                 if pad[0][1] or pad[1][1]:
                     values = np.pad(values, pad)
-                return values.reshape(ch, gy, cw, gx).sum(axis=(1, 3))
+                # The footprint's samples added as strided views: far cheaper than a reduction over short axes.
+                total = values[0::gy, 0::gx].copy()
+                for dy in range(gy):
+                    for dx in range(gx):
+                        if dy or dx:
+                            total += values[dy::gy, dx::gx]
+                return total
 
             count = footprint_sum(np.ones((h, w), np.float32)) if (pad[0][1] or pad[1][1]) else float(gx * gy)
             weight = footprint_sum(a)
