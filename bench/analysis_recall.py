@@ -156,11 +156,11 @@ def main() -> None:
             reference, frames, reference_cpu, _ = run(every_frame, source)
             tracks, _, cpu, detected = run(kth, source)
             result = compare(reference, tracks)
-            percent = lambda errors, q: 100 * (np.percentile(errors, q) if len(errors) else 0.0)  # noqa: E731
+            spread = lambda errors: (f"{100 * errors.mean():.2f} / {100 * np.percentile(errors, 99):.2f}"  # noqa: E731
+                                     if len(errors) else "-")
             print(f"| {source.stem} | {frames} | {detected / frames:.0%} | {result.face_frames} | {result.recall:.2%} | "
                   f"{result.extra} | {result.reference_tracks} / {result.tracks} | {'yes' if result.same_tracks else 'NO'} | "
-                  f"{100 * result.landmark_errors.mean():.2f} / {percent(result.landmark_errors, 99):.2f} | "
-                  f"{100 * result.keypoint_errors.mean():.2f} / {percent(result.keypoint_errors, 99):.2f} | "
+                  f"{spread(result.landmark_errors)} | {spread(result.keypoint_errors)} | "
                   f"{1e3 * reference_cpu / frames:.0f} / {1e3 * cpu / frames:.0f} |", flush=True)
 
 
