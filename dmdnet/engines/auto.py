@@ -3,8 +3,9 @@
 GPU: the first that loads and passes, fastest first: TensorRT, onnxruntime (TensorRT or CUDA
 provider), torch, each at the precision asked for (auto: float16; float32 keeps every
 engine's arithmetic in float32, so auto still prefers TensorRT to eager torch). CPU: every
-candidate that loads is checked and timed on one face against eager float32 and the fastest wins; the measurement is kept in
-the engine cache (per CPU, library versions, threads and model), so it runs once per node.
+candidate that loads is checked and timed on one face against eager float32 and the fastest
+wins; the measurement is kept in the engine cache (per CPU, library versions, threads and
+model), so it runs once per node.
 bfloat16 is a CPU candidate only where the CPU computes it natively (AVX512-BF16 or AMX).
 """
 from __future__ import annotations
