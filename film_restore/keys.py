@@ -11,11 +11,13 @@ import json
 from dataclasses import dataclass
 
 from dmdnet.files import file_sha256
+from film_restore.settings import DETECT_EVERY
 from film_restore.workdir import content_hash
 
 # Bumped when a stage's results would change for the same inputs and settings.
-# analysis 2: an interlaced film is tracked field by field; compose 5: the face's last steps rebuilt (film_restore.finish)
-SCAN_VERSION, ANALYSIS_VERSION, COMPOSE_VERSION = 1, 2, 5
+# analysis 2: an interlaced film is tracked field by field; 3: faces followed between detections.
+# compose 5: the face's last steps rebuilt (film_restore.finish).
+SCAN_VERSION, ANALYSIS_VERSION, COMPOSE_VERSION = 1, 3, 5
 
 
 def digest(*parts) -> str:
@@ -43,8 +45,8 @@ class RunKeys:
 
     @property
     def analysis(self) -> str:
-        return digest(self.scan, self.parts["versions"][1], self.parts["detector_size"], self.parts["face_models"],
-                      self.parts["cast"])
+        return digest(self.scan, self.parts["versions"][1], self.parts["detector_size"], self.parts["detect_every"],
+                      self.parts["face_models"], self.parts["cast"])
 
     @property
     def compose(self) -> str:
@@ -60,6 +62,7 @@ def job_keys(job, face_models: str, cast) -> RunKeys:
         "input_sha256": content_hash(job.input, job.workroot),
         "chunk_frames": job.chunk_frames,
         "detector_size": job.detector_size,
+        "detect_every": DETECT_EVERY,
         "face_models": face_models,
         "cast": cast_parts(cast),
         "checkpoint_sha256": job.checkpoint and content_hash(job.checkpoint, job.workroot),

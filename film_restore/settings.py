@@ -7,6 +7,10 @@ from pathlib import Path
 CHUNK_FRAMES = 250
 # Side of the square the face detector letterboxes each frame into.
 DETECTOR_SIZE = 640
+# The face detector runs on every DETECT_EVERY-th frame of a shot (and its first and last, and
+# wherever following a face fails); faces are followed by their landmarks in between
+# (film_restore.following; BENCHMARKS.md, "Face analysis: detection every k-th frame").
+DETECT_EVERY = 5
 # Faces per forward pass of the restorer; bounds memory (about 0.6 GB per face at full width on CPU).
 RESTORE_BATCH = 8
 CODEC = "auto"
@@ -26,8 +30,9 @@ STRENGTH = AUTO
 # times every candidate on a face before the first restore (minutes for the full network on a
 # 2-core machine, once per node and model), and on this project's CPUs it gained nothing
 # reliable (BENCHMARKS.md, "DMDNet engines on CPU"); a CI run would pay that for nothing. On a
-# GPU pool pass --engine auto (TensorRT fp16, else onnxruntime, else torch fp16, each checked
-# within 40 dB of float32 at actor start, TensorRT engines built once per node and cached).
+# GPU pool pass --engine auto: TensorRT, else onnxruntime, else torch, at the run's precision
+# (with --precision auto or float16: half precision), each checked within 40 dB of float32 at
+# actor start, TensorRT engines built once per node and cached.
 ENGINE = "torch"
 # float32 | bfloat16 | float16 | auto (the engine's own choice for the device: float32 on a CPU, float16 on a GPU).
 PRECISION = "float32"

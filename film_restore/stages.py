@@ -2,8 +2,8 @@
 
 Scanner      decodes the film once: every frame's timestamp, a signature for shot cuts,
              shots, and chunks of whole shots.
-FaceTracker  per chunk: faces on every frame (every field of an interlaced film), tracks within
-             shots, smoothing, identities.
+FaceTracker  per chunk: faces on every frame (every field of an interlaced film; detected on
+             every DETECT_EVERY-th, followed in between), tracks within shots, smoothing, identities.
 
 The third, composing a chunk (restore, paste back, encode), is film_restore.compose.Composer;
 film_restore.pipeline runs all three on Ray.
@@ -19,7 +19,8 @@ from film_restore.faces import FaceAnalyzer
 from film_restore.faces.identity import Identifier
 from film_restore.interlace import field_frames, field_shot
 from film_restore.records import Chunk, Scan, Track
-from film_restore.settings import DETECTOR_SIZE
+from film_restore.following import FaceFollower
+from film_restore.settings import DETECT_EVERY, DETECTOR_SIZE
 from film_restore.shots import chunk_shots, find_shots, frame_signature
 from film_restore.tracking import identify_tracks, smooth_track, track_shot
 from film_restore.video import read_frames
@@ -47,8 +48,8 @@ class FaceTracker:
     """Tracks and identities of chunks' faces: one set of face models, loaded once."""
 
     def __init__(self, models_dir, identifier: Identifier, detector_size: int = DETECTOR_SIZE,
-                 field_order: str | None = None):
-        self.analyzer = FaceAnalyzer.from_models_dir(models_dir, detector_size=detector_size)
+                 field_order: str | None = None, detect_every: int = DETECT_EVERY):
+        self.follower = FaceFollower(FaceAnalyzer.from_models_dir(models_dir, detector_size=detector_size), detect_every)
         self.identifier = identifier
         self.field_order = field_order  # interlace.restored_field_order: tracks then count fields, not frames
 
@@ -57,6 +58,6 @@ class FaceTracker:
         shots = chunk.shots
         if self.field_order is not None:
             frames, shots = field_frames(frames, self.field_order), [field_shot(shot) for shot in shots]
-        faces_by_frame = {frame.index: self.analyzer.analyze(frame.picture.rgb()) for frame in frames}
+        faces_by_frame = self.follower.faces_of_shots(frames, shots)
         tracks = [smooth_track(track) for shot in shots for track in track_shot(shot, faces_by_frame)]
         return identify_tracks(tracks, self.identifier)

@@ -1,9 +1,11 @@
 """engine="auto": the fastest engine available here that restores within 40 dB PSNR of float32.
 
-GPU: the first that loads and passes, in the order TensorRT fp16, onnxruntime fp16
-(TensorRT or CUDA provider), torch fp16. CPU: every candidate that loads is checked and
-timed on one face against eager float32 and the fastest wins; the measurement is kept in
-the engine cache (per CPU, library versions, threads and model), so it runs once per node.
+GPU: the first that loads and passes, fastest first: TensorRT, onnxruntime (TensorRT or CUDA
+provider), torch, each at the precision asked for (auto: float16; float32 keeps every
+engine's arithmetic in float32, so auto still prefers TensorRT to eager torch). CPU: every
+candidate that loads is checked and timed on one face against eager float32 and the fastest
+wins; the measurement is kept in the engine cache (per CPU, library versions, threads and
+model), so it runs once per node.
 bfloat16 is a CPU candidate only where the CPU computes it natively (AVX512-BF16 or AMX).
 """
 from __future__ import annotations
@@ -27,7 +29,9 @@ from dmdnet.model import DMDNet
 
 log = logging.getLogger("dmdnet.engines")
 CLASSES = {cls.name: cls for cls in (TorchEngine, OnnxRuntimeEngine, TensorRTEngine)}
-GPU_ORDER = (("tensorrt", "float16", {}), ("onnxruntime", "float16", {}), ("torch", "float16", {"channels_last": True}))
+# Fastest first, with the precisions each runs on a GPU (TensorRT and onnxruntime have no bfloat16).
+GPU_ORDER = (("tensorrt", ("float16", "float32"), {}), ("onnxruntime", ("float16", "float32"), {}),
+             ("torch", ("float16", "bfloat16", "float32"), {"channels_last": True}))
 CPU_CANDIDATES = (
     ("torch", "float32", {}),
     ("torch", "float32", {"channels_last": True}),
@@ -63,12 +67,18 @@ def cpu_candidates(precision: str) -> list[tuple[str, str, dict]]:
     return [c for c in candidates if precision in ("auto", c[1])]
 
 
+def gpu_candidates(precision: str) -> list[tuple[str, str, dict]]:
+    """The engines auto tries on a GPU, fastest first, at `precision` (auto: float16)."""
+    wanted = "float16" if precision == "auto" else precision
+    return [(name, wanted, options) for name, precisions, options in GPU_ORDER if wanted in precisions]
+
+
 def choose(model: DMDNet, precision: str, device: torch.device, cache=None):
     """The engine auto picks, with its reason (and a logged line for each engine passed over)."""
     lq, boxes = example_inputs(model, batch=1)
     if device.type == "cuda":
-        order = [c for c in GPU_ORDER if precision in ("auto", c[1])] or [("torch", precision, {})]
-        return _first_passing(model, order, device, cache, lq, boxes, _float32_output(model, device, lq, boxes))
+        return _first_passing(model, gpu_candidates(precision), device, cache, lq, boxes,
+                              _float32_output(model, device, lq, boxes))
     return _fastest_on_cpu(model, precision, device, cache, lq, boxes)
 
 

@@ -2,13 +2,11 @@
 import os
 from typing import Sequence
 
-import cv2
 import numpy as np
 
-from film_restore.faces.align import TEMPLATE_SIZE, AlignmentTransform, alignment_transform, warp_to_crop
+from film_restore.faces.align import TEMPLATE_SIZE, AlignmentTransform, alignment_transform
 from film_restore.faces.detector import Detector
 from film_restore.faces.landmarker import Landmarker68
-from film_restore.faces.onnx import CPU_PROVIDERS
 from film_restore.faces.recogniser import Recogniser
 from film_restore.models import find_pack
 from film_restore.records import Face
@@ -19,10 +17,11 @@ from film_restore.validation import check_box, check_rgb_image
 class FaceAnalyzer:
     """Finds faces in uint8 RGB frames: box, 5 keypoints, 68 landmarks and identity embedding of each.
 
-    Landmarks are found on the aligned template crop, where every face is upright and of
-    the same size, with the detector box mapped into the crop as the landmarker's box: as
-    accurate as a second detection on the crop (tests/film_restore/faces check it on the
-    labelled DMDNet test set), without its cost.
+    Landmarks are found in the aligned template's frame, where every face is upright and of
+    the same size, with the detector box mapped into it as the landmarker's box: as accurate
+    as a second detection on the aligned crop (tests/film_restore/faces check it on the
+    labelled DMDNet test set), without its cost; the landmarker's input is warped from the
+    frame in one step, the aligned crop itself is never made.
     """
 
     def __init__(self, detector: Detector, landmarker: Landmarker68, recogniser: Recogniser):
@@ -32,8 +31,10 @@ class FaceAnalyzer:
 
     @classmethod
     def from_models_dir(cls, models_dir: str | os.PathLike | None = None,
-                        providers: Sequence[str] = CPU_PROVIDERS, detector_size: int = DETECTOR_SIZE) -> "FaceAnalyzer":
-        """An analyzer on the model pack in models_dir (else $FILM_RESTORE_MODELS, else buffalo_l from the cache, fetched on first use)."""
+                        providers: Sequence[str] | None = None, detector_size: int = DETECTOR_SIZE) -> "FaceAnalyzer":
+        """An analyzer on the model pack in models_dir (else $FILM_RESTORE_MODELS, else buffalo_l from the cache, fetched on first use).
+
+        providers: onnxruntime's, best first; default CUDA where the installed build has it, then the CPU."""
         pack = find_pack(models_dir)
         return cls(
             Detector(pack.detector, providers, input_size=detector_size),
@@ -57,10 +58,7 @@ class FaceAnalyzer:
         check_rgb_image(frame, "frame")
         box = check_box(box)
         transform = alignment_transform(keypoints, TEMPLATE_SIZE)
-        # Linear is enough here: the landmarker shrinks the crop to its own small input.
-        crop = warp_to_crop(frame, transform, cv2.INTER_LINEAR)
-        crop_landmarks = self.landmarker.landmarks(crop, _box_in_crop(box, transform))
-        return transform.to_frame(crop_landmarks).astype(np.float32)
+        return self.landmarker.landmarks(frame, _box_in_crop(box, transform), transform)
 
 
 def _box_in_crop(box: np.ndarray, transform: AlignmentTransform) -> np.ndarray:

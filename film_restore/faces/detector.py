@@ -5,7 +5,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from insightface.model_zoo.scrfd import SCRFD
 
-from film_restore.faces.onnx import CPU_PROVIDERS, bgr, load_insightface_model
+from film_restore.faces.onnx import bgr, load_insightface_model
 from film_restore.settings import DETECTOR_SIZE
 from film_restore.validation import check_rgb_image
 
@@ -26,7 +26,7 @@ class Detector:
     tip, image-left and image-right mouth corner, in image pixels.
     """
 
-    def __init__(self, model_path, providers: Sequence[str] = CPU_PROVIDERS, input_size: int = DETECTOR_SIZE,
+    def __init__(self, model_path, providers: Sequence[str] | None = None, input_size: int = DETECTOR_SIZE,
                  score_threshold: float = 0.5, nms_threshold: float = 0.4):
         self.model_path = Path(model_path)
         self._model: SCRFD = load_insightface_model(self.model_path, SCRFD, "SCRFD detector", providers)

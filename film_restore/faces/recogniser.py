@@ -8,7 +8,7 @@ from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 from insightface.utils import face_align
 
 from film_restore.faces.align import estimate_similarity
-from film_restore.faces.onnx import CPU_PROVIDERS, bgr, load_insightface_model
+from film_restore.faces.onnx import bgr, load_insightface_model
 from film_restore.validation import check_points, check_rgb_image
 
 
@@ -21,7 +21,7 @@ class Recogniser:
     the tests check). Embeddings are L2-normalised float32: compare them by dot product.
     """
 
-    def __init__(self, model_path, providers: Sequence[str] = CPU_PROVIDERS):
+    def __init__(self, model_path, providers: Sequence[str] | None = None):
         self.model_path = Path(model_path)
         self._model: ArcFaceONNX = load_insightface_model(self.model_path, ArcFaceONNX, "recognition", providers)
         self.crop_size = int(self._model.input_size[0])

@@ -8,7 +8,7 @@ import torch
 from tests.assets import REPO, copy_graphs, save_small_checkpoint
 
 from dmdnet import engines
-from dmdnet.engines.auto import native_bfloat16
+from dmdnet.engines.auto import _first_passing, gpu_candidates, native_bfloat16
 from dmdnet.engines.onnx_engine import onnx_graph
 from dmdnet.export import example_inputs
 
@@ -89,6 +89,24 @@ def test_auto_picks_a_measured_engine_and_says_why(small_model, case, cache):
     again = engines.load(small_model, "auto", device="cpu", cache=cache)
     assert (again.name, again.precision) == (engine.name, engine.precision)
     assert "measured fastest earlier" in again.reason
+
+
+def test_auto_on_a_gpu_tries_the_fastest_engines_first_at_the_precision_asked():
+    assert gpu_candidates("auto") == [("tensorrt", "float16", {}), ("onnxruntime", "float16", {}),
+                                      ("torch", "float16", {"channels_last": True})]
+    # The run's default precision (float32) still prefers TensorRT to eager torch.
+    assert [c[:2] for c in gpu_candidates("float32")] == [("tensorrt", "float32"), ("onnxruntime", "float32"), ("torch", "float32")]
+    assert [c[:2] for c in gpu_candidates("bfloat16")] == [("torch", "bfloat16")]
+
+
+def test_auto_takes_the_first_engine_that_runs_and_says_what_it_passed_over(small_model, cache):
+    # The GPU's search run here, where TensorRT cannot run: onnxruntime float32 is next.
+    lq, boxes = example_inputs(small_model, batch=1)
+    expected = engines.load(small_model, "torch", "float32", device="cpu")(lq, boxes)
+    engine = _first_passing(small_model, gpu_candidates("float32"), torch.device("cpu"), cache, lq, boxes, expected)
+    assert (engine.name, engine.precision) == ("onnxruntime", "float32")
+    assert "first available of tensorrt float32, onnxruntime float32" in engine.reason
+    assert "tensorrt float32 unavailable" in engine.reason
 
 
 def test_tensorrt_unavailable_here_says_why(small_model, cache):

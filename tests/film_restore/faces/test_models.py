@@ -6,6 +6,8 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
+from insightface.app.common import Face as InsightfaceFace
+from insightface.model_zoo.landmark import Landmark
 from onnx import TensorProto, helper
 
 from tests.assets import asset
@@ -13,6 +15,7 @@ from film_restore.faces.align import alignment_transform, ffhq_template
 from film_restore.finish.paste import face_matte, paste_back
 from film_restore.faces.detector import Detector
 from film_restore.faces.landmarker import Landmarker68
+from film_restore.faces.onnx import CPU_PROVIDERS, preferred_providers, session_providers
 from film_restore.faces.recogniser import Recogniser
 from film_restore.faces import FaceAnalyzer, align_face
 from film_restore.models import MODELS_ENV, ModelsError, find_pack, resolve_models_dir
@@ -90,26 +93,52 @@ def test_mobilefacenet_gets_its_publishers_input_convention(analyzer, frame):
     assert np.allclose(recogniser.embedding(frame, keypoints), expected / np.linalg.norm(expected), atol=1e-5)
 
 
-def test_insightface_1k3d68_route_maps_points_back_to_the_image(tmp_path, frame):
-    # A stand-in with 1k3d68's interface (192 px input, 3309 outputs) that always predicts
-    # the same normalised points: they must come back at box centre + points x 0.75 x box side.
-    points = np.random.default_rng(0).uniform(-0.5, 0.5, (1103, 3)).astype(np.float32)
+def _stand_in_1k3d68(path, points: np.ndarray, weights: np.ndarray) -> Path:
+    """A model with 1k3d68's interface (192 px input, 3309 outputs): points + the input's channel means @ weights."""
     graph = helper.make_graph(
         [helper.make_node("GlobalAveragePool", ["data"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["flat"]),
-         helper.make_node("MatMul", ["flat", "zero"], ["product"]), helper.make_node("Add", ["product", "points"], ["fc1"])],
+         helper.make_node("MatMul", ["flat", "weights"], ["product"]), helper.make_node("Add", ["product", "points"], ["fc1"])],
         "stand_in_1k3d68",
         [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 192, 192])],
         [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, [1, 3309])],
-        [helper.make_tensor("zero", TensorProto.FLOAT, [3, 3309], np.zeros(3 * 3309, np.float32)),
-         helper.make_tensor("points", TensorProto.FLOAT, [3309], points.ravel())],
+        [helper.make_tensor("weights", TensorProto.FLOAT, [3, 3309], weights.astype(np.float32).ravel()),
+         helper.make_tensor("points", TensorProto.FLOAT, [3309], points.astype(np.float32).ravel())],
     )
-    path = tmp_path / "1k3d68.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
-    landmarker = Landmarker68.load(path)
+    return path
+
+
+def test_insightface_1k3d68_route_maps_points_back_to_the_image(tmp_path, frame):
+    # A stand-in that always predicts the same normalised points: they must come back at
+    # box centre + points x 0.75 x box side.
+    points = np.random.default_rng(0).uniform(-0.5, 0.5, (1103, 3)).astype(np.float32)
+    landmarker = Landmarker68.load(_stand_in_1k3d68(tmp_path / "1k3d68.onnx", points, np.zeros((3, 3309))))
     box = np.array([100.0, 120.0, 300.0, 360.0])
     found = landmarker.landmarks(frame, box)
     expected = (box[:2] + box[2:]) / 2 + points[-68:, :2] * 0.75 * 240
     assert found.shape == (68, 2) and np.allclose(found, expected, atol=0.05)
+
+
+def test_insightface_1k3d68_sees_what_insightface_gives_it(tmp_path, frame):
+    # The stand-in's points move with the mean of each input channel, so a swapped channel
+    # order or another normalisation than insightface's Landmark.get would move them.
+    rng = np.random.default_rng(1)
+    path = _stand_in_1k3d68(tmp_path / "1k3d68.onnx", rng.uniform(-0.5, 0.5, (1103, 3)), rng.normal(0, 0.5, (3, 3309)))
+    box = np.array([100.0, 120.0, 300.0, 360.0])
+    found = Landmarker68.load(path).landmarks(frame, box)
+    theirs = Landmark(str(path), onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
+    expected = theirs.get(np.ascontiguousarray(frame[..., ::-1]), InsightfaceFace(bbox=box))[:, :2]
+    assert np.abs(found - expected).max() < 1.0
+
+
+def test_face_models_run_on_cuda_where_the_onnxruntime_build_has_it():
+    cuda, cpu = "CUDAExecutionProvider", "CPUExecutionProvider"
+    assert preferred_providers([cpu, cuda]) == (cuda, cpu)
+    assert preferred_providers(["TensorrtExecutionProvider", cuda, cpu]) == (cuda, cpu)
+    assert preferred_providers(["AzureExecutionProvider", cpu]) == (cpu,)
+    # By default the installed build decides (this machine's has no CUDA, a GPU node's onnxruntime-gpu has).
+    assert preferred_providers() == preferred_providers(onnxruntime.get_available_providers())
+    assert session_providers(None) == list(preferred_providers()) and session_providers(CPU_PROVIDERS) == [cpu]
 
 
 def test_faces_are_typed_and_frozen(analyzer, frame):
