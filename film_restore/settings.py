@@ -7,6 +7,13 @@ from pathlib import Path
 CHUNK_FRAMES = 250
 # Side of the square the face detector letterboxes each frame into.
 DETECTOR_SIZE = 640
+# Attempts at each chunk's stage (and at the scan) before the run ends with exit status 5: a lost
+# worker (killed, out of memory, its node gone) or an error costs one; the chunk is sent again after
+# a pause that doubles (film_restore.pipeline.chunks), and a lost actor is restarted by Ray.
+CHUNK_ATTEMPTS = 3
+# Chunks sent to each worker ahead of their results (one at work, one waiting): the driver and
+# Ray's object store hold this many per worker whatever the film's length, and no worker idles.
+CHUNKS_IN_FLIGHT_PER_WORKER = 2
 # Faces per forward pass of the restorer; bounds memory (about 0.6 GB per face at full width on CPU).
 RESTORE_BATCH = 8
 CODEC = "auto"
