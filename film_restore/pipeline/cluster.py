@@ -99,11 +99,20 @@ def restore_gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
-# Every stage's worker is tried again when it fails, but by the driver (pipeline.chunks), which
+# Every stage's work is tried again when it fails, but by the driver (pipeline.chunks), which
 # counts attempts per chunk, pauses between them and ends the run in one line: Ray itself retries
-# nothing. Actors come back however often their processes or nodes are lost over a night (a chunk
+# no chunk. Actors come back however often their processes or nodes are lost over a night (a chunk
 # that keeps failing is what ends a run), and a restarted actor loads its models again in __init__.
 RESTARTING_ACTOR = {"max_restarts": -1, "max_task_retries": 0}
+# How long a lost actor may take to come back (Ray restarts it, maybe after an autoscaler has
+# started a node for it) before the work waiting for it counts it as lost for good.
+WORKER_RETURN_S = 600
+
+
+def back(actor):
+    """A reference that resolves (to the actor's process id) once the actor is alive again: Ray sends the
+    call again through every restart; ActorDiedError if it is gone for good."""
+    return actor.ready.options(max_task_retries=-1).remote()
 
 
 @ray.remote(max_retries=0)
@@ -127,6 +136,9 @@ class AnalyseActor:
         self.tracker = FaceTracker(models_dir, identifier, detector_size, field_order)
         self.path, self.work, self.key = Path(path), work, key
 
+    def ready(self) -> int:
+        return os.getpid()
+
     def analyse(self, chunk: Chunk, frame_pts: tuple[int, ...]) -> list[TrackOutline]:
         tracks = self.tracker(self.path, chunk, frame_pts)
         self.work.save_tracks(chunk, self.key, tracks)
@@ -148,6 +160,9 @@ class RestoreActor:
         self.batcher = BatchingRestorer(self.restorer.restore, batch_size=batch)
         self.faces = counter("film_restore_faces_restored", "faces restored by DMDNet")
         self.film = film
+
+    def ready(self) -> int:
+        return os.getpid()
 
     def restore(self, crops, boxes, actor):
         self.faces.inc(len(crops), tags={"film": self.film})
@@ -190,7 +205,14 @@ class InFlight:
 @ray.remote(max_retries=0)
 def compose_task(info: VideoInfo, settings: ComposeSettings, restorer, chunk: Chunk, frame_pts: tuple[int, ...],
                  work: WorkFolder, keys: RunKeys, film: str) -> int:
-    """Restores, composes and encodes one chunk into the work folder from its stored tracks; returns its frames."""
+    """Restores, composes and encodes one chunk into the work folder from its stored tracks; returns its frames.
+
+    Waits first for the restore actor to be alive: after a loss, the chunks sent again wait for its
+    restart rather than failing against it."""
+    try:
+        ray.get(back(restorer), timeout=WORKER_RETURN_S)
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:
+        raise StageFailed(cause_of(error, "restore")) from None
     tracks = work.load_tracks(chunk, keys.analysis)
     result = Composer(info, settings, RemoteRestore(restorer))(chunk, tracks, frame_pts, work.chunk_video(chunk, keys.compose))
     work.save_chunk_result(chunk, keys.compose, result)

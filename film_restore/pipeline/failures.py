@@ -154,6 +154,8 @@ def cause_of(error: BaseException, stage: str | None = None) -> Cause:
         if isinstance(raised, StageFailed):
             return raised.cause
         return _raised_cause(raised, detail, stage)
+    if isinstance(error, ray.exceptions.GetTimeoutError):
+        return Cause("lost", "worker lost and not back in time", detail, stage)
     if isinstance(error, ray.exceptions.OutOfMemoryError):
         return Cause("memory", "killed by Ray's memory monitor (out of memory)", detail, stage)
     if isinstance(error, (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
