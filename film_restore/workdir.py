@@ -131,10 +131,11 @@ class WorkFolder:
         video = self.chunk_video(chunk, key)
         write_json(video.with_suffix(".json"), {"result": dataclasses.asdict(result), "video_bytes": video.stat().st_size})
 
-    def remove_videos(self) -> None:
-        """Drops the restored chunk videos once the output holds them (they are as large as the film)."""
-        for video in (self.folder / "chunks").glob("*.video"):
-            video.unlink()
+    def remove_chunks(self) -> None:
+        """Drops the restored chunks (videos and totals) once the output holds them: they are as large as the film."""
+        for done in (self.folder / "chunks").glob("*.json"):
+            done.unlink()  # first: a totals file without its video would be a damaged chunk
+            done.with_suffix(".video").unlink(missing_ok=True)
 
     def _scan(self, key: str) -> Path:
         return self.folder / f"scan-{key}.json"

@@ -29,6 +29,7 @@ from film_restore.pipeline.failures import (
     NotWritable,
     cause_of,
     failure_line,
+    in_ray,
 )
 from film_restore.settings import CHUNK_ATTEMPTS, CHUNKS_IN_FLIGHT_PER_WORKER
 
@@ -78,7 +79,8 @@ class Stage:
                 if not in_flight and not returning:
                     time.sleep(max(0.0, min(WAIT_S, due[0][0] - time.monotonic())) if due else WAIT_S)
                     continue
-                ready, _ = ray.wait([*in_flight, *returning], num_returns=1, timeout=WAIT_S)
+                with in_ray():
+                    ready, _ = ray.wait([*in_flight, *returning], num_returns=1, timeout=WAIT_S)
                 for reference in ready:
                     if reference in returning:
                         self._returned(reference, returning, gone)
@@ -86,7 +88,8 @@ class Stage:
                     unit, worker = in_flight.pop(reference)
                     load[worker] -= 1
                     try:
-                        result = ray.get(reference)
+                        with in_ray():
+                            result = ray.get(reference)
                     except ray.exceptions.RayError as error:
                         cause = cause_of(error)
                         pause = self._failed(unit, cause, failures)
@@ -117,7 +120,8 @@ class Stage:
     def _returned(self, reference, returning: dict, gone: set) -> None:
         worker, _ = returning.pop(reference)
         try:
-            ray.get(reference)
+            with in_ray():
+                ray.get(reference)
         except ray.exceptions.RayError as error:
             gone.add(worker)
             self._check_workers_left(gone, cause_of(error).text)

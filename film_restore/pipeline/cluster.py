@@ -20,7 +20,7 @@ from ray._private.utils import read_ray_address
 from film_restore.batching import BatchingRestorer
 from film_restore.compose import Composer, ComposeSettings
 from film_restore.keys import RunKeys
-from film_restore.pipeline.failures import InputError, NoCluster, StageFailed, cause_of
+from film_restore.pipeline.failures import InputError, NoCluster, StageFailed, cause_of, in_ray
 from film_restore.records import Chunk, Scan, TrackOutline
 from film_restore.restore import FaceRestorer
 from film_restore.stages import FaceTracker, Scanner
@@ -50,7 +50,8 @@ def init_ray(address: str | None = None) -> None:
         _check_answers(address)
     dashboard = os.environ.get("FILM_RESTORE_DASHBOARD", "1") != "0"
     caller_stops = signal.getsignal(signal.SIGTERM)
-    ray.init(address=address, include_dashboard=dashboard, log_to_driver=True, configure_logging=False)
+    with in_ray():
+        ray.init(address=address, include_dashboard=dashboard, log_to_driver=True, configure_logging=False)
     if callable(caller_stops) and threading.current_thread() is threading.main_thread():
         # ray.init makes SIGTERM exit at once; a caller that stops cleanly on it (run.py) keeps its own.
         signal.signal(signal.SIGTERM, caller_stops)
@@ -79,6 +80,16 @@ def counter(name: str, description: str):
     from ray.util.metrics import Counter
 
     return Counter(name, description=description, tag_keys=("film",))
+
+
+def gathered(references: list) -> list:
+    """ray.get of the references, waiting in short steps so that a signal stops the run meanwhile."""
+    pending = list(references)
+    while pending:
+        with in_ray():
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+    with in_ray():
+        return ray.get(references)
 
 
 def cpu_workers(wanted: int) -> int:

@@ -76,17 +76,29 @@ class Interrupted(PipelineError):
         return self.message or f"{'interrupted' if self.signum == signal.SIGINT else 'stopped'} ({signal.Signals(self.signum).name})"
 
 
+class _Signals:
+    """The signal received (None: none yet), whether Interrupted was raised for it, and how many of Ray's
+    blocking calls the main thread is in."""
+
+    received: int | None = None
+    raised: bool = False
+    in_ray: int = 0
+
+
 @contextlib.contextmanager
 def stopping_on_signals():
-    """SIGINT and SIGTERM raise Interrupted in the main thread while the block runs: the run's own cleanup
-    (workers killed, temporary files removed, nothing at the output path) runs before it ends; a second
-    signal during that cleanup is ignored so that it completes."""
-    received = []
+    """SIGINT and SIGTERM raise Interrupted in the main thread while the block runs, so that the run's own
+    cleanup (workers killed, temporary files removed, nothing at the output path) runs before it ends. In
+    one of Ray's blocking calls (in_ray) it is raised as the call returns. A second signal during the
+    cleanup is ignored so that it completes."""
+    _Signals.received, _Signals.raised = None, False
 
     def interrupt(signum, frame):
-        if not received:
-            received.append(signum)
-            raise Interrupted(signum)
+        if _Signals.received is None:
+            _Signals.received = signum
+            if not _Signals.in_ray:
+                _Signals.raised = True
+                raise Interrupted(signum)
 
     previous = {number: signal.signal(number, interrupt) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -94,6 +106,20 @@ def stopping_on_signals():
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+@contextlib.contextmanager
+def in_ray():
+    """Around a blocking call into Ray (which cannot take an exception from a signal handler): a signal
+    received meanwhile raises Interrupted as the call returns. Keep the call short (a wait with a timeout)."""
+    _Signals.in_ray += 1
+    try:
+        yield
+    finally:
+        _Signals.in_ray -= 1
+    if _Signals.received is not None and not _Signals.raised and not _Signals.in_ray:
+        _Signals.raised = True
+        raise Interrupted(_Signals.received)
 
 
 def is_storage_error(error: BaseException) -> bool:

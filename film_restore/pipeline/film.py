@@ -31,16 +31,18 @@ from film_restore.pipeline.cluster import (
     RestoreActor,
     compose_task,
     cpu_workers,
+    gathered,
     init_ray,
     restore_gpus,
     scan_task,
 )
-from film_restore.pipeline.failures import FailureLog, InputError, Interrupted, ModelError, NotWritable
+from film_restore.pipeline.failures import FailureLog, InputError, Interrupted, ModelError, NotWritable, in_ray
 from film_restore.pipeline.job import Job
 from film_restore.pipeline.progress import Progress
 from film_restore.records import Chunk, Scan, TrackOutline
 from film_restore.settings import CHUNKS_IN_FLIGHT_PER_WORKER
 from film_restore.video import check_output, join, probe
+from film_restore.video.formats import StorageError
 from film_restore.workdir import DamagedResult, WorkFolder, failure_log
 
 
@@ -99,7 +101,8 @@ class FilmRun:
             scan = self._timed("scan", self.scan)
             self.chunks = len(scan.chunks)
             self.progress.say(f"{len(scan.frame_pts)} frames, {len(scan.shots)} shots, {len(scan.chunks)} chunks")
-            frame_pts = ray.put(scan.frame_pts)  # once for every worker of the run
+            with in_ray():
+                frame_pts = ray.put(scan.frame_pts)  # once for every worker of the run
             self.stage = "analyse"
             outlines = self._timed("analyse", lambda: self.analyse(scan, frame_pts))
             results = []
@@ -110,10 +113,13 @@ class FilmRun:
                 self.stage = "join"
                 self._timed("join", lambda: join([self.work.chunk_video(c, self.keys.compose) for c in scan.chunks],
                                                  self.job.input, self.job.output, self.info, frame_pts=scan.frame_pts))
-                self.work.remove_videos()
+                self.work.remove_chunks()
         except Interrupted as stop:
             raise Interrupted(stop.signum, f"{self.film}: {stop} during the {self.stage}; {self.state()}: "
                                            "rerun with --resume") from None
+        except StorageError as error:  # the output's folder
+            raise NotWritable(f"{self.film}: {error}; the restored chunks are kept: rerun with --resume once it is "
+                              "writable") from None
         self.timings["total"] = time.perf_counter() - self._started
         report = reports.build(self, scan, outlines, results)
         reports.write(report, self.job.report_path)
@@ -234,7 +240,7 @@ class FilmRun:
                 self.info, settings, restorers[chunk.index % len(restorers)], chunk, frame_pts, self.work, self.keys,
                 self.film)
             self._stage("compose", [None] * slots, submit).run(missing, finished)
-            self.batching = _merged_counts(ray.get([restorer.batching.remote() for restorer in restorers]))
+            self.batching = _merged_counts(gathered([restorer.batching.remote() for restorer in restorers]))
         finally:
             for restorer in restorers:
                 ray.kill(restorer)
@@ -243,7 +249,7 @@ class FilmRun:
         """What runs DMDNet in the restorers (distinct descriptions), each said once; a restorer that
         could not start is a ModelError with its reason."""
         try:
-            described = ray.get([restorer.engine.remote() for restorer in restorers])
+            described = gathered([restorer.engine.remote() for restorer in restorers])
         except ray.exceptions.RayActorError as error:
             # The error its constructor raised is the last "SomeError: message" line of Ray's text.
             raised = [line.strip() for line in str(error).splitlines() if re.match(r"\s*[\w.]*(Error|Exception|Unavailable): ", line)]
