@@ -6,7 +6,6 @@ the pipeline's code is unchanged, only its workers misbehave.
 """
 from __future__ import annotations
 
-import os
 
 from tests.assets import REPO
 
