@@ -144,21 +144,23 @@ def test_killed_run_resumes_without_redoing_finished_chunks(setup, full_run):
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not output.exists()
-    finished = {path: path.stat().st_mtime_ns for path in workdir.rglob("chunks/*.json")}
+    finished = [json.loads(path.read_text())["result"] for path in workdir.rglob("chunks/*.json")]
     assert 0 < len(finished) < CHUNKS
 
     restore(setup, "--codec", "ffv1", "--workdir", workdir, "--resume", output=output)
-    assert all(path.stat().st_mtime_ns == mtime for path, mtime in finished.items())
-    assert len(list(workdir.rglob("chunks/*.json"))) == CHUNKS
+    report = json.loads(output.with_name("resumed.report.json").read_text())
+    # This run's restorers restored the faces of the other chunks only.
+    assert report["restore_batching"]["faces"] == report["totals"]["faces_restored"] - sum(r["faces"] for r in finished)
+    assert not list(workdir.rglob("chunks/*")), "the restored chunks are dropped once the output holds them"
     resumed_pts, resumed_frames = decoded(output)
     complete_pts, complete_frames = decoded(full_run)
     assert resumed_pts == complete_pts
     assert all(np.array_equal(a, b) for a, b in zip(resumed_frames, complete_frames))
 
 
-@pytest.mark.parametrize("problem", ["truncated input", "missing cast image", "cast image without a face",
-                                     "missing checkpoint"])
-def test_bad_input_is_one_line_error_with_no_output(setup, problem, tmp_path):
+@pytest.mark.parametrize("problem, exit_status", [("truncated input", 3), ("missing cast image", 3),
+                                                  ("cast image without a face", 3), ("missing checkpoint", 4)])
+def test_bad_input_is_one_line_error_with_no_output(setup, problem, exit_status, tmp_path):
     broken = dict(setup)
     if problem == "truncated input":
         data = setup["film"].read_bytes()
@@ -178,7 +180,8 @@ def test_bad_input_is_one_line_error_with_no_output(setup, problem, tmp_path):
     output = tmp_path / "out.mkv"
     result = restore(broken, "--workdir", tmp_path / "work", output=output, expect_ok=False)
     lines = result.stderr.strip().splitlines()
-    assert lines and lines[-1].startswith("error: "), result.stderr[-2000:]
+    assert result.returncode == exit_status and lines[-1].startswith("error: "), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "Traceback" in (tmp_path / "work" / f"{broken['film'].name}.log").read_text()
     assert not output.exists()
     assert sha256(broken["film"]) == before
 
