@@ -68,13 +68,13 @@ class FilmRun:
                 self.progress.say(f"note: {warning}")
         if whole_frames_note(self.info):
             self.progress.say(f"note: {whole_frames_note(self.info)}")
-        init_ray(job.address)  # before the slow preparations: a cluster that does not answer fails now
         # Resolved once (flag, environment, cache, shipped model); a dry run restores nothing and needs none.
         self.checkpoint = None if job.dry_run else resolve_checkpoint(job.checkpoint)
         if self.checkpoint is not None and self.checkpoint.note:
             self.progress.say(f"note: {self.checkpoint.note}")
         self.job = job = dataclasses.replace(job, checkpoint=self.checkpoint and self.checkpoint.path)
         self.cast = Cast.load(job.cast)
+        init_ray(job.address)  # after the quick checks, before the slow preparations: a dead cluster fails now
         self.pack = find_pack(job.models)
         face_models = pack_id(self.pack)
         store = CastStore(CastStore.default_folder(self.cast), FaceAnalyzer.from_models_dir(self.pack.directory), face_models)
