@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 
 import ray
 
-from film_restore.pipeline.cluster import WORKER_RETURN_S, back
+from film_restore.pipeline.cluster import WAIT_S, WORKER_RETURN_S, back
 from film_restore.pipeline.failures import (
     ChunkFailed,
     FailureLog,
@@ -35,8 +35,6 @@ from film_restore.settings import CHUNK_ATTEMPTS, CHUNKS_IN_FLIGHT_PER_WORKER
 
 # The pause before a unit's second attempt; it doubles for each further one (1 s, 2 s, 4 s, ...).
 RETRY_PAUSE_S = 1.0
-# How long the driver blocks in one wait for results, so that a retry falls due on time.
-WAIT_S = 1.0
 
 
 @dataclass

@@ -3,7 +3,9 @@
 With no cluster address it starts an embedded local Ray; under `ray job submit` (or with
 RAY_ADDRESS set, or --address) it joins that cluster unchanged. Actors are named by stage in the Ray
 dashboard (`film_restore.analyse-0-PID`, `film_restore.restore-0-PID`, ...) and
-`ray.util.metrics` counters report frames, faces and chunks done per film.
+`ray.util.metrics` counters report frames, faces and chunks done per film. A lost actor is
+restarted by Ray and loads its models again; the work it held is sent again by the driver
+(pipeline.chunks). Workers store their results in the work folder themselves.
 """
 from __future__ import annotations
 
@@ -82,12 +84,16 @@ def counter(name: str, description: str):
     return Counter(name, description=description, tag_keys=("film",))
 
 
+# The longest the driver blocks in one of Ray's calls: a signal stops the run, and a retry falls due, on time.
+WAIT_S = 1.0
+
+
 def gathered(references: list) -> list:
     """ray.get of the references, waiting in short steps so that a signal stops the run meanwhile."""
     pending = list(references)
     while pending:
         with in_ray():
-            _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=WAIT_S)
     with in_ray():
         return ray.get(references)
 

@@ -103,7 +103,7 @@ class FilmRun:
             self.progress.say(f"{len(scan.frame_pts)} frames, {len(scan.shots)} shots, {len(scan.chunks)} chunks")
             with in_ray():
                 frame_pts = ray.put(scan.frame_pts)  # once for every worker of the run
-            self.stage = "analyse"
+            self.stage = "analysis"
             outlines = self._timed("analyse", lambda: self.analyse(scan, frame_pts))
             results = []
             if not self.job.dry_run:
