@@ -7,7 +7,7 @@ film runs once first, unmeasured, to build the cast's store (reference faces, di
 starts its own local Ray and runs `python -m film_restore.run` joined to it, so that the driver is
 a process of its own: its peak RSS is what the kernel reports when it ends (wait4's ru_maxrss);
 the workers' (children of the raylet, named by their process title: ray::AnalyseActor,
-ray::RestoreActor, ray::compose_task) is their VmHWM, read every SAMPLE_S; the object store's use
+ray::RestoreActor, ray::film_restore.compose-N) is their VmHWM, read every SAMPLE_S; the object store's use
 comes from the raylet's memory statistics, read as often.
 
     FILM_RESTORE_ASSETS=../shared python -m bench.memory_flat [--shots 6] [--frames-per-shot 6] [--size 640x360]
