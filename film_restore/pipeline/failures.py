@@ -148,7 +148,7 @@ class Cause:
     kind: "lost" (the worker's process or node died), "memory" (MemoryError, or killed by Ray's memory
     monitor), "input" or "storage" (no other attempt can succeed: bad input, a folder not writable) or
     "raised" (any other error); stage: the stage that failed when it is not the one called (a compose
-    actor's restore requests); text: one line; detail: the whole of it, with the worker's traceback.
+    task's restore requests); text: one line; detail: the whole of it, with the worker's traceback.
     """
 
     kind: str
@@ -156,13 +156,9 @@ class Cause:
     detail: str
     stage: str | None = None
 
-    @property
-    def retry(self) -> bool:
-        return self.kind not in ("input", "storage")
-
 
 class StageFailed(Exception):
-    """Raised by a worker when a stage it called failed (a compose actor's restore requests): carries that Cause."""
+    """Raised by a worker when a stage it called failed (a compose task's restore requests): carries that Cause."""
 
     def __init__(self, cause: Cause):
         super().__init__(cause)

@@ -20,6 +20,7 @@ from pathlib import Path
 import av
 import pytest
 
+from film_restore.settings import CHUNKS_IN_FLIGHT_PER_WORKER
 from tests.assets import REPO
 from tests.small_case import make_case
 
@@ -102,9 +103,13 @@ def test_killed_workers_and_a_lost_node_are_survived_bit_identical(case, ray_hea
     def alive(stage):
         return [actor for actor in run.actors(stage) if actor["state"] == "ALIVE" and actor["pid"]]
 
+    in_flight = []  # this run's compose tasks sent and not ended, at each look
+
     def composing(on_node: bool):
-        return [task for task in ray_head.state("tasks") if task["name"].startswith("film_restore.compose-")
-                and task["state"] == "RUNNING" and task.get("worker_pid") and task["job_id"] == killed["analyse"]["job_id"]
+        tasks = [task for task in ray_head.state("tasks") if task["name"].startswith("film_restore.compose-")
+                 and task["job_id"] == killed["analyse"]["job_id"]]
+        in_flight.append(sum(task["state"] not in ("FINISHED", "FAILED") for task in tasks))
+        return [task for task in tasks if task["state"] == "RUNNING" and task.get("worker_pid")
                 and (task.get("node_id") == node.node_id) == on_node]
 
     def left(stage: str) -> None:
@@ -135,6 +140,8 @@ def test_killed_workers_and_a_lost_node_are_survived_bit_identical(case, ray_hea
     assert restarts[killed["analyse"]["name"]] >= 1 and restarts[killed["restore"]["name"]] >= 1, restarts
     assert "stage compose: worker lost" in stderr, stderr[-3000:]
     assert "Traceback" not in stderr
+    # Back-pressure: never more chunks sent than CHUNKS_IN_FLIGHT_PER_WORKER per compose slot (3 CPUs).
+    assert 0 < max(in_flight) <= 3 * CHUNKS_IN_FLIGHT_PER_WORKER < SHOTS, in_flight
     assert {n["node_id"]: n["state"] for n in ray_head.state("nodes")}[node.node_id] == "DEAD"
 
 
