@@ -106,9 +106,9 @@ def main() -> None:
         print("| tracks with pictures | pictures decoded | seconds | s per track | MB |")
         print("|---|---|---|---|---|")
         for limit in map(int, args.limits.split(",")):
-            entries = [{"id": f"s{t.shot}t{i}"} for i, t in enumerate(tracks)]
+            entries = [{"id": f"s{t.shot}t{i}", "chunk": 0, "number": i, "faces": len(t.faces)} for i, t in enumerate(tracks)]
             started = time.perf_counter()
-            files, cost = review_tracks(tracks, entries, pictures, limit)
+            files, cost = review_tracks(lambda chunk: tracks, entries, pictures, limit)
             seconds = time.perf_counter() - started
             print(f"| {cost['tracks_with_media']} | {cost['pictures_decoded']} | {seconds:.1f} | "
                   f"{seconds / max(cost['tracks_with_media'], 1):.2f} | {cost['bytes'] / 1e6:.1f} |")

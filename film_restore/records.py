@@ -1,7 +1,8 @@
 """The records that flow one way through film_restore's stages, and across Ray as they are.
 
     Frame -> Face -> Track (of TrackedFace) within a Shot; Shots grouped into Chunks;
-    Scan (the whole film's frames, shots, chunks) -> ChunkResult (what composing a chunk did).
+    Scan (the whole film's frames, shots, chunks) -> ChunkResult (what composing a chunk did);
+    TrackOutline: a Track without its faces, for the report.
 
 Records are frozen dataclasses (Frame and AlignedFace: named tuples); their numpy arrays
 are private read-only copies, so a record cannot change after it is made. Coordinates are
@@ -140,6 +141,23 @@ class Track:
     @property
     def last_frame(self) -> int:
         return self.faces[-1].frame
+
+
+@dataclass(frozen=True, eq=False)
+class TrackOutline:
+    """What the report needs of a Track, without its faces: a film's outlines fit in the driver's memory,
+    its faces do not. `faces` stands for the track's faces in number only (len() counts them)."""
+
+    shot: int
+    first_frame: int
+    last_frame: int
+    actor: str | None
+    similarity: float
+    faces: range
+
+    @classmethod
+    def of(cls, track: Track) -> "TrackOutline":
+        return cls(track.shot, track.first_frame, track.last_frame, track.actor, track.similarity, range(len(track.faces)))
 
 
 @dataclass(frozen=True)

@@ -49,8 +49,9 @@ def _interlace(info, results) -> dict | None:
 
 
 def build(run, scan, tracks_by_chunk, results, media_tracks: int = MEDIA_TRACKS) -> dict:
-    """The report of a FilmRun (film_restore.pipeline.film) from its stages' results, with the review page's pictures
-    of up to media_tracks tracks, decoded from the input and the output (film_restore.review)."""
+    """The report of a FilmRun (film_restore.pipeline.film) from its stages' results (tracks_by_chunk: each chunk's
+    tracks or their outlines), with the review page's pictures of up to media_tracks tracks, decoded from the input
+    and the output (film_restore.review); the tracks' faces are read from the work folder a chunk at a time."""
     job, info, cast = run.job, run.info, run.cast
     numbered = [(index, number, track) for index in sorted(tracks_by_chunk) for number, track in enumerate(tracks_by_chunk[index])]
     tracks = [track for _, _, track in numbered]
@@ -71,7 +72,8 @@ def build(run, scan, tracks_by_chunk, results, media_tracks: int = MEDIA_TRACKS)
     # The output keeps the input's timestamps, on its own container's clock (video.check_output says when that differs).
     output_pts = None if output is None or probe(output).time_base == info.time_base else frame_timestamps(output)
     pictures = Pictures(info.path, output, scan.frame_pts, seconds, restored_field_order(info), output_pts)
-    files, cost = review_tracks(tracks, entries, pictures, media_tracks, run.progress.say)
+    files, cost = review_tracks(lambda chunk: run.work.load_tracks(scan.chunks[chunk], run.keys.analysis), entries,
+                                pictures, media_tracks, run.progress.say)
     report = {
         "input": {**_video_facts(info), "sha256": run.keys.parts["input_sha256"], "frames": len(scan.frame_pts)},
         "output": None if job.dry_run else {"path": str(job.output), "codec": job.codec,

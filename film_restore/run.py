@@ -4,23 +4,29 @@
         [--models DIR] [--workdir DIR] [--resume] [--codec auto|x264|x265|prores|dnxhd|ffv1]
         [--report report.json] [--dry-run] [--strength 0..1|auto] [--grain auto|off] [--min-face PX]
         [--address HOST:PORT] [--engine torch|onnxruntime|tensorrt|auto] [--precision float32|bfloat16|float16|auto]
+        [--verbose]
 
 Runs on an embedded local Ray, or on the cluster of `ray job submit` / RAY_ADDRESS.
-The output appears only when complete; the input is never written.
+The output appears only when complete; the input is never written. A failure ends in one line
+`error: ...` and an exit status per class of failure (film_restore.pipeline.failures; README.md);
+its traceback goes to WORKDIR/INPUT_NAME.log (and to the terminal with --verbose, or for a bug).
+SIGINT and SIGTERM stop the run within seconds, keeping its finished chunks for --resume.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from pathlib import Path
 
-from dmdnet import CheckpointError
+import ray
+
 from dmdnet.engines import ENGINES, PRECISIONS
 from film_restore import settings
-from film_restore.cast import CastError
-from film_restore.models import ModelsError
-from film_restore.pipeline import Job, PipelineError, run
-from film_restore.video import CODECS, VideoError
+from film_restore.pipeline import Job, run
+from film_restore.pipeline.failures import UNEXPECTED, FailureLog, Interrupted, exit_code, stopping_on_signals
+from film_restore.video import CODECS
+from film_restore.workdir import failure_log
 
 
 def _strength(value: str):
@@ -57,6 +63,7 @@ def parser() -> argparse.ArgumentParser:
                                 "measured at start; use it on GPU nodes)")
     arguments.add_argument("--precision", choices=("auto", *PRECISIONS), default=settings.PRECISION,
                            help=f"the engine's number format (default {settings.PRECISION}; auto: the engine's choice for the device)")
+    arguments.add_argument("--verbose", action="store_true", help="print a failure's full traceback, not only its line")
     return arguments
 
 
@@ -72,12 +79,35 @@ def job_from_args(args) -> Job:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    try:
-        run(job_from_args(args))
-    except (PipelineError, VideoError, CastError, CheckpointError, ModelsError, ValueError, FileNotFoundError) as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 1
-    return 0
+    job = job_from_args(args)
+    with stopping_on_signals():
+        failure = None
+        try:
+            run(job)
+        except (Exception, KeyboardInterrupt) as error:
+            failure = error
+        if ray.is_initialized():
+            ray.shutdown()  # before the last line: nothing of Ray's prints after it
+        return 0 if failure is None else _failed(job, failure, args.verbose)
+
+
+def _failed(job: Job, error: BaseException, verbose: bool) -> int:
+    """Logs the failure with its traceback in the work folder and says it in one line; its exit status."""
+    code = exit_code(error)
+    line = " ".join(str(error).split()) or type(error).__name__
+    if code == UNEXPECTED:
+        line = f"{job.input.name}: unexpected {type(error).__name__}: {line} (a bug: please report it with its log)"
+    elif isinstance(error, Interrupted) and error.message is None:
+        line = f"{job.input.name}: {line} before its chunks were worked on"
+    log = FailureLog(failure_log(job.workroot.expanduser().absolute(), job.input))
+    details = "".join(traceback.format_exception(error))
+    log.write(f"exit status {code}: {line}", details)
+    if verbose or code == UNEXPECTED:
+        print(details, end="", file=sys.stderr)
+    if log.path.is_file():
+        print(f"{job.input.name}: details in {log.path}", file=sys.stderr)
+    print(f"error: {line}", file=sys.stderr, flush=True)
+    return code
 
 
 if __name__ == "__main__":

@@ -11,6 +11,16 @@ DETECTOR_SIZE = 640
 # wherever following a face fails); faces are followed by their landmarks in between
 # (film_restore.following; BENCHMARKS.md, "Face analysis: detection every k-th frame").
 DETECT_EVERY = 5
+# Attempts at each chunk's stage (and at the scan) before the run ends with exit status 5: a lost
+# worker (killed, out of memory, its node gone) or an error costs one; the chunk is sent again after
+# a pause that doubles (film_restore.pipeline.chunks), and a lost actor is restarted by Ray.
+CHUNK_ATTEMPTS = 3
+# Chunks sent to each worker ahead of their results (one at work, one waiting): the driver and
+# Ray's object store hold this many per worker whatever the film's length, and no worker idles.
+CHUNKS_IN_FLIGHT_PER_WORKER = 2
+# Nights in a row the nightly archive job (jobs/nightly.py) tries a film that keeps failing before it
+# stops trying it (until the film, its cast or its settings change, or --force).
+NIGHTLY_ATTEMPTS = 3
 # Faces per forward pass of the restorer; bounds memory (about 0.6 GB per face at full width on CPU).
 RESTORE_BATCH = 8
 CODEC = "auto"

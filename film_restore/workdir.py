@@ -1,13 +1,16 @@
 """The work folder: every stage's result stored under its key (film_restore.keys), as JSON.
 
+    WORKDIR/<film name>.log                  failed attempts and failed runs, with their tracebacks
     WORKDIR/<film stem>-<input hash>/
         scan-<key>.json                      frame timestamps, shots, chunks
         analysis/<chunk>-<key>.json          the chunk's tracks and identities
         chunks/<chunk>-<key>.video (+ .json) the chunk's restored video (NUT or QuickTime) and totals
 
-This is the only place records become JSON; between stages they travel as they are. Files
-appear only when complete (written beside, then renamed), so a killed run leaves nothing
-half-written in use.
+This is the only place records become JSON; between stages they travel as they are. Each chunk's
+result is keyed by the chunk and everything it depends on, so writing it again gives the same
+bytes; files appear only when complete (written beside, then renamed), so a killed run leaves
+nothing half-written in use. A result damaged afterwards (a chunk video cut short, a file that
+no longer parses: storage that lost writes in a crash) is found when loaded, removed and redone.
 """
 from __future__ import annotations
 
@@ -18,6 +21,15 @@ from pathlib import Path
 
 from dmdnet.files import file_sha256, write_json
 from film_restore.records import Chunk, ChunkResult, Face, Scan, Shot, Track, TrackedFace
+
+
+class DamagedResult(Exception):
+    """A stored result that can no longer be used (its files are removed, so the chunk is done again)."""
+
+
+def failure_log(workroot: Path, film: Path) -> Path:
+    """The log of a film's failures, in the work folder (kept across runs; the film's own folder needs its hash)."""
+    return workroot / f"{film.name}.log"
 
 
 def content_hash(path: Path, cache_folder: Path) -> str:
@@ -48,7 +60,8 @@ class WorkFolder:
         """A fresh folder, or (resume) the existing one without leftovers of a killed run."""
         if not resume and self.folder.exists():
             shutil.rmtree(self.folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        for folder in (self.folder / "analysis", self.folder / "chunks"):
+            folder.mkdir(parents=True, exist_ok=True)
         for leftover in self.folder.rglob("*.tmp"):
             leftover.unlink()
 
@@ -72,8 +85,16 @@ class WorkFolder:
         })
 
     def load_tracks(self, chunk: Chunk, key: str) -> list[Track] | None:
+        """The chunk's stored tracks, None if not stored; DamagedResult if they no longer read."""
         path = self._analysis(chunk, key)
-        return read_tracks(path) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return read_tracks(path)
+        except (ValueError, KeyError, TypeError) as error:  # JSON cut short or altered
+            path.unlink(missing_ok=True)
+            raise DamagedResult(f"the analysis of chunk {chunk.index} ({path.name}) is damaged "
+                                f"({' '.join(str(error).split())[:120]})") from None
 
     def save_tracks(self, chunk: Chunk, key: str, tracks: list[Track]) -> None:
         write_json(self._analysis(chunk, key), [
@@ -85,20 +106,36 @@ class WorkFolder:
         return self.folder / "chunks" / f"{chunk.index:05d}-{key}.video"
 
     def load_chunk_result(self, chunk: Chunk, key: str) -> ChunkResult | None:
-        """The totals of a restored chunk whose video is complete, else None."""
+        """The totals of a restored chunk, None if it is not done; DamagedResult if its video is not the
+        size it was written at (cut short, or gone) or its totals no longer read."""
         video = self.chunk_video(chunk, key)
         totals = video.with_suffix(".json")
-        if not (video.is_file() and totals.is_file()):
+        if not totals.is_file():
             return None
-        return ChunkResult(**json.loads(totals.read_text()))
+        try:
+            stored = json.loads(totals.read_text())
+            result, size = ChunkResult(**stored["result"]), stored["video_bytes"]
+        except (ValueError, KeyError, TypeError) as error:
+            problem = f"its totals ({totals.name}) are damaged ({' '.join(str(error).split())[:120]})"
+        else:
+            actual = video.stat().st_size if video.is_file() else None
+            if actual == size:
+                return result
+            problem = f"its video {video.name} is {'missing' if actual is None else f'{actual} bytes, not {size}'}"
+        totals.unlink(missing_ok=True)
+        video.unlink(missing_ok=True)
+        raise DamagedResult(f"chunk {chunk.index} is damaged: {problem}")
 
     def save_chunk_result(self, chunk: Chunk, key: str, result: ChunkResult) -> None:
-        write_json(self.chunk_video(chunk, key).with_suffix(".json"), dataclasses.asdict(result))
+        """The chunk's totals, with the size of its video (written before): the pair marks the chunk done."""
+        video = self.chunk_video(chunk, key)
+        write_json(video.with_suffix(".json"), {"result": dataclasses.asdict(result), "video_bytes": video.stat().st_size})
 
-    def remove_videos(self) -> None:
-        """Drops the restored chunk videos once the output holds them (they are as large as the film)."""
-        for video in (self.folder / "chunks").glob("*.video"):
-            video.unlink()
+    def remove_chunks(self) -> None:
+        """Drops the restored chunks (videos and totals) once the output holds them: they are as large as the film."""
+        for done in (self.folder / "chunks").glob("*.json"):
+            done.unlink()  # first: a totals file without its video would be a damaged chunk
+            done.with_suffix(".video").unlink(missing_ok=True)
 
     def _scan(self, key: str) -> Path:
         return self.folder / f"scan-{key}.json"

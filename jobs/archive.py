@@ -9,6 +9,7 @@
       precision: float32              # float32 | bfloat16 | float16 | auto
       chunk_frames: 250
       resume: true                    # reuse an interrupted run's finished chunks
+      attempts: 3                     # nights in a row a failing film is tried (then: until it changes, or --force)
     films:
       - input: films/casablanca.mkv   # required
         cast: casts/casablanca.yaml   # required (here or in defaults)
@@ -32,7 +33,8 @@ from film_restore import settings
 from film_restore.cast.castfile import NodeReader, compose_yaml
 from film_restore.video import CODECS
 
-SETTINGS = ("cast", "checkpoint", "models", "workdir", "codec", "chunk_frames", "resume", "engine", "precision")
+SETTINGS = ("cast", "checkpoint", "models", "workdir", "codec", "chunk_frames", "resume", "engine", "precision",
+            "attempts")
 FILM_FIELDS = ("input", "output", *SETTINGS)
 
 
@@ -55,6 +57,7 @@ class Film:
     codec: str = settings.CODEC
     chunk_frames: int = settings.CHUNK_FRAMES
     resume: bool = True
+    attempts: int = settings.NIGHTLY_ATTEMPTS
     engine: str = settings.ENGINE
     precision: str = settings.PRECISION
 
@@ -143,7 +146,7 @@ class _ArchiveReader(NodeReader):
                 values[name] = self.choice(value, where, ENGINES)
             elif name == "precision":
                 values[name] = self.choice(value, where, ("auto", *PRECISIONS))
-            elif name == "chunk_frames":
+            elif name in ("chunk_frames", "attempts"):
                 values[name] = self.positive_int(value, where)
             elif name == "resume":
                 values[name] = self.boolean(value, where)

@@ -18,9 +18,14 @@ stage versions); the film is skipped when that key is the same now, the output h
 recorded size and the pipeline's report (OUTPUT_STEM.report.json) names the same key. Otherwise it runs with --resume (unless `resume: false`), which
 reuses the finished chunks of an interrupted run whose settings match.
 
-At most N films run at once (-j). One film's failure never stops the others. The summary is
-written as JSON and as a short text (done, skipped, failed with the reason); the exit status
-is 0 when no film failed, 1 when one or more failed, 2 when the archive file is invalid.
+At most N films run at once (-j). One film's failure never stops the others. A film that failed
+is tried again on the next night, up to `attempts` nights in a row (archive.yaml, default
+settings.NIGHTLY_ATTEMPTS): ARCHIVE_STEM.state.json beside the archive keeps, per film, its key,
+the nights it failed, its last one-line cause and exit status; a success, a changed film, cast
+or setting (a new key) or --force starts the count again. The summary is written as JSON and as
+a short text (done, skipped, failed with the reason and the night of the count); the exit status
+is 0 when no film failed, 1 when one or more failed (or were not tried again), 2 when the archive
+file is invalid.
 """
 from __future__ import annotations
 
@@ -57,6 +62,44 @@ class Outcome:
     key: str | None = None
     log: str | None = None
     job_id: str | None = None
+    exit_status: int | None = None  # the film's run's (film_restore.pipeline.failures), when known
+    failed_nights: int = 0  # nights in a row it failed, this one included
+
+
+# --- films that keep failing: tried again on the next nights, up to their attempts -----------------------
+
+STATE_VERSION = 1
+
+
+def state_path(archive: Archive) -> Path:
+    return archive.path.with_name(f"{archive.path.stem}.state.json")
+
+
+def load_state(path: Path) -> dict:
+    """Per film output: {key, failed_nights, last_cause, last_exit_status, last_failed}; {} when none yet."""
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return state.get("films", {}) if state.get("version") == STATE_VERSION else {}
+
+
+def failed_before(state: dict, film: Film, key: str) -> int:
+    """Nights in a row this film, as it is now (same key), has failed."""
+    entry = state.get(str(film.output))
+    return entry["failed_nights"] if entry and entry.get("key") == key else 0
+
+
+def updated_state(state: dict, outcomes: list[Outcome]) -> dict:
+    state = dict(state)
+    for outcome in outcomes:
+        if outcome.status == "failed" and outcome.failed_nights:
+            state[outcome.output] = {"key": outcome.key, "failed_nights": outcome.failed_nights,
+                                     "last_cause": outcome.reason, "last_exit_status": outcome.exit_status,
+                                     "last_failed": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        elif outcome.status in ("done", "skipped"):
+            state.pop(outcome.output, None)
+    return state
 
 
 # --- is the output complete for the same settings and model? ----------------------------------
@@ -166,7 +209,7 @@ class LocalRunner:
         init_ray()  # RAY_ADDRESS's cluster, else a local Ray (FILM_RESTORE_DASHBOARD=0: without dashboard)
         self.address = ray.get_runtime_context().gcs_address
 
-    def run(self, film: Film, arguments: list[str], log_path: Path) -> tuple[bool, str, str | None]:
+    def run(self, film: Film, arguments: list[str], log_path: Path) -> tuple[bool, str, str | None, int | None]:
         # os.environ now carries what the films need to join (RAY_AUTH_MODE where Ray enabled tokens)
         environment = {**os.environ, **self.env, "RAY_ADDRESS": self.address}
         command = [sys.executable, "-m", "film_restore.run", *arguments]
@@ -175,8 +218,8 @@ class LocalRunner:
             log.flush()
             code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=environment).returncode
         if code == 0:
-            return True, "", None
-        return False, failure_reason(log_path.read_text(), f"exit status {code}"), None
+            return True, "", None, code
+        return False, failure_reason(log_path.read_text(), f"exit status {code}"), None, code
 
 
 class JobRunner:
@@ -196,7 +239,7 @@ class JobRunner:
 
         self.client = JobSubmissionClient(self.address)
 
-    def run(self, film: Film, arguments: list[str], log_path: Path) -> tuple[bool, str, str | None]:
+    def run(self, film: Film, arguments: list[str], log_path: Path) -> tuple[bool, str, str | None, int | None]:
         slug = re.sub(r"[^a-z0-9]+", "-", film.input.stem.lower()).strip("-") or "film"
         job_id = f"film-restore-{slug}-{time.strftime('%Y%m%d-%H%M%S')}-{film.index}"
         entrypoint = shlex.join(["python", "-m", "film_restore.run", *arguments])
@@ -213,10 +256,12 @@ class JobRunner:
             time.sleep(self.poll_seconds)
         logs = self.client.get_job_logs(job_id)
         log_path.write_text(f"$ ray job {job_id}: {entrypoint}\n{logs}")
+        info = self.client.get_job_info(job_id)
+        code = getattr(info, "driver_exit_code", None)
         if status == "SUCCEEDED":
-            return True, "", job_id
-        message = (self.client.get_job_info(job_id).message or "").strip().splitlines()
-        return False, failure_reason(logs, f"job {status.lower()}" + (f" ({message[0]})" if message else "")), job_id
+            return True, "", job_id, code
+        message = (info.message or "").strip().splitlines()
+        return False, failure_reason(logs, f"job {status.lower()}" + (f" ({message[0]})" if message else "")), job_id, code
 
 
 @dataclass
@@ -228,10 +273,12 @@ class Plan:
     parts: dict
     why: str
     resumed: bool
+    failed_before: int = 0
 
 
-def plan(film: Film, force: bool) -> Plan | Outcome:
-    """The film's Plan, or its Outcome when it is complete (skipped) or cannot run (failed)."""
+def plan(film: Film, force: bool, state: dict | None = None) -> Plan | Outcome:
+    """The film's Plan, or its Outcome when it is complete (skipped), cannot run or failed on its last
+    `attempts` nights (failed; state: the archive's, load_state)."""
     from film_restore.models import resolve_checkpoint, resolve_models_dir
 
     outcome = Outcome(str(film.input), str(film.output), "failed")
@@ -249,7 +296,14 @@ def plan(film: Film, force: bool) -> Plan | Outcome:
     if why is None and not force:
         outcome.status, outcome.reason = "skipped", "output complete for the same settings and model"
         return outcome
-    return Plan(film, key, parts, why or "forced", film.resume and has_partial_work(film, parts))
+    failed = 0 if force else failed_before(state or {}, film, key)
+    if failed >= film.attempts:
+        last = (state or {})[str(film.output)]["last_cause"]
+        outcome.failed_nights = failed
+        outcome.reason = (f"not tried: it failed {failed} night{'s' if failed > 1 else ''} in a row (last: {last}); "
+                          "fix the cause, then run with --force (a changed film, cast or setting is tried again by itself)")
+        return outcome
+    return Plan(film, key, parts, why or "forced", film.resume and has_partial_work(film, parts), failed)
 
 
 def execute(planned: Plan, runner, logs: Path, say) -> Outcome:
@@ -264,7 +318,7 @@ def execute(planned: Plan, runner, logs: Path, say) -> Outcome:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         outcome.log = str(log_path)
         say(f"{film.name}: {'resuming' if planned.resumed else 'running'} ({planned.why}); log {log_path}")
-        ok, reason, outcome.job_id = runner.run(film, film_arguments(film, film.resume), log_path)
+        ok, reason, outcome.job_id, outcome.exit_status = runner.run(film, film_arguments(film, film.resume), log_path)
         if ok and not (film.output.is_file() and film.report.is_file()):
             ok, reason = False, (f"the run succeeded but {film.output} or its report is not visible here: input, "
                                  "work folder and output must be on storage that every node and this machine mount")
@@ -275,6 +329,8 @@ def execute(planned: Plan, runner, logs: Path, say) -> Outcome:
             outcome.reason = reason
     except Exception as error:  # one film's problem, whatever it is, is reported and the others go on
         outcome.reason = " ".join(str(error).split()) or type(error).__name__
+    if outcome.status == "failed":
+        outcome.failed_nights = planned.failed_before + 1
     outcome.seconds = round(time.perf_counter() - started, 1)
     return outcome
 
@@ -282,6 +338,7 @@ def execute(planned: Plan, runner, logs: Path, say) -> Outcome:
 # --- the archive -------------------------------------------------------------------------------------
 
 def text_summary(archive: Archive, outcomes: list[Outcome], seconds: float) -> str:
+    attempts = {str(film.input): film.attempts for film in archive.films}
     counts = {status: sum(o.status == status for o in outcomes) for status in ("done", "skipped", "failed")}
     lines = [f"{archive.path}: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed "
              f"({len(outcomes)} films, {seconds:.0f} s)"]
@@ -291,7 +348,9 @@ def text_summary(archive: Archive, outcomes: list[Outcome], seconds: float) -> s
         elif outcome.status == "skipped":
             detail = f" -> {outcome.output}: {outcome.reason}"
         else:
-            detail = f": {outcome.reason}" + (f" (log {outcome.log})" if outcome.log else "")
+            night = f"night {outcome.failed_nights} of {attempts[outcome.input]}" if outcome.log else ""
+            notes = "; ".join(note for note in (night, outcome.log and f"log {outcome.log}") if note)
+            detail = f": {outcome.reason}" + (f" ({notes})" if notes else "")
         lines.append(f"{outcome.status:8s} {outcome.input}{detail}")
     return "\n".join(lines) + "\n"
 
@@ -351,9 +410,11 @@ def main(argv=None) -> int:
     say(f"{len(archive.films)} films from {archive.path}, {args.max_parallel} at once, "
         f"{'jobs on ' + address if address else 'local Ray'}")
 
+    state_file = state_path(archive)
+    state = load_state(state_file)
     outcomes: list[Outcome | None] = []
     for film in archive.films:
-        planned = plan(film, args.force)
+        planned = plan(film, args.force, state)
         if isinstance(planned, Outcome):
             say(f"{film.name}: {planned.status}: {planned.reason}")
         outcomes.append(planned)
@@ -387,6 +448,7 @@ def main(argv=None) -> int:
         "counts": {status: sum(o.status == status for o in outcomes) for status in ("done", "skipped", "failed")},
         "films": [asdict(outcome) for outcome in outcomes],
     })
+    write_json(state_file, {"version": STATE_VERSION, "films": updated_state(state, outcomes)})
     text = text_summary(archive, outcomes, seconds)
     summary.with_suffix(".txt").write_text(text)
     print(text, end="", flush=True)

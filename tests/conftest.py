@@ -78,3 +78,13 @@ def talking_head(tmp_path_factory):
     crops = np.stack([align_face(f, t.face, 128).crop for f, t in zip(shown, track.faces)])
     return {"frames": shown, "faces": track.faces, "crops": crops, "reference": reference,
             "embed": aligned_embedder(analyzer.recogniser), "analyzer": analyzer}
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """The session's own Ray cluster on loopback (tests/ray_head.py): a head of 2 CPUs, shared by the
+    tests that submit jobs to it or lose its workers and nodes."""
+    from tests.ray_head import started_head
+
+    with started_head() as head:
+        yield head

@@ -18,17 +18,22 @@ FRAMES_PER_CLIP = 10
 SIZE = (256, 256)
 
 
-def make_case(folder: Path) -> dict:
-    """{'folder', 'film', 'cast', 'checkpoint', 'models', 'frames'} in `folder` (made once per folder)."""
+def make_case(folder: Path, shots: int = len(CLIPS), frames_per_shot: int = FRAMES_PER_CLIP) -> dict:
+    """{'folder', 'film', 'cast', 'checkpoint', 'models', 'frames'} in `folder` (made once per folder).
+
+    shots: the clips take turns, one shot each (their first frames_per_shot frames), so a film of more
+    shots has as many chunks at --chunk-frames frames_per_shot.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     film = folder / "film.mkv"
-    make_film(film, [asset(c) for c in CLIPS], FRAMES_PER_CLIP, size=SIZE, with_audio=True)
+    make_film(film, [asset(CLIPS[shot % len(CLIPS)]) for shot in range(shots)], frames_per_shot, size=SIZE,
+              with_audio=True)
     write_references(asset(CLIPS[0]), folder / "refs" / "actor0", 2)
     cast = folder / "cast.yaml"
     cast.write_text("actors:\n  - name: Actor 0\n    references: refs/actor0/*.png\n")
     checkpoint = save_small_checkpoint(folder / "DMDNet.pth")
     return {"folder": folder, "film": film, "cast": cast, "checkpoint": checkpoint, "models": asset("models"),
-            "frames": len(CLIPS) * FRAMES_PER_CLIP}
+            "frames": shots * frames_per_shot}
 
 
 def decoded_frames(path: Path) -> int:

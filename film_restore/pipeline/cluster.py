@@ -3,15 +3,18 @@
 With no cluster address it starts an embedded local Ray; under `ray job submit` (or with
 RAY_ADDRESS set, or --address) it joins that cluster unchanged. Actors are named by stage in the Ray
 dashboard (`film_restore.analyse-0-PID`, `film_restore.restore-0-PID`, ...) and
-`ray.util.metrics` counters report frames, faces and chunks done per film.
+`ray.util.metrics` counters report frames, faces and chunks done per film. A lost actor is
+restarted by Ray and loads its models again; the work it held is sent again by the driver
+(pipeline.chunks). Workers store their results in the work folder themselves.
 """
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 import uuid
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlsplit
 
 import ray
@@ -20,11 +23,13 @@ from ray._private.utils import read_ray_address
 from film_restore.batching import BatchingRestorer
 from film_restore.compose import Composer, ComposeSettings
 from film_restore.finish.device import FinishSession
-from film_restore.pipeline.job import PipelineError
-from film_restore.records import Chunk, ChunkResult, Scan, Track
+from film_restore.keys import RunKeys
+from film_restore.pipeline.failures import InputError, NoCluster, StageFailed, cause_of, in_ray
+from film_restore.records import Chunk, Scan, TrackOutline
 from film_restore.restore import FaceRestorer
 from film_restore.stages import FaceTracker, Scanner
 from film_restore.video import VideoInfo
+from film_restore.workdir import WorkFolder
 
 
 # A cluster that does not accept a connection within this time is taken for dead.
@@ -48,7 +53,12 @@ def init_ray(address: str | None = None) -> None:
     if address != "local":
         _check_answers(address)
     dashboard = os.environ.get("FILM_RESTORE_DASHBOARD", "1") != "0"
-    ray.init(address=address, include_dashboard=dashboard, log_to_driver=True, configure_logging=False)
+    caller_stops = signal.getsignal(signal.SIGTERM)
+    with in_ray():
+        ray.init(address=address, include_dashboard=dashboard, log_to_driver=True, configure_logging=False)
+    if callable(caller_stops) and threading.current_thread() is threading.main_thread():
+        # ray.init makes SIGTERM exit at once; a caller that stops cleanly on it (run.py) keeps its own.
+        signal.signal(signal.SIGTERM, caller_stops)
 
 
 def _check_answers(address: str) -> None:
@@ -56,18 +66,18 @@ def _check_answers(address: str) -> None:
     unreachable = (f"no Ray cluster answers at {address}: start it (ray start --head), correct --address or "
                    f"RAY_ADDRESS, or give neither to run on a local Ray")
     if not target:
-        raise PipelineError(f"{unreachable} (no cluster was started on this machine)")
+        raise NoCluster(f"{unreachable} (no cluster was started on this machine)")
     parts = urlsplit(target if "://" in target else f"ray://{target}")
     try:
         host, port = parts.hostname, parts.port
     except ValueError:
         host = port = None
     if not host or not port:
-        raise PipelineError(f"the Ray address {address!r} is not host:port (or ray://host:port): correct --address or RAY_ADDRESS")
+        raise InputError(f"the Ray address {address!r} is not host:port (or ray://host:port): correct --address or RAY_ADDRESS")
     try:
         socket.create_connection((host, port), timeout=JOIN_TIMEOUT_S).close()
     except OSError as error:
-        raise PipelineError(f"{unreachable} ({host}:{port}: {error.strerror or error})") from None
+        raise NoCluster(f"{unreachable} ({host}:{port}: {error.strerror or error})") from None
 
 
 def counter(name: str, description: str):
@@ -76,22 +86,18 @@ def counter(name: str, description: str):
     return Counter(name, description=description, tag_keys=("film",))
 
 
-def get(reference):
-    """ray.get, raising a failed task's own exception (its one-line message) rather than Ray's wrapper."""
-    try:
-        return ray.get(reference)
-    except ray.exceptions.RayTaskError as error:
-        if isinstance(error.cause, Exception):
-            raise error.cause from None
-        raise
+# The longest the driver blocks in one of Ray's calls: a signal stops the run, and a retry falls due, on time.
+WAIT_S = 1.0
 
 
-def as_completed(pending: dict) -> Iterator[tuple[object, object]]:
-    """(item, result) for each {reference: item} as its task finishes; the last one leaves `pending` empty."""
+def gathered(references: list) -> list:
+    """ray.get of the references, waiting in short steps so that a signal stops the run meanwhile."""
+    pending = list(references)
     while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        item = pending.pop(done[0])
-        yield item, get(done[0])
+        with in_ray():
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=WAIT_S)
+    with in_ray():
+        return ray.get(references)
 
 
 def cpu_workers(wanted: int) -> int:
@@ -107,12 +113,28 @@ def restore_gpus() -> int:
     wanted = os.environ.get("FILM_RESTORE_GPUS", "").strip()
     if wanted:
         if not wanted.isdigit():
-            raise PipelineError(f"FILM_RESTORE_GPUS={wanted!r}: expected a number of GPUs (0 or more)")
+            raise InputError(f"FILM_RESTORE_GPUS={wanted!r}: expected a number of GPUs (0 or more)")
         return int(wanted)
     return int(ray.cluster_resources().get("GPU", 0))
 
 
-@ray.remote
+# Every stage's work is tried again when it fails, but by the driver (pipeline.chunks), which
+# counts attempts per chunk, pauses between them and ends the run in one line: Ray itself retries
+# no chunk. Actors come back however often their processes or nodes are lost over a night (a chunk
+# that keeps failing is what ends a run), and a restarted actor loads its models again in __init__.
+RESTARTING_ACTOR = {"max_restarts": -1, "max_task_retries": 0}
+# How long a lost actor may take to come back (Ray restarts it, maybe after an autoscaler has
+# started a node for it) before the work waiting for it counts it as lost for good.
+WORKER_RETURN_S = 600
+
+
+def back(actor):
+    """A reference that resolves (to the actor's process id) once the actor is alive again: Ray sends the
+    call again through every restart; ActorDiedError if it is gone for good."""
+    return actor.ready.options(max_task_retries=-1).remote()
+
+
+@ray.remote(max_retries=0)
 def scan_task(path: str, chunk_frames: int, film: str) -> Scan:
     frames = counter("film_restore_frames_decoded", "frames decoded by the scan")
     done = [0]
@@ -124,16 +146,25 @@ def scan_task(path: str, chunk_frames: int, film: str) -> Scan:
     return Scanner(chunk_frames)(Path(path), progress)
 
 
-@ray.remote
+@ray.remote(**RESTARTING_ACTOR)
 class AnalyseActor:
-    def __init__(self, models_dir: str, identifier, detector_size: int, field_order: str | None = None):
+    """Finds, tracks and identifies a chunk's faces and stores them in the work folder (work, under key)."""
+
+    def __init__(self, models_dir: str, identifier, detector_size: int, field_order: str | None, path: str,
+                 work: WorkFolder, key: str):
         self.tracker = FaceTracker(models_dir, identifier, detector_size, field_order)
+        self.path, self.work, self.key = Path(path), work, key
 
-    def analyse(self, path: str, chunk: Chunk, frame_pts) -> list[Track]:
-        return self.tracker(Path(path), chunk, frame_pts)
+    def ready(self) -> int:
+        return os.getpid()
+
+    def analyse(self, chunk: Chunk, frame_pts: tuple[int, ...]) -> list[TrackOutline]:
+        tracks = self.tracker(self.path, chunk, frame_pts)
+        self.work.save_tracks(chunk, self.key, tracks)
+        return [TrackOutline.of(track) for track in tracks]
 
 
-@ray.remote
+@ray.remote(**RESTARTING_ACTOR)
 class RestoreActor:
     def __init__(self, checkpoint: str, dictionaries: dict[str, str], batch: int, film: str, engine: str, precision: str):
         import torch
@@ -150,6 +181,9 @@ class RestoreActor:
         self.film = film
         self.device = device
         self.sessions: dict[str, FinishSession] = {}  # a GPU's compose tasks' chunks, finished here
+
+    def ready(self) -> int:
+        return os.getpid()
 
     def restore(self, crops, boxes, actor):
         self.faces.inc(len(crops), tags={"film": self.film})
@@ -194,26 +228,40 @@ class RemoteFinish(RemoteRestore):
 
     def open_session(self, plan, settings):
         session = uuid.uuid4().hex
-        get(self.actor.open_session.remote(session, plan, settings))
+        InFlight(self.actor.open_session.remote(session, plan, settings)).result()
         return (lambda number, window: InFlight(self.actor.finish.remote(session, number, window)),
                 lambda: InFlight(self.actor.close_session.remote(session)))
 
 
 class InFlight:
-    """A Ray call in flight; result() waits for it and raises the call's own exception."""
+    """A restore request in flight; result() waits for it. A failed request (the restore actor lost, or
+    raising) fails the compose task with StageFailed, so that the driver names the restore stage."""
 
     def __init__(self, reference):
         self.reference = reference
 
     def result(self):
-        return get(self.reference)
+        try:
+            return ray.get(self.reference)
+        except ray.exceptions.RayError as error:
+            raise StageFailed(cause_of(error, "restore")) from None
 
 
-@ray.remote
-def compose_task(info: VideoInfo, settings: ComposeSettings, restorer, chunk: Chunk, tracks: list[Track], frame_pts,
-                 output: str, film: str, finish_on_restorer: bool = False) -> ChunkResult:
+@ray.remote(max_retries=0)
+def compose_task(info: VideoInfo, settings: ComposeSettings, restorer, chunk: Chunk, frame_pts: tuple[int, ...],
+                 work: WorkFolder, keys: RunKeys, film: str, finish_on_restorer: bool = False) -> int:
+    """Restores, composes and encodes one chunk into the work folder from its stored tracks; returns its frames.
+
+    Waits first for the restore actor to be alive: after a loss, the chunks sent again wait for its
+    restart rather than failing against it."""
+    try:
+        ray.get(back(restorer), timeout=WORKER_RETURN_S)
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:
+        raise StageFailed(cause_of(error, "restore")) from None
+    tracks = work.load_tracks(chunk, keys.analysis)
     remote = RemoteFinish(restorer) if finish_on_restorer else RemoteRestore(restorer)
-    result = Composer(info, settings, remote)(chunk, tracks, frame_pts, Path(output))
+    result = Composer(info, settings, remote)(chunk, tracks, frame_pts, work.chunk_video(chunk, keys.compose))
+    work.save_chunk_result(chunk, keys.compose, result)
     counter("film_restore_chunks_done", "chunks restored and encoded").inc(1, tags={"film": film})
     counter("film_restore_frames_done", "frames restored and encoded").inc(result.frames, tags={"film": film})
-    return result
+    return result.frames

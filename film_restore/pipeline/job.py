@@ -8,10 +8,6 @@ from pathlib import Path
 from film_restore import settings
 
 
-class PipelineError(RuntimeError):
-    """A run that could not complete; the message says which stage and why."""
-
-
 @dataclass(frozen=True)
 class Job:
     input: Path

@@ -8,6 +8,7 @@ write_page when it writes it.
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import av
 
@@ -40,20 +41,31 @@ def frame_seconds(frame_pts, time_base, average_rate) -> list[float]:
     return [round(index / rate, 4) for index in range(len(frame_pts))]
 
 
-def review_tracks(tracks: list[Track], entries: list[dict], pictures: Pictures, media_tracks: int = MEDIA_TRACKS,
-                  say=print) -> tuple[dict, dict]:
-    """Adds to each track's report entry (with its "id", "guards" and "series" where restored) its flags, measures,
-    worst frames and, for up to media_tracks of them, its media, loop measures and texture ratio.
+def review_tracks(chunk_tracks: Callable[[int], list[Track]], entries: list[dict], pictures: Pictures,
+                  media_tracks: int = MEDIA_TRACKS, say=print) -> tuple[dict, dict]:
+    """Adds to each track's report entry (with its "id", "chunk", "number", "faces", "guards" and "series" where
+    restored) its flags, measures, worst frames and, for up to media_tracks of them, its media, loop measures and
+    texture ratio. chunk_tracks(chunk index) gives a chunk's tracks (from the work folder): they are read a chunk
+    at a time, and only the tracks that may get pictures are kept, so a long film's faces are never all in memory.
 
     Returns (files: name -> bytes for the page's folder, cost: what making them took). A film that cannot be read
     back for the pictures gives a page without them, and say() tells why: the run's output is done by then."""
     started = time.perf_counter()
-    flags = [track_flags(track, entry.get("guards"), entry.get("series"), None) for track, entry in zip(tracks, entries)]
-    chosen = sorted(range(len(tracks)), key=lambda i: (-len(flags[i].raised), -len(tracks[i].faces), i))[:media_tracks]
+    flags, kept = {}, {}
+    rank = lambda i: (-len(flags[i].raised), -entries[i]["faces"], i)  # noqa: E731 (flagged first, then the longest)
+    for chunk in sorted({entry["chunk"] for entry in entries}):
+        tracks = chunk_tracks(chunk)
+        for index, entry in enumerate(entries):
+            if entry["chunk"] == chunk:
+                track = tracks[entry["number"]]
+                flags[index] = track_flags(track, entry.get("guards"), entry.get("series"), None)
+                kept[index] = track
+        kept = {index: kept[index] for index in sorted(kept, key=rank)[:media_tracks]}
+    chosen = sorted(kept, key=rank)
     seconds = pictures.frame_seconds
     span = (seconds[-1] - seconds[0]) if len(seconds) > 1 else 0.0
     rate = pictures.per_frame * ((len(seconds) - 1) / span if span > 0 else FALLBACK_RATE)
-    plans = {i: plan_track(entries[i]["id"], tracks[i], flags[i].worst, rate) for i in chosen}
+    plans = {i: plan_track(entries[i]["id"], kept[i], flags[i].worst, rate) for i in chosen}
     error = None
     try:
         decoded = gather(list(plans.values()), pictures)
@@ -62,12 +74,12 @@ def review_tracks(tracks: list[Track], entries: list[dict], pictures: Pictures, 
         say(f"note: the review page has no pictures: {error}")
         plans, decoded = {}, 0
     files = {}
-    for index, (track, entry) in enumerate(zip(tracks, entries)):
+    for index, entry in enumerate(entries):
         plan = plans.get(index)
         if plan is None:
             entry.update(flags[index].to_json())
             continue
-        entry.update(track_flags(track, entry.get("guards"), entry.get("series"), plan.changes).to_json())
+        entry.update(track_flags(kept[index], entry.get("guards"), entry.get("series"), plan.changes).to_json())
         entry.update({"media": plan.media, "loop_measures": plan.loop_measures, "texture_ratio": plan.texture,
                       "texture_frame": plan.middle})
         files.update(plan.files)

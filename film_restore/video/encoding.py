@@ -10,7 +10,7 @@ import av
 
 from dmdnet.files import temporary_beside
 from film_restore.video.fields import FIELD_ORDER_CODES, FieldFlagger, is_interlaced
-from film_restore.video.formats import PIX_FMTS, RANGE_FULL, VideoError
+from film_restore.video.formats import PIX_FMTS, RANGE_FULL, STORAGE_ERRNOS, StorageError, VideoError
 from film_restore.video.picture import Picture
 from film_restore.video.probe import VideoInfo
 
@@ -147,7 +147,7 @@ class ChunkWriter:
         try:
             container = av.open(str(self._temp), "w", format=choice.chunk_format)
         except av.FFmpegError as error:
-            raise VideoError(f"cannot create chunk file {self._temp} ({error}): check the folder is writable") from None
+            raise StorageError(f"cannot create chunk file {self._temp} ({error}): check the folder is writable") from None
         self._container = container
         stream = container.add_stream(choice.encoder)
         context = stream.codec_context
@@ -196,6 +196,8 @@ class ChunkWriter:
             for packet in self._stream.encode(frame):
                 self._container.mux(packet)
         except av.FFmpegError as error:
+            if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
+                raise StorageError(f"cannot write chunk file {self._temp} ({error}): check the folder is writable and has room") from None
             raise VideoError(f"encoding with {self.choice.encoder} failed ({error}): try codec='ffv1'") from None
         self._last_pts = pts
         self.frames_written += 1

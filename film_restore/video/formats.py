@@ -2,6 +2,7 @@
 natively, and opening an input film with one-line errors."""
 from __future__ import annotations
 
+import errno
 from fractions import Fraction
 from pathlib import Path
 
@@ -10,6 +11,14 @@ import av
 
 class VideoError(ValueError):
     """Unreadable, truncated or unsupported input, or an impossible output choice (one line: the problem and the fix)."""
+
+
+class StorageError(VideoError):
+    """A file that cannot be written where it goes: the folder is missing, not writable, read-only or full."""
+
+
+# errno values of a write that failed for its storage, not its content: not writable, read-only, full.
+STORAGE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
 
 
 # pix_fmt -> (bit depth, log2 chroma width divisor, log2 chroma height divisor); None: no chroma.

@@ -16,7 +16,7 @@ import av
 from dmdnet.files import atomic_path
 from film_restore.video.encoding import CODEC_NAME, EncoderChoice, choose_encoder
 from film_restore.video.fields import FIELD_ORDER_CODES, is_interlaced
-from film_restore.video.formats import RANGE_FULL, VideoError, av_error, open_input
+from film_restore.video.formats import RANGE_FULL, STORAGE_ERRNOS, StorageError, VideoError, av_error, open_input
 from film_restore.video.probe import VideoInfo, probe
 from film_restore.video.streams import FAMILY_SUFFIX, StreamRoute, SubtitleConverter, route_streams
 
@@ -30,8 +30,8 @@ _CONTAINER_VIDEO = {
 _FORMAT_FAMILY = {"mp4": "mp4", "m4v": "mp4", "mov": "mov", "mkv": "matroska", "mxf": "mxf"}
 # Time base of each container's timestamps (None: keeps the stream's own).
 _CONTAINER_CLOCK = {"matroska": Fraction(1, 1000)}
-# errno values that mean the output's storage, not its content, failed.
-_STORAGE_ERRORS = {errno.ENOENT, errno.EACCES, errno.EROFS, errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO}
+# errno values that mean the output's storage, not its content, failed (its folder gone, too).
+_STORAGE_ERRORS = STORAGE_ERRNOS | {errno.ENOENT}
 # Statistics tags that describe the old encoding and would be wrong on the output.
 _STALE_TAGS = ("bps", "number_of_frames", "number_of_bytes", "duration", "_statistics", "encoder")
 
@@ -211,10 +211,11 @@ class _OutputSteps:
 
     def failure(self, error: Exception) -> VideoError:
         message = str(error).replace("\n", " ")
-        fix = ("check that the output folder exists, is writable and has room" if isinstance(error, OSError)
-               and error.errno in _STORAGE_ERRORS else "name the output .mkv (it takes the most streams), or leave out the stream named")
-        return VideoError(f"writing the output {self.output_path.name} failed while {self.step} ({message}); "
-                          f"the input is fine: {fix}")
+        storage = isinstance(error, OSError) and error.errno in _STORAGE_ERRORS
+        fix = ("check that the output folder exists, is writable and has room" if storage
+               else "name the output .mkv (it takes the most streams), or leave out the stream named")
+        return (StorageError if storage else VideoError)(
+            f"writing the output {self.output_path.name} failed while {self.step} ({message}); the input is fine: {fix}")
 
 
 def _add_video(output, source, template, info, plan):

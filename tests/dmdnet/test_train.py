@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.assets import REPO
+from tests.own_ray import own_ray
 
 import dmdnet
 from dmdnet import DMDNet
@@ -386,8 +387,6 @@ def train_workers_of_this_process() -> list[int]:
 
 
 def test_ray_train_resumes_after_a_killed_worker_and_a_rerun_redoes_nothing(tmp_path, heldout_faces):
-    import ray
-
     from dmdnet.train import run
 
     config = TrainConfig(data=str(heldout_faces), output=str(tmp_path / "run"), **TINY, forward_steps=14,
@@ -405,8 +404,7 @@ def test_ray_train_resumes_after_a_killed_worker_and_a_rerun_redoes_nothing(tmp_
                     killed.append(read_steps(metrics)[-1])
             time.sleep(0.05)
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
-    try:
+    with own_ray(num_cpus=2):
         killer = threading.Thread(target=kill_worker_after_a_checkpoint, daemon=True)
         killer.start()
         path = run(config)
@@ -429,8 +427,6 @@ def test_ray_train_resumes_after_a_killed_worker_and_a_rerun_redoes_nothing(tmp_
 
         run(config)
         assert read_steps(metrics) == steps  # the finished run resumed at its end: no step redone
-    finally:
-        ray.shutdown()
 
 
 def test_non_finite_steps_are_skipped_and_a_run_of_them_stops_training(heldout_faces):

@@ -1,22 +1,13 @@
 """The cluster side: ray_cluster.yaml against Ray's schema, and a film restored by `ray job submit`.
 
-The job test starts a real Ray head on loopback (`ray start --head --block`, with its own
-ports and temp folder, so a `ray.init()` elsewhere on the machine never joins it) and tears
-it down by ending that process group. `ray stop` is not used: it ends every Ray process of
-the machine, other tests' and other users' included.
+The job tests use the session's own Ray head on loopback (conftest.ray_head, tests/ray_head.py:
+its own ports and temp folder, so a `ray.init()` elsewhere on the machine never joins it).
 """
 import copy
-import ctypes
 import hashlib
 import json
-import os
-import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -53,96 +44,7 @@ def test_cluster_config_validates_against_rays_schema():
         assert "FILM_RESTORE_GPUS" in "\n".join(commands)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _die_with_parent():
-    """The head gets SIGTERM (and stops its processes) if the test process dies without teardown."""
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if text.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-    return found
-
-
-class Head:
-    def __init__(self, address: str, env: dict, token: str, folder: Path):
-        self.address, self.env, self.folder = address, env, folder
-        self.folders = [folder]  # processes naming these are ours: ended at teardown if still there
-        from ray.job_submission import JobSubmissionClient
-
-        self.headers = {"Authorization": f"Bearer {token}"}
-        self.client = JobSubmissionClient(address, headers=self.headers)
-
-    def ray(self, *arguments, check=True) -> subprocess.CompletedProcess:
-        result = subprocess.run(["ray", *arguments], env=self.env, capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0 or not check, result.stdout[-2000:] + result.stderr[-2000:]
-        return result
-
-
-@pytest.fixture(scope="module")
-def head():
-    # A short temp folder of its own (Unix socket paths are limited to 107 bytes): the address
-    # file `ray start` writes goes there, not to /tmp/ray where ray.init() would find it.
-    temp = Path(tempfile.mkdtemp(prefix="frt", dir="/tmp"))
-    token = secrets.token_hex(32)
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
-           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    dashboard = free_port()
-    command = ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-               "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-               f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
-               f"--temp-dir={temp}", "--num-cpus=2", "--num-gpus=0", "--disable-usage-stats"]
-    log = open(temp / "head.log", "w")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                               preexec_fn=_die_with_parent)
-    head = None
-    try:
-        deadline = time.monotonic() + 120
-        while head is None:
-            assert process.poll() is None, (temp / "head.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the Ray head did not start in 120 s"
-            try:
-                head = Head(f"http://127.0.0.1:{dashboard}", env, token, temp)
-                head.client.list_jobs()
-            except Exception:
-                head = None
-                time.sleep(1)
-        yield head
-    finally:
-        if head is not None:
-            for job in head.client.list_jobs():
-                if not job.status.is_terminal() and job.submission_id:
-                    head.client.stop_job(job.submission_id)
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
-        # Job drivers run in sessions of their own; end any still there (ours: they name our folders).
-        for pid in {pid for folder in (head.folders if head else [temp]) for pid in _processes_mentioning(str(folder))}:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-def wait_for_job(head: Head, job_id: str, seconds: float = 240) -> str:
+def wait_for_job(head, job_id: str, seconds: float = 240) -> str:
     deadline = time.monotonic() + seconds
     while True:
         status = head.client.get_job_status(job_id)
@@ -150,6 +52,11 @@ def wait_for_job(head: Head, job_id: str, seconds: float = 240) -> str:
             return status.value
         assert time.monotonic() < deadline, f"job {job_id} still {status} after {seconds} s"
         time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def head(ray_head):
+    return ray_head
 
 
 @pytest.fixture(scope="module")
@@ -186,10 +93,7 @@ def test_job_submit_restores_a_film(head, case):
     assert "\r" not in logs and "\x1b[K" not in logs
 
     # The dashboard shows the actors and tasks by stage name.
-    import urllib.request
-
-    request = urllib.request.Request(f"{head.address}/api/v0/actors?limit=1000&detail=1", headers=head.headers)
-    actors = json.loads(urllib.request.urlopen(request, timeout=30).read())["data"]["result"]["result"]
+    actors = head.state("actors")
     names = {actor.get("name", "").split("-")[0] for actor in actors}
     assert {"film_restore.analyse", "film_restore.restore"} <= names, names
 

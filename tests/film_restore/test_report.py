@@ -284,8 +284,8 @@ def test_an_output_on_another_clock_is_read_at_its_own_timestamps(films, tmp_pat
     other_clock = Pictures(films["film"], mp4, films["pts"], films["seconds"], None, output_pts)
     assert all(np.array_equal(a[2].rgb(), b[2].rgb()) for a, b in zip(same_clock.read(3, 6), other_clock.read(3, 6)))
     notes = []
-    entries = [{"id": "s0t0"}]
+    entries = [{"id": "s0t0", "chunk": 0, "number": 0, "faces": len(films["track"].faces)}]
     wrong_clock = Pictures(films["film"], mp4, films["pts"], films["seconds"], None)
-    files, cost = review_tracks([films["track"]], entries, wrong_clock, say=notes.append)
+    files, cost = review_tracks(lambda chunk: [films["track"]], entries, wrong_clock, say=notes.append)
     assert files == {} and "media" not in entries[0] and cost["tracks_with_media"] == 0
     assert len(notes) == 1 and notes[0].startswith("note: the review page has no pictures: ") and "pts" in cost["error"]

@@ -1,8 +1,9 @@
 """The work folder stores records exactly: a resumed run composes from what a fresh run holds in memory."""
 import numpy as np
+import pytest
 
 from film_restore.records import Chunk, ChunkResult, Face, Scan, Shot, Track, TrackedFace
-from film_restore.workdir import WorkFolder
+from film_restore.workdir import DamagedResult, WorkFolder
 
 
 def _face(rng) -> Face:
@@ -33,7 +34,28 @@ def test_records_come_back_exactly(tmp_path):
 
     result = ChunkResult(0, 31, 2, faces_too_small=1, faces_held_still=1, faces_by_actor={"Actor": 2},
                          tracks=[{"track": 0, "faces": 2, "series": {"frame": [10, 11]}}])
+    video = work.chunk_video(scan.chunks[0], "k")
+    video.write_bytes(b"video")
+    assert work.load_chunk_result(scan.chunks[0], "k") is None  # no totals: not done
     work.save_chunk_result(scan.chunks[0], "k", result)
-    assert work.load_chunk_result(scan.chunks[0], "k") is None  # no video: not complete
-    work.chunk_video(scan.chunks[0], "k").write_bytes(b"video")
     assert work.load_chunk_result(scan.chunks[0], "k") == result
+
+
+def test_damaged_results_are_found_and_removed(tmp_path):
+    work = WorkFolder(tmp_path, tmp_path / "film.mkv", "cd" * 32)
+    work.start(resume=False)
+    chunk = Chunk(0, (Shot(0, 0, 9),))
+    video = work.chunk_video(chunk, "k")
+    video.write_bytes(b"restored video")
+    work.save_chunk_result(chunk, "k", ChunkResult(0, 10, 1))
+    video.write_bytes(b"restored")  # cut short, as storage that lost writes in a crash leaves it
+    with pytest.raises(DamagedResult, match=f"chunk 0 is damaged: its video {video.name} is 8 bytes, not 14"):
+        work.load_chunk_result(chunk, "k")
+    assert not video.exists() and work.load_chunk_result(chunk, "k") is None
+
+    work.save_tracks(chunk, "k", [])
+    analysis = next((work.folder / "analysis").glob("*.json"))
+    analysis.write_text(analysis.read_text()[:-1])
+    with pytest.raises(DamagedResult, match="the analysis of chunk 0 .* is damaged"):
+        work.load_tracks(chunk, "k")
+    assert work.load_tracks(chunk, "k") is None

@@ -69,15 +69,35 @@ def test_nightly_skips_done_films_runs_new_ones_and_reports_failures(case):
     assert broken["reason"] and "\n" not in broken["reason"] and "broken.mkv" in broken["reason"], broken
     assert Path(broken["log"]).is_file() and not (folder / "out" / "broken.mkv").exists()
 
+    assert broken["failed_nights"] == 1 and broken["exit_status"] == 3  # bad input (film_restore.pipeline.failures)
+    state = json.loads((folder / "archive.state.json").read_text())["films"]
+    assert list(state) == [broken["output"]]  # the films done or skipped have no count
+    assert state[broken["output"]]["failed_nights"] == 1 and state[broken["output"]]["last_cause"] == broken["reason"]
+
     text = (folder / "archive.summary.txt").read_text()
     assert text.splitlines()[0].endswith("1 done, 1 skipped, 1 failed (3 films, %s s)" % text.split("(3 films, ")[1].split(" s)")[0])
-    assert any(line.startswith("failed") and broken["reason"] in line for line in text.splitlines())
+    assert any(line.startswith("failed") and broken["reason"] in line and "(night 1 of 3; log " in line
+               for line in text.splitlines())
     assert text in result.stdout
 
-    # Another codec for the done film: no longer complete for the same settings.
+    # The next night the failed film is tried again (the count goes on), up to its attempts; then it is
+    # not tried, and still counts as failed, until it changes or --force.
     from jobs.archive import load
-    from jobs.nightly import Outcome, Plan, completion_keys, film_arguments, plan, why_not_complete
+    from jobs.nightly import Outcome, Plan, completion_keys, film_arguments, load_state, plan, why_not_complete
 
+    broken_film = load(archive).films[2]
+    again = plan(broken_film, False, load_state(folder / "archive.state.json"))
+    assert isinstance(again, Plan) and again.failed_before == 1
+    (folder / "archive.yaml").write_text(archive.read_text().replace("  codec: ffv1\n", "  codec: ffv1\n  attempts: 1\n"))
+    given_up = nightly(archive)
+    assert given_up.returncode == 1, given_up.stdout[-2000:] + given_up.stderr[-3000:]
+    summary = json.loads((folder / "archive.summary.json").read_text())
+    assert summary["counts"] == {"done": 0, "skipped": 2, "failed": 1}
+    assert summary["films"][2]["reason"].startswith(f"not tried: it failed 1 night in a row (last: {broken['reason']}); ")
+    assert summary["films"][2]["log"] is None
+    assert isinstance(plan(load(archive).films[2], True, load_state(folder / "archive.state.json")), Plan)
+
+    # Another codec for the done film: no longer complete for the same settings.
     (folder / "x264.yaml").write_text(archive.read_text().replace("codec: ffv1", "codec: x264"))
     film = load(folder / "x264.yaml").films[0]
     keys = completion_keys(film)
