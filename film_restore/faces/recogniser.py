@@ -26,18 +26,24 @@ class Recogniser:
         self._model: ArcFaceONNX = load_insightface_model(self.model_path, ArcFaceONNX, "recognition", providers)
         self.crop_size = int(self._model.input_size[0])
 
-    def aligned_crop(self, image: np.ndarray, keypoints) -> np.ndarray:
-        """The crop_size x crop_size RGB face the model sees, aligned to the ArcFace template."""
-        check_rgb_image(image)
+    def alignment(self, keypoints) -> np.ndarray:
+        """The 2 x 3 matrix that aligns a face with these 5 keypoints to the ArcFace template (the same
+        least-squares similarity as insightface's norm_crop)."""
         keypoints = check_points(keypoints, 5, "keypoints")
-        # The same least-squares similarity and bilinear warp as insightface's norm_crop.
         template = face_align.arcface_dst.astype(np.float64) * (self.crop_size / 112.0)
-        matrix = estimate_similarity(keypoints, template)
-        return cv2.warpAffine(image, matrix, (self.crop_size, self.crop_size), borderValue=0.0)
+        return estimate_similarity(keypoints, template)
+
+    def aligned_crop(self, image: np.ndarray, keypoints) -> np.ndarray:
+        """The crop_size x crop_size RGB face the model sees, aligned to the ArcFace template (bilinear, as norm_crop)."""
+        check_rgb_image(image)
+        return cv2.warpAffine(image, self.alignment(keypoints), (self.crop_size, self.crop_size), borderValue=0.0)
 
     def embedding(self, image: np.ndarray, keypoints) -> np.ndarray:
         """Unit-length float32 embedding of the face with these 5 keypoints (image pixels)."""
-        crop = self.aligned_crop(image, keypoints)
+        return self.aligned_embedding(self.aligned_crop(image, keypoints))
+
+    def aligned_embedding(self, crop: np.ndarray) -> np.ndarray:
+        """Unit-length float32 embedding of a face already aligned to the template (uint8 RGB, crop_size square)."""
         features = self._model.get_feat(bgr(crop))[0].astype(np.float32)
         norm = float(np.linalg.norm(features))
         if not norm > 0:

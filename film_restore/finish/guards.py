@@ -109,11 +109,18 @@ class GuardedFaces:
 
 
 def aligned_embedder(recogniser) -> Callable[[np.ndarray], np.ndarray]:
-    """crops (N x S x S x 3 uint8, FFHQ-aligned) -> N x d unit embeddings, with a film_restore Recogniser."""
+    """crops (N x S x S x 3 FFHQ-aligned, uint8, or float on the 0..255 scale) -> N x d unit embeddings, with a
+    film_restore Recogniser: each crop is brought to the recogniser's template (bilinear, in float, then rounded
+    to 8 bits: a float crop equal to a uint8 one gets its embedding)."""
 
     def embed(crops: np.ndarray) -> np.ndarray:
-        keypoints = ffhq_template(crops.shape[1])
-        return np.stack([recogniser.embedding(crop, keypoints) for crop in crops])
+        size = recogniser.crop_size
+        matrix = recogniser.alignment(ffhq_template(crops.shape[1]))
+        embeddings = []
+        for crop in crops:
+            small = cv2.warpAffine(np.asarray(crop, np.float32), matrix, (size, size), borderValue=0.0)
+            embeddings.append(recogniser.aligned_embedding(np.clip(np.rint(small), 0, 255).astype(np.uint8)))
+        return np.stack(embeddings)
 
     return embed
 
@@ -324,8 +331,7 @@ class TrackGuard:
         return self.guides[position]
 
     def _embed(self, crops) -> np.ndarray:
-        xp = ops.namespace(crops)
-        return self.embed(ops.to_numpy(xp.astype(xp.clip(xp.round(crops), 0, 255), xp.uint8)))
+        return self.embed(ops.to_numpy(ops.as_float(crops)))
 
     def _identity(self, positions: list[int]) -> None:
         """Input embeddings of these faces and, under AUTO, each one's highest strength step that keeps its identity."""

@@ -18,6 +18,8 @@ def _environment(**extra) -> dict:
 
 
 def test_a_cluster_that_does_not_answer_fails_in_one_line(tmp_path):
+    # A good film and cast: the checks of input, output and cast come first, and pass.
+    (tmp_path / "cast.yaml").write_text(f"actors:\n  - name: Speaker\n    references: [{REPO / 'examples/refs/speaker'}/*.jpg]\n")
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "film_restore.run", str(asset("media/clips/retalk_2.mp4")), "--cast",
