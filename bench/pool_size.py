@@ -1,7 +1,8 @@
 """How many CPUs keep one GPU restoring busy: stage costs measured at 1080p, two faces per frame.
 
 Makes a 1920 x 1080 H.264 film of two real clips side by side (one face each), then measures
-on this machine, in this process, CPU seconds (all threads, process time) and wall seconds:
+on this machine, in this process, with one thread as each task and actor has on a cluster, CPU
+seconds (process time) and wall seconds:
   decode        reading and converting every frame (film_restore.video.read_frames, .rgb())
   analyse       faces, tracks, smoothing, identities (stages.FaceTracker)
   encode        encoding the decoded frames alone (video.ChunkWriter, codec auto: x264 CRF 14)
@@ -105,6 +106,9 @@ def main() -> None:
     arguments.add_argument("--cache", type=Path, help="engine cache (exported graphs; default $DMDNET_CACHE or ~/.cache/dmdnet)")
     arguments.add_argument("--json", action="store_true", help="print the rows as JSON only")
     args = arguments.parse_args()
+    # One CPU per stage, as the pipeline's tasks and actors have on a cluster (pipeline.cluster).
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
     models = ASSETS / "models"
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:

@@ -10,7 +10,7 @@ the two give the same frames (tests/film_restore/test_device_finish.py).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -58,9 +58,7 @@ class FinishSession:
         """The windows still held; what the steps counted; each track's guarded parts (numpy)."""
         with self.turn:
             done = self._finished(self.chain.flush())
-        parts = {number: [(frames, replace(part, faces=None)) for frames, part in track_parts]
-                 for number, track_parts in self.guard.parts.items()}
-        return done, self.result, parts
+        return done, self.result, dict(self.guard.parts)
 
     def _finished(self, windows: list[Window]) -> list[FinishedRegions]:
         finished = []

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import cv2
@@ -44,7 +44,7 @@ import numpy as np
 from film_restore.faces.align import ffhq_template
 from film_restore.finish import ops
 from film_restore.finish.flow import PairFlow, chained
-from film_restore.finish.measures import CHANNEL_MEAN, identity, temporal_changes
+from film_restore.finish.measures import CHANNEL_MEAN, channel_mean_change, identity
 from film_restore.settings import AUTO
 
 # Stabilisation: neighbours each side and the Gaussian (frames) that weighs them.
@@ -87,8 +87,8 @@ GUARD_HORIZON = TEMPORAL_RADIUS + 2 * STRENGTH_RADIUS
 class GuardedFaces:
     """Some of one track's faces guarded, and what the guards measured and decided, per face.
 
-    faces: float32 N x S x S x 3 (0..255) final aligned crops (numpy, or tensors on the device
-    the restored faces came on); strength: N (share of the residual used); reasons: N strings
+    faces: N float32 S x S x 3 (0..255) final aligned crops (numpy, or tensors on the device the
+    restored faces came on; None where only the measures are kept); strength: N (share of the residual used); reasons: N strings
     ("" where the face got the full strength, else one of the phrases above);
     identity_in / identity_out: N cosine similarities (to the actor, or for a face of nobody of
     the output to its own input, the input then 1.0); change_in / change_out / change_weight:
@@ -249,10 +249,8 @@ class TrackGuard:
         if self.resolution is None:
             first = [self.inputs[p] for p in range(min(RESOLUTION_FACES, self.length)) if p in self.inputs]
             self.resolution = effective_resolution(np.stack(first))
-        xp = ops.namespace(self.restored[missing[0]])
-        raw = xp.stack([self.restored[p] - self._float_input(p) for p in missing])
-        for position, residual in zip(missing, match_band(raw, self.resolution)):
-            self.residuals[position] = residual
+        for position in missing:
+            self.residuals[position] = match_band((self.restored[position] - self._float_input(position))[None], self.resolution)[0]
 
     def _step_flow(self, position: int, step: int, size: int) -> tuple[np.ndarray, np.ndarray]:
         """(flow from this face to the one `step` positions away, valid) on a size x size grid over the crop."""
@@ -331,7 +329,7 @@ class TrackGuard:
         return self.guides[position]
 
     def _embed(self, crops) -> np.ndarray:
-        return self.embed(ops.to_numpy(ops.as_float(crops)))
+        return self.embed(ops.to_numpy(crops))
 
     def _identity(self, positions: list[int]) -> None:
         """Input embeddings of these faces and, under AUTO, each one's highest strength step that keeps its identity."""
@@ -349,10 +347,9 @@ class TrackGuard:
             if strength == 0:
                 self.limits.update((p, 0.0) for p in undecided)
                 break
-            xp = ops.namespace(self.stabilised[undecided[0]])
-            candidates = xp.stack([self._float_input(p) + strength * self.stabilised[p] for p in undecided])
             passed = []
-            for position, embedding in zip(undecided, self._embed(candidates)):
+            for position in undecided:
+                embedding = self._embed((self._float_input(position) + strength * self.stabilised[position])[None])[0]
                 self.candidates[position, strength] = embedding
                 score = float(identity(embedding[None], self._reference_for(position))[0])
                 floor = baseline[position] - IDENTITY_TOLERANCE if self.reference is not None else UNKNOWN_SELF_SIMILARITY
@@ -388,10 +385,9 @@ class TrackGuard:
                 self._stabilise(position)
         self._identity(limited)
         strengths = np.array([self._strength(p) for p in positions], np.float32)
-        xp = ops.namespace(self.stabilised[positions[0]])
         for position, strength in zip(positions, strengths):
             self.finals[position] = self._float_input(position) + float(strength) * self.stabilised[position]
-        faces = xp.stack([self.finals[p] for p in positions])
+        faces = [self.finals[p] for p in positions]
         output_embeddings = self._output_embeddings(positions, strengths, faces)
         identity_in = np.array([self._baseline(p) for p in positions], np.float32)
         identity_out = np.array([identity(e[None], self._reference_for(p))[0] for p, e in zip(positions, output_embeddings)],
@@ -403,23 +399,25 @@ class TrackGuard:
         """The final faces' embeddings; a face at a strength step already tried has it (the same pixels)."""
         known = {i: self.candidates.get((p, float(s))) for i, (p, s) in enumerate(zip(positions, strengths))}
         missing = [i for i, embedding in known.items() if embedding is None]
-        if missing:
-            known.update(zip(missing, self._embed(faces[missing] if ops.is_numpy(faces) else faces[np.array(missing)])))
+        for i in missing:
+            known[i] = self._embed(faces[i][None])[0]
         return [known[i] for i in range(len(positions))]
 
     def _changes(self, positions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per face, the frame-to-frame change from the face before it, input and output (temporal_changes), inside face_mask."""
         sums = np.zeros((3, len(positions)))
         size = self.inputs[positions[0]].shape[0]
+        every = np.s_[::MEASURE_STRIDE, ::MEASURE_STRIDE]
         for index, position in enumerate(positions):
             if position - 1 not in self.finals or position not in self.flows:
                 continue
-            pair = [position - 1, position]
-            xp = ops.namespace(self.finals[position])
-            inputs = xp.stack([self._float_input(p) for p in pair])
-            outputs = xp.stack([self.finals[p] for p in pair])
-            changes = temporal_changes(inputs, outputs, face_mask(size), [self.flows[position].backward(size)], MEASURE_STRIDE)
-            sums[:, index] = [values[0] for values in changes]
+            flow, valid = self.flows[position].backward(size)
+            points = ops.like(self.finals[position], (flow + ops.grid(flow[None])[0])[every])[None]
+            weight = ops.like(self.finals[position], valid[every] * face_mask(size)[every])
+            for row, pictures in enumerate((self._float_input, self.finals.__getitem__)):
+                change = channel_mean_change(pictures(position)[every], ops.sample(pictures(position - 1)[None], points)[0])
+                sums[row, index] = float(ops.to_numpy((change * weight).sum()))
+            sums[2, index] = float(ops.to_numpy(weight.sum()))
         return sums[0], sums[1], sums[2]
 
     def _reason(self, position: int, strength: float) -> str:
@@ -487,7 +485,8 @@ def guard_track(inputs: np.ndarray, restored, embed: Callable[[np.ndarray], np.n
     for position in range(len(inputs)):
         flow = PairFlow.of_crops(inputs[position - 1], inputs[position], scale) if position else None
         guard.add(position, inputs[position], restored[position], flow)
-    return guard.guard(list(range(len(inputs))))
+    guarded = guard.guard(list(range(len(inputs))))
+    return replace(guarded, faces=ops.namespace(restored).stack(guarded.faces))
 
 
 def summarise(results: list[GuardedFaces]) -> dict:

@@ -39,7 +39,7 @@ def is_numpy(array) -> bool:
 
 
 def to_numpy(array) -> np.ndarray:
-    return array if is_numpy(array) else array.detach().cpu().numpy()
+    return array.detach().cpu().numpy() if hasattr(array, "detach") else np.asarray(array)
 
 
 def like(array, values) -> object:

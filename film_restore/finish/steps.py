@@ -246,7 +246,7 @@ class Guard:
             guarded = guard.guard([face.position for face in faces])
             for face, crop in zip(faces, guarded.faces):
                 face.final = crop
-            self.parts[number].append(([face.frame for face in faces], guarded))
+            self.parts[number].append(([face.frame for face in faces], replace(guarded, faces=None)))
             guard.forget(faces[0].position)
         return window
 

@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import cv2
 import ray
 from ray._private.utils import read_ray_address
 
@@ -152,6 +153,7 @@ class AnalyseActor:
 
     def __init__(self, models_dir: str, identifier, detector_size: int, field_order: str | None, path: str,
                  work: WorkFolder, key: str):
+        cv2.setNumThreads(1)  # one CPU is this actor's (as compose_task)
         self.tracker = FaceTracker(models_dir, identifier, detector_size, field_order)
         self.path, self.work, self.key = Path(path), work, key
 
@@ -258,6 +260,9 @@ def compose_task(info: VideoInfo, settings: ComposeSettings, restorer, chunk: Ch
         ray.get(back(restorer), timeout=WORKER_RETURN_S)
     except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:
         raise StageFailed(cause_of(error, "restore")) from None
+    # One CPU is this task's: OpenCV's own thread pool would take every core of the node (threads
+    # that compete with the node's other tasks cost more CPU time in all than one thread).
+    cv2.setNumThreads(1)
     tracks = work.load_tracks(chunk, keys.analysis)
     remote = RemoteFinish(restorer) if finish_on_restorer else RemoteRestore(restorer)
     result = Composer(info, settings, remote)(chunk, tracks, frame_pts, work.chunk_video(chunk, keys.compose))
