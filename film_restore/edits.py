@@ -250,7 +250,7 @@ def edited_tracks(tracks: list[Track], edits: ChunkEdits | None, strength_of: Ca
     edited = EditedTracks()
     extra = itertools.count(len(tracks))
     for number, track in enumerate(tracks):
-        segments = (edits.tracks.get(number, ()) if edits else ())
+        segments = edits.tracks.get(number, ()) if edits else ()
         starts = [segment.first for segment in segments]
         runs: list[tuple[tuple | None, list]] = []
         for tracked in track.faces:
@@ -263,15 +263,14 @@ def edited_tracks(tracks: list[Track], edits: ChunkEdits | None, strength_of: Ca
                 runs[-1][1].append(tracked)
             else:
                 runs.append((setting, [tracked]))
-        part = number
+        parts = itertools.chain([number], extra)
         for setting, faces in runs:
             if setting is None:
                 edited.faces_left += len(faces)
                 continue
-            actor, strength = setting
+            part, (actor, strength) = next(parts), setting
             edited.tracks[part] = Track(track.shot, tuple(faces), actor, track.similarity)
             edited.strengths[part], edited.sources[part] = strength, number
-            part = next(extra)
     return edited
 
 
