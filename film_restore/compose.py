@@ -3,10 +3,12 @@ frames in their native pixel format with the film's texture, and the chunk encod
 the faces is a chain of named steps over windows of frames (film_restore.finish.steps)."""
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from film_restore.edits import ChunkEdits, edited_tracks
 from film_restore.finish import steps
 from film_restore.finish.device import Finish
 from film_restore.finish.guards import summarise
@@ -49,7 +51,8 @@ class ComposeSettings:
         object.__setattr__(self, "actor_strengths", {actor: parse_strength(value) for actor, value in self.actor_strengths.items()})
 
     def strength_of(self, actor: str | None) -> float | str:
-        """The strength a face of this actor (None: nobody) gets: the cast file's own for the actor, else the run's."""
+        """The strength a face of this actor (None: nobody) gets: the cast file's own for the actor, else the run's
+        (an edits file's for a track wins over both: film_restore.edits)."""
         return self.actor_strengths.get(actor, self.strength) if actor is not None else self.strength
 
 
@@ -66,6 +69,9 @@ class Composer:
     Faces are restored COMPOSE_WINDOW frames at a time; with guards, a window is written only once
     the faces the guards look ahead to are restored (finish.guards.GUARD_HORIZON <= COMPOSE_WINDOW:
     usually the next window), and each face is guarded once, as if its whole track were.
+
+    A chunk's edits (film_restore.edits.ChunkEdits) are applied to its tracks first: another actor
+    (dictionary, reference, strength), another strength, or faces left as they are (counted).
     """
 
     def __init__(self, info: VideoInfo, settings: ComposeSettings, restore: Callable):
@@ -74,13 +80,13 @@ class Composer:
         self.restore = restore
         self.cpu_seconds: dict[str, float] = {}  # each step's CPU time in the last chunk (bench.pool_size)
 
-    def __call__(self, chunk: Chunk, tracks: list[Track], frame_pts, output: Path) -> ChunkResult:
+    def __call__(self, chunk: Chunk, tracks: list[Track], frame_pts, output: Path, edits: ChunkEdits | None = None) -> ChunkResult:
         result = ChunkResult(chunk.index, 0, 0)
         order = restored_field_order(self.info)  # interlaced: each field restored as a picture of its own
         with ChunkWriter(output, self.info, self.settings.codec) as encoder:
             writer = encoder if order is None else FieldWeaver(encoder, order)
             frames = read_frames(self.info.path, chunk.first_frame, chunk.last_frame, frame_pts)
-            for window in self.windows(frames if order is None else field_frames(frames, order), tracks, result):
+            for window in self.windows(frames if order is None else field_frames(frames, order), tracks, result, edits):
                 for frame in window.frames:
                     writer.write(window.pictures[frame.index], frame.pts)
             if order is not None:
@@ -91,12 +97,16 @@ class Composer:
             raise RuntimeError(f"chunk {chunk.index}: decoded {result.frames} frames, expected {len(chunk.frames)}")
         return result
 
-    def windows(self, frames: Iterable[Frame], tracks: list[Track], result: ChunkResult) -> Iterator[Window]:
+    def windows(self, frames: Iterable[Frame], tracks: list[Track], result: ChunkResult,
+                edits: ChunkEdits | None = None) -> Iterator[Window]:
         """The frames (decoded, or RGBPicture frames held in memory) in windows, each with its pictures
-        as restored (window.pictures), in order; the tracks' guard measures go into result.tracks at the end."""
+        as restored (window.pictures), in order; the tracks' guard measures go into result.tracks at the end
+        (by the number of the chunk's track, the parts of a track an edit cut together)."""
         settings = self.settings
-        plan = steps.FacePlan.of(tracks, settings.min_face)
+        edited = edited_tracks(tracks, edits, settings.strength_of)
+        plan = steps.FacePlan.of(edited.tracks, settings.min_face, edited.strengths)
         result.faces_too_small = plan.too_small
+        result.faces_left_by_edits = edited.faces_left
         if hasattr(self.restore, "open_session"):  # the faces are finished beside the restorer, on its device
             finish = Finish(*self.restore.open_session(plan, settings), result)
             finishing, parts = [finish], lambda: finish.parts
@@ -109,8 +119,13 @@ class Composer:
         for window in _windows(frames):
             yield from chain(window)
         yield from chain.flush()
-        result.tracks = [{"track": number, **summarise([part for _, part in track_parts]), "series": _series(track_parts)}
-                         for number, track_parts in sorted(parts().items())]
+        by_track = defaultdict(list)  # the chunk's track number -> its guarded parts (an edited track's parts together)
+        for number, track_parts in parts().items():
+            by_track[edited.sources[number]] += track_parts
+        result.tracks = []
+        for number, track_parts in sorted(by_track.items()):
+            track_parts.sort(key=lambda part: part[0][0])  # by their first frames
+            result.tracks.append({"track": number, **summarise([part for _, part in track_parts]), "series": _series(track_parts)})
 
 
 def _windows(frames) -> Iterator[Window]:

@@ -50,9 +50,19 @@ class RunKeys:
 
     @property
     def compose(self) -> str:
-        """The key of the restored chunks, and so of the output."""
+        """The key of the restored chunks, and so of the output, without edits."""
         return digest(self.analysis, self.parts["versions"][2], self.parts["checkpoint_sha256"],
                       self.parts["compose_settings"])
+
+    def chunk_compose(self, edits=None) -> str:
+        """A restored chunk's key: the run's, and the edits of its tracks where it has any (edits.ChunkEdits), so that
+        an edits file changes the keys of the chunks it touches only."""
+        return self.compose if not edits else digest(self.compose, edits.key_parts())
+
+    def output(self, chunk_edits: dict) -> str:
+        """The output's key: the run's, and every chunk's edits (chunk index -> edits.ChunkEdits) where there are any."""
+        return self.compose if not chunk_edits else digest(self.compose, [[index, chunk_edits[index].key_parts()]
+                                                                         for index in sorted(chunk_edits)])
 
 
 def job_keys(job, face_models: str, cast) -> RunKeys:

@@ -180,6 +180,7 @@ class ChunkResult:
     faces_too_small: int = 0  # left as they were: smaller than the run's min_face
     # restored in part only, so they change from frame to frame no more than the input (compose.paste_window)
     faces_held_still: int = 0
+    faces_left_by_edits: int = 0  # left as they were: an edits file's actor: none or skip: true (film_restore.edits)
     faces_by_actor: dict[str, int] = field(default_factory=dict)
     tracks: list[dict] = field(default_factory=list)  # per guarded track: guards.summarise and its number
     # Interlaced films: the face regions' combing summed over frames, input and output (film_restore.interlace).

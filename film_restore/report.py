@@ -11,9 +11,9 @@ from pathlib import Path
 
 import av
 
-from dmdnet.files import write_json
+from dmdnet.files import file_sha256, write_json
 from film_restore.interlace import restored_field_order
-from film_restore.review import MEDIA_TRACKS, Pictures, frame_seconds, frame_timestamps, review_tracks, track_id, write_page
+from film_restore.review import MEDIA_TRACKS, Pictures, frame_seconds, frame_timestamps, numbered_tracks, review_tracks, write_page
 from film_restore.video import probe
 from film_restore.video.fields import is_interlaced
 
@@ -52,28 +52,28 @@ def build(run, scan, tracks_by_chunk, results, media_tracks: int = MEDIA_TRACKS)
     """The report of a FilmRun (film_restore.pipeline.film) from its stages' results (tracks_by_chunk: each chunk's
     tracks or their outlines), with the review page's pictures of up to media_tracks tracks, decoded from the input
     and the output (film_restore.review); the tracks' faces are read from the work folder a chunk at a time."""
-    job, info, cast = run.job, run.info, run.cast
-    numbered = [(index, number, track) for index in sorted(tracks_by_chunk) for number, track in enumerate(tracks_by_chunk[index])]
-    tracks = [track for _, _, track in numbered]
+    job, info, cast, edited = run.job, run.info, run.cast, run.edited
+    numbered = numbered_tracks(tracks_by_chunk)
+    tracks = [track for _, _, _, track in numbered]
     guarded = _guard_measures(tracks_by_chunk, results)
     faces_by_actor = Counter()
     for result in results:
         for actor, count in result.faces_by_actor.items():
             faces_by_actor[actor or None] += count
-    in_shot = Counter()
     entries = []
-    for index, number, t in numbered:
-        entries.append({"id": track_id(t.shot, in_shot[t.shot]), "chunk": index, "number": number, "shot": t.shot,
+    for track_id, index, number, t in numbered:
+        # An edited track: the edits that changed it; the actor an edit gave its whole length (identified_as: the analysis's).
+        edits = edited.report_fields.get((index, number), {}) if edited else {}
+        entries.append({"id": track_id, "chunk": index, "number": number, "shot": t.shot,
                         "first_frame": t.first_frame, "last_frame": t.last_frame, "actor": t.actor,
-                        "similarity": round(t.similarity, 4), "faces": len(t.faces), **guarded.get(id(t), {})})
-        in_shot[t.shot] += 1
+                        "similarity": round(t.similarity, 4), "faces": len(t.faces), **edits, **guarded.get(id(t), {})})
     seconds = frame_seconds(scan.frame_pts, info.time_base, info.average_rate)
     output = None if job.dry_run else job.output
     # The output keeps the input's timestamps, on its own container's clock (video.check_output says when that differs).
     output_pts = None if output is None or probe(output).time_base == info.time_base else frame_timestamps(output)
     pictures = Pictures(info.path, output, scan.frame_pts, seconds, restored_field_order(info), output_pts)
-    files, cost = review_tracks(lambda chunk: run.work.load_tracks(scan.chunks[chunk], run.keys.analysis), entries,
-                                pictures, media_tracks, run.progress.say)
+    chunk_tracks = lambda chunk: _as_restored(run, chunk, run.work.load_tracks(scan.chunks[chunk], run.keys.analysis))  # noqa: E731
+    files, cost = review_tracks(chunk_tracks, entries, pictures, media_tracks, run.progress.say)
     report = {
         "input": {**_video_facts(info), "sha256": run.keys.parts["input_sha256"], "frames": len(scan.frame_pts)},
         "output": None if job.dry_run else {"path": str(job.output), "codec": job.codec,
@@ -82,7 +82,7 @@ def build(run, scan, tracks_by_chunk, results, media_tracks: int = MEDIA_TRACKS)
         "model_fingerprint": run.fingerprint,
         "checkpoint": run.checkpoint and {**run.checkpoint.to_json(), "sha256": run.keys.parts["checkpoint_sha256"]},
         "face_models": {"path": str(run.pack.directory), "id": run.keys.parts["face_models"]},
-        "output_key": None if job.dry_run else run.keys.compose,
+        "output_key": None if job.dry_run else run.keys.output(edited.by_chunk if edited else {}),
         "cast": {"path": str(cast.path), "match_threshold": cast.match_threshold,
                  "actors": [actor.name for actor in cast.actors]},
         "settings": _settings(job, cast),
@@ -99,6 +99,7 @@ def build(run, scan, tracks_by_chunk, results, media_tracks: int = MEDIA_TRACKS)
             "faces_too_small": {"min_face": job.min_face, "faces": sum(r.faces_too_small for r in results)},
             # restored in part only: restored whole, they would change more from frame to frame than the input
             "faces_held_still": sum(r.faces_held_still for r in results),
+            "faces_left_by_edits": sum(r.faces_left_by_edits for r in results),
             "faces_restored_by_actor": [{"actor": a, "faces": n} for a, n in faces_by_actor.items()],
         },
         "timings_s": {stage: round(seconds, 2) for stage, seconds in run.timings.items()},
@@ -109,9 +110,18 @@ def build(run, scan, tracks_by_chunk, results, media_tracks: int = MEDIA_TRACKS)
         "texture_ratios": [{"track": e["id"], "frame": e["texture_frame"], "actor": e["actor"], "ratio": e["texture_ratio"]}
                            for e in entries if "texture_ratio" in e],
         "review": cost,  # what the page's pictures cost
+        "edits": edited and {"path": str(edited.path), "sha256": file_sha256(edited.path), "entries": len(run.edits.entries),
+                             "tracks_edited": len(edited.report_fields), "chunks_edited": len(edited.by_chunk)},
         PAGE: {"files": files, "frame_seconds": seconds},
     }
     return report
+
+
+def _as_restored(run, chunk: int, tracks: list) -> list:
+    """A chunk's tracks with the actor an edit gave a track's whole length (the page's flags judge them as restored)."""
+    if run.edited is None:
+        return tracks
+    return [dataclasses.replace(track, actor=run.edited.actor_of(chunk, number, track.actor)) for number, track in enumerate(tracks)]
 
 
 def _guard_measures(tracks_by_chunk, results) -> dict[int, dict]:
@@ -135,7 +145,7 @@ def _settings(job, cast) -> dict:
     return {"strength": job.strength, **({"actor strengths": cast.strengths} if cast.strengths else {}), "grain": job.grain,
             "min face": job.min_face, "codec": job.codec, "chunk frames": job.chunk_frames,
             "detector size": job.detector_size, "engine": job.engine, "precision": job.precision,
-            "restore batch": job.restore_batch, "resume": job.resume}
+            "restore batch": job.restore_batch, "resume": job.resume, **({"edits": str(job.edits)} if job.edits else {})}
 
 
 def versions() -> dict:

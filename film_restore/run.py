@@ -4,13 +4,14 @@
         [--models DIR] [--workdir DIR] [--resume] [--codec auto|x264|x265|prores|dnxhd|ffv1]
         [--report report.json] [--dry-run] [--strength 0..1|auto] [--grain auto|off] [--min-face PX]
         [--address HOST:PORT] [--engine torch|onnxruntime|tensorrt|auto] [--precision float32|bfloat16|float16|auto]
-        [--verbose]
+        [--edits EDITS.yaml] [--drop-chunks] [--verbose]
 
 Runs on an embedded local Ray, or on the cluster of `ray job submit` / RAY_ADDRESS.
 The output appears only when complete; the input is never written. A failure ends in one line
 `error: ...` and an exit status per class of failure (film_restore.pipeline.failures; README.md);
 its traceback goes to WORKDIR/INPUT_NAME.log (and to the terminal with --verbose, or for a bug).
 SIGINT and SIGTERM stop the run within seconds, keeping its finished chunks for --resume.
+--edits with --resume corrects tracks (film_restore.edits) and composes again only the chunks they change.
 """
 from __future__ import annotations
 
@@ -45,7 +46,13 @@ def parser() -> argparse.ArgumentParser:
     arguments.add_argument("--models", type=Path,
                            help="face models folder or pack name (default $FILM_RESTORE_MODELS, else buffalo_l, fetched)")
     arguments.add_argument("--workdir", type=Path, help="where chunk results are kept (default beside the output)")
-    arguments.add_argument("--resume", action="store_true", help="reuse the finished work of an interrupted run")
+    arguments.add_argument("--resume", action="store_true",
+                           help="reuse the finished work of an earlier run (interrupted, or done: with --edits)")
+    arguments.add_argument("--edits", type=Path, help="edits.yaml: corrections per track (actor, none, strength, skip); "
+                                                      "with --resume only the chunks they change are composed again")
+    arguments.add_argument("--drop-chunks", action="store_true",
+                           help="delete the restored chunks after the join (as large as the film's video); a later "
+                                "--edits run then composes every chunk again")
     arguments.add_argument("--codec", choices=CODECS, default=settings.CODEC, help="auto keeps the input's codec family")
     arguments.add_argument("--report", type=Path, help="report.json path (default OUTPUT_STEM.report.json)")
     arguments.add_argument("--dry-run", action="store_true", help="shots, tracks and identities only; no restore")
@@ -73,7 +80,8 @@ def job_from_args(args) -> Job:
         input=args.input, cast=args.cast, output=output, checkpoint=args.checkpoint, models=args.models,
         workdir=args.workdir, resume=args.resume, codec=args.codec, report=args.report, dry_run=args.dry_run,
         chunk_frames=args.chunk_frames, min_face=args.min_face, address=args.address, grain=args.grain,
-        strength=args.strength, engine=args.engine, precision=args.precision,
+        strength=args.strength, engine=args.engine, precision=args.precision, edits=args.edits,
+        drop_chunks=args.drop_chunks,
     )
 
 

@@ -4,7 +4,9 @@
     WORKDIR/<film stem>-<input hash>/
         scan-<key>.json                      frame timestamps, shots, chunks
         analysis/<chunk>-<key>.json          the chunk's tracks and identities
-        chunks/<chunk>-<key>.video (+ .json) the chunk's restored video (NUT or QuickTime) and totals
+        chunks/<chunk>-<key>.video (+ .json) the chunk's restored video (NUT or QuickTime) and totals; the output's
+                                             chunks stay after the join (a rerun with edits joins the untouched ones
+                                             again), unless --drop-chunks
 
 This is the only place records become JSON; between stages they travel as they are. Each chunk's
 result is keyed by the chunk and everything it depends on, so writing it again gives the same
@@ -18,6 +20,7 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
+from typing import Iterable
 
 from dmdnet.files import file_sha256, write_json
 from film_restore.records import Chunk, ChunkResult, Face, Scan, Shot, Track, TrackedFace
@@ -131,11 +134,14 @@ class WorkFolder:
         video = self.chunk_video(chunk, key)
         write_json(video.with_suffix(".json"), {"result": dataclasses.asdict(result), "video_bytes": video.stat().st_size})
 
-    def remove_chunks(self) -> None:
-        """Drops the restored chunks (videos and totals) once the output holds them: they are as large as the film."""
+    def remove_chunks(self, keep: Iterable[Path] = ()) -> None:
+        """Drops the restored chunks (videos and totals) but those whose videos are kept: once the output holds them,
+        the chunks of the output are kept for an edits file's rerun (film_restore.edits), the others dropped."""
+        kept = {Path(video) for video in keep}
         for done in (self.folder / "chunks").glob("*.json"):
-            done.unlink()  # first: a totals file without its video would be a damaged chunk
-            done.with_suffix(".video").unlink(missing_ok=True)
+            if done.with_suffix(".video") not in kept:
+                done.unlink()  # first: a totals file without its video would be a damaged chunk
+                done.with_suffix(".video").unlink(missing_ok=True)
 
     def _scan(self, key: str) -> Path:
         return self.folder / f"scan-{key}.json"

@@ -173,7 +173,9 @@ def film_arguments(film: Film, resume: bool) -> list[str]:
     arguments = [str(film.input), "--cast", str(film.cast), "-o", str(film.output),
                  "--checkpoint", str(film.checkpoint), "--workdir", str(film.workroot),
                  "--codec", film.codec, "--chunk-frames", str(film.chunk_frames),
-                 "--engine", film.engine, "--precision", film.precision]
+                 "--engine", film.engine, "--precision", film.precision,
+                 # The archive passes no edits files, so it keeps no restored chunks for them after the join.
+                 "--drop-chunks"]
     if film.models is not None:
         arguments += ["--models", str(film.models)]
     if resume:

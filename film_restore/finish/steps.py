@@ -49,18 +49,22 @@ CHANGE_STRIDE = 2
 @dataclass
 class FacePlan:
     """Which faces of a chunk's tracks are restored, known before its frames are read: by frame
-    (track number, Face, actor), each one's position among its track's restored faces, and each
-    track's count; faces narrower or shorter than min_face are left as they are, and counted."""
+    (track number, Face, actor), each one's position among its track's restored faces, each
+    track's count and strength (AUTO or 0..1: the guards' and the hold-still's); faces narrower
+    or shorter than min_face are left as they are, and counted."""
 
     by_frame: dict = field(default_factory=lambda: defaultdict(list))
     positions: dict = field(default_factory=dict)
     lengths: dict = field(default_factory=dict)
+    strengths: dict = field(default_factory=dict)
     too_small: int = 0
 
     @classmethod
-    def of(cls, tracks: list[Track], min_face: int) -> "FacePlan":
-        plan = cls()
-        for number, track in enumerate(tracks):
+    def of(cls, tracks: list[Track] | dict[int, Track], min_face: int, strengths: dict | None = None) -> "FacePlan":
+        """tracks: numbered from 0, or by number (film_restore.edits: a track cut by an edit is several);
+        strengths: track number -> its strength (the compose step gives every track's)."""
+        plan = cls(strengths=dict(strengths or {}))
+        for number, track in (tracks.items() if isinstance(tracks, dict) else enumerate(tracks)):
             plan.lengths[number] = 0
             for tracked in track.faces:
                 x1, y1, x2, y2 = tracked.face.box
@@ -197,11 +201,11 @@ class Follow(Step):
 
 class Guard:
     """embed: crops -> unit embeddings (None: no guards, the restorer's faces are final);
-    references: actor -> unit centroid; strength_of: actor -> AUTO or 0..1. Each track's guarded
+    references: actor -> unit centroid; each track's strength is the plan's. Each track's guarded
     parts (frames, GuardedFaces) are kept in `parts`."""
 
-    def __init__(self, plan: FacePlan, embed, references: dict, strength_of: Callable):
-        self.plan, self.embed, self.references, self.strength_of = plan, embed, references, strength_of
+    def __init__(self, plan: FacePlan, embed, references: dict):
+        self.plan, self.embed, self.references = plan, embed, references
         self.tracks: dict[int, TrackGuard] = {}
         self.added: dict[int, int] = {}  # track number -> highest position added
         self.parts: dict[int, list[tuple[list[int], GuardedFaces]]] = defaultdict(list)
@@ -229,7 +233,7 @@ class Guard:
         if face.track not in self.tracks:
             self.tracks[face.track] = TrackGuard(self.plan.lengths[face.track], self.embed,
                                                  self.references.get(face.actor) if face.actor else None,
-                                                 self.strength_of(face.actor))
+                                                 self.plan.strengths[face.track])
         return self.tracks[face.track]
 
     def _ready(self, window: Window) -> bool:
@@ -298,14 +302,14 @@ class HoldStill(Step):
     the change left is what AddGrain's allowance is measured on. A track seen on one frame keeps its
     last measures."""
 
-    def __init__(self, strength_of: Callable, grain: GrainModels, result: ChunkResult):
-        self.strength_of, self.grain, self.result = strength_of, grain, result
+    def __init__(self, plan: FacePlan, grain: GrainModels, result: ChunkResult):
+        self.plan, self.grain, self.result = plan, grain, result
         self.shares: dict[int, float] = {}
         self.allowed: dict[int, float] = {}
 
     def work(self, window: Window) -> None:
         for number, faces in window.tracks().items():
-            held = self.strength_of(faces[0].actor) == AUTO
+            held = self.plan.strengths[number] == AUTO
             model = self.grain.model(number)
             if held or model is not None:
                 self._measure(number, faces, held, model)
@@ -376,8 +380,8 @@ def finishing(restore: Callable, plan: FacePlan, settings, result: ChunkResult, 
     measures). settings: the chunk's compose.ComposeSettings; on: as Restore takes it."""
     grain = GrainModels()
     embed = None if settings.models_dir is None else embedder_of(settings.models_dir)
-    guard = Guard(plan, embed, settings.references, settings.strength_of)
-    hold = HoldStill(settings.strength_of, grain, result)
+    guard = Guard(plan, embed, settings.references)
+    hold = HoldStill(plan, grain, result)
     chain = [Restore(restore, result, on), Follow(), guard, grain, Paste(grain), hold]
     if settings.grain == AUTO:
         chain.append(AddGrain(grain, hold))

@@ -23,6 +23,7 @@ from ray._private.utils import read_ray_address
 
 from film_restore.batching import BatchingRestorer
 from film_restore.compose import Composer, ComposeSettings
+from film_restore.edits import ChunkEdits
 from film_restore.finish.device import FinishSession
 from film_restore.keys import RunKeys
 from film_restore.pipeline.failures import InputError, NoCluster, StageFailed, cause_of, in_ray
@@ -251,8 +252,9 @@ class InFlight:
 
 @ray.remote(max_retries=0)
 def compose_task(info: VideoInfo, settings: ComposeSettings, restorer, chunk: Chunk, frame_pts: tuple[int, ...],
-                 work: WorkFolder, keys: RunKeys, film: str, finish_on_restorer: bool = False) -> int:
-    """Restores, composes and encodes one chunk into the work folder from its stored tracks; returns its frames.
+                 work: WorkFolder, keys: RunKeys, film: str, finish_on_restorer: bool = False, edits: ChunkEdits | None = None) -> int:
+    """Restores, composes and encodes one chunk into the work folder from its stored tracks, with the edits of its
+    tracks (under the chunk's key with them: keys.RunKeys.chunk_compose); returns its frames.
 
     Waits first for the restore actor to be alive: after a loss, the chunks sent again wait for its
     restart rather than failing against it."""
@@ -265,8 +267,9 @@ def compose_task(info: VideoInfo, settings: ComposeSettings, restorer, chunk: Ch
     cv2.setNumThreads(1)
     tracks = work.load_tracks(chunk, keys.analysis)
     remote = RemoteFinish(restorer) if finish_on_restorer else RemoteRestore(restorer)
-    result = Composer(info, settings, remote)(chunk, tracks, frame_pts, work.chunk_video(chunk, keys.compose))
-    work.save_chunk_result(chunk, keys.compose, result)
+    key = keys.chunk_compose(edits)
+    result = Composer(info, settings, remote)(chunk, tracks, frame_pts, work.chunk_video(chunk, key), edits)
+    work.save_chunk_result(chunk, key, result)
     counter("film_restore_chunks_done", "chunks restored and encoded").inc(1, tags={"film": film})
     counter("film_restore_frames_done", "frames restored and encoded").inc(result.frames, tags={"film": film})
     return result.frames

@@ -20,8 +20,9 @@ import dmdnet
 from film_restore import report as reports
 from film_restore.cast import Cast, CastStore
 from film_restore.faces import FaceAnalyzer
-from film_restore.interlace import restored_field_order, whole_frames_note
+from film_restore.interlace import FIELDS_PER_FRAME, restored_field_order, whole_frames_note
 from film_restore.compose import ComposeSettings
+from film_restore.edits import ChunkEdits, Edits, ResolvedEdits
 from film_restore.keys import job_keys
 from film_restore.models import find_pack, pack_id, resolve_checkpoint
 from film_restore.pipeline.chunks import Stage
@@ -74,6 +75,12 @@ class FilmRun:
             self.progress.say(f"note: {self.checkpoint.note}")
         self.job = job = dataclasses.replace(job, checkpoint=self.checkpoint and self.checkpoint.path)
         self.cast = Cast.load(job.cast)
+        # The edits file's own mistakes before Ray starts; its tracks and ranges once the film's tracks are known.
+        self.edits = None if job.edits is None else Edits.load(job.edits, self.cast)
+        self.edited: ResolvedEdits | None = None
+        if self.edits is not None and not job.resume and not job.dry_run:
+            self.progress.say("note: --edits without --resume: the work folder is cleared and every chunk restored again "
+                              "(with --resume, only the chunks whose tracks the edits change)")
         init_ray(job.address)  # after the quick checks, before the slow preparations: a dead cluster fails now
         self.pack = find_pack(job.models)
         face_models = pack_id(self.pack)
@@ -105,15 +112,18 @@ class FilmRun:
                 frame_pts = ray.put(scan.frame_pts)  # once for every worker of the run
             self.stage = "analysis"
             outlines = self._timed("analyse", lambda: self.analyse(scan, frame_pts))
+            if self.edits is not None:  # before any chunk is composed: a mistake in it rewrites nothing
+                self.edited = self.resolve_edits(scan, outlines)
             results = []
             if not self.job.dry_run:
                 self.stage = "restore"
                 self._timed("restore_and_encode", lambda: self.compose(scan, frame_pts))
-                results = [self.work.load_chunk_result(chunk, self.keys.compose) for chunk in scan.chunks]
+                results = [self.work.load_chunk_result(chunk, self.chunk_key(chunk)) for chunk in scan.chunks]
+                videos = [self.work.chunk_video(chunk, self.chunk_key(chunk)) for chunk in scan.chunks]
                 self.stage = "join"
-                self._timed("join", lambda: join([self.work.chunk_video(c, self.keys.compose) for c in scan.chunks],
-                                                 self.job.input, self.job.output, self.info, frame_pts=scan.frame_pts))
-                self.work.remove_chunks()
+                self._timed("join", lambda: join(videos, self.job.input, self.job.output, self.info, frame_pts=scan.frame_pts))
+                # The output's chunks stay for a rerun with edits (which joins the untouched ones again), unless dropped.
+                self.work.remove_chunks(keep=() if self.job.drop_chunks else videos)
         except Interrupted as stop:
             raise Interrupted(stop.signum, f"{self.film}: {stop} during the {self.stage}; {self.state()}: "
                                            "rerun with --resume") from None
@@ -197,19 +207,48 @@ class FilmRun:
                 ray.kill(actor)
         return outlines
 
+    def resolve_edits(self, scan: Scan, outlines: dict[int, list[TrackOutline]]) -> ResolvedEdits:
+        """The edits file against the film's tracks (EditsError for a track it lacks, a range outside the film or the
+        track); says what it changes."""
+        fields = restored_field_order(self.info) is not None  # tracks count fields
+        pictures, unit_name = (len(scan.frame_pts) * FIELDS_PER_FRAME, "field") if fields else (len(scan.frame_pts), "frame")
+        edited = self.edits.resolve(outlines, pictures, len(scan.shots), unit_name)
+        for entry in self.edits.unused(outlines):
+            frames = f" on {unit_name}s {entry.frames[0]}-{entry.frames[1]}" if entry.frames else ""
+            self.progress.say(f"note: {self.edits.path.name}:{entry.lines['entry']}: no track of "
+                              f"{entry.tracks_of or 'nobody (a stranger)'}{frames}: the entry changes nothing")
+        tracks = sum(len(chunk_edits.tracks) for chunk_edits in edited.by_chunk.values())
+        entries = len(self.edits.entries)
+        self.progress.say(f"edits: {entries} {'entry' if entries == 1 else 'entries'} of {self.edits.path.name} change "
+                          f"{tracks} tracks in {len(edited.by_chunk)} of {len(scan.chunks)} chunks")
+        return edited
+
+    def chunk_edits(self, chunk: Chunk) -> ChunkEdits | None:
+        return None if self.edited is None else self.edited.by_chunk.get(chunk.index)
+
+    def chunk_key(self, chunk: Chunk) -> str:
+        """The key of the chunk's restored video: the run's, with the edits of its tracks."""
+        return self.keys.chunk_compose(self.chunk_edits(chunk))
+
     def compose(self, scan: Scan, frame_pts) -> None:
-        """Each chunk restored, composed and encoded into the work folder (its video and totals)."""
-        key = self.keys.compose
+        """Each chunk restored, composed and encoded into the work folder (its video and totals), unless stored
+        under its key already; says how many were redone where some were kept or the run has edits."""
         missing, frames_done = [], 0
         for chunk in scan.chunks:
-            result = self._stored(lambda: self.work.load_chunk_result(chunk, key))
+            result = self._stored(lambda: self.work.load_chunk_result(chunk, self.chunk_key(chunk)))
             if result is None:
                 missing.append(chunk)
             else:
                 frames_done += result.frames
         self.restored = self.chunks - len(missing)
-        if not missing:
-            return
+        redone = self._redone(missing) if self.restored or self.edits is not None else None
+        if missing:
+            self._compose(missing, scan, frame_pts, frames_done)
+        if redone:
+            self.progress.say(redone)
+
+    def _compose(self, missing: list[Chunk], scan: Scan, frame_pts, frames_done: int) -> None:
+        """The missing chunks restored by this run's restore actors and compose tasks."""
         gpus = restore_gpus()
         count = max(1, min(gpus, len(missing)))
         slots = cpu_workers(len(missing))
@@ -239,12 +278,21 @@ class FilmRun:
             )
             submit = lambda _, chunk: compose_task.options(name=f"film_restore.compose-{chunk.index}").remote(
                 self.info, settings, restorers[chunk.index % len(restorers)], chunk, frame_pts, self.work, self.keys,
-                self.film, finish_on_restorer)
+                self.film, finish_on_restorer, self.chunk_edits(chunk))
             self._stage("compose", [None] * slots, submit).run(missing, finished)
             self.batching = _merged_counts(gathered([restorer.batching.remote() for restorer in restorers]))
         finally:
             for restorer in restorers:
                 ray.kill(restorer)
+
+    def _redone(self, missing: list[Chunk]) -> str:
+        """What the compose stage did of the film's chunks: "redid 3 of 40 chunks (3 with edited tracks); 37 kept as
+        they were"."""
+        edited = sum(self.chunk_edits(chunk) is not None for chunk in missing)
+        why = ([f"{edited} with edited tracks"] if edited else []) + \
+              ([f"{len(missing) - edited} not stored"] if len(missing) > edited else [])
+        because = f" ({', '.join(why)})" if why else ""
+        return f"redid {len(missing)} of {self.chunks} chunks{because}; {self.chunks - len(missing)} kept as they were"
 
     def _engines(self, restorers) -> list[dict]:
         """What runs DMDNet in the restorers (distinct descriptions), each said once; a restorer that

@@ -29,6 +29,8 @@ class Job:
     engine: str = settings.ENGINE  # what runs DMDNet (dmdnet.engines): torch, onnxruntime, tensorrt or auto
     precision: str = settings.PRECISION
     address: str | None = None  # a Ray cluster to join (host:port, ray://host:port, auto); else RAY_ADDRESS, else local
+    edits: Path | None = None  # an edits file: corrections per track (film_restore.edits)
+    drop_chunks: bool = False  # drop the restored chunks after the join, rather than keep them for an edits file's rerun
 
     @property
     def workroot(self) -> Path:
@@ -44,6 +46,6 @@ class Job:
         On a cluster the input, cast (and its .store), checkpoint, models, work folder and output
         must be on storage mounted at the same path on every node (see RUNBOOK.md).
         """
-        fields = ("input", "cast", "output", "checkpoint", "workdir", "report")  # models may name a pack: resolved later
+        fields = ("input", "cast", "output", "checkpoint", "workdir", "report", "edits")  # models may name a pack: resolved later
         return dataclasses.replace(self, **{f: Path(getattr(self, f)).expanduser().absolute()
                                             for f in fields if getattr(self, f) is not None})

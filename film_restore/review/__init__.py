@@ -18,8 +18,8 @@ from film_restore.review.media import Pictures, frame_timestamps, gather, plan_t
 from film_restore.review.page import page_folder, write_page
 from film_restore.video import VideoError
 
-__all__ = ["FLAGS", "MEDIA_TRACKS", "Pictures", "frame_seconds", "frame_timestamps", "page_folder", "review_tracks",
-           "track_id", "write_page"]
+__all__ = ["FLAGS", "MEDIA_TRACKS", "Pictures", "frame_seconds", "frame_timestamps", "numbered_tracks", "page_folder",
+           "review_tracks", "track_id", "write_page"]
 
 # Tracks that get stills and a loop, flagged tracks first (then the longest): bounds the page's cost on a long film.
 MEDIA_TRACKS = 40
@@ -31,6 +31,16 @@ def track_id(shot: int, number_in_shot: int) -> str:
     """A track's id on the page and in edits files: s<shot>t<number of the track in its shot>, both from 0
     (the same for any --chunk-frames; never a number, so YAML keeps it a string)."""
     return f"s{shot}t{number_in_shot}"
+
+
+def numbered_tracks(tracks_by_chunk: dict[int, list]) -> list[tuple[str, int, int, object]]:
+    """(id, chunk, number in the chunk, track) of every track (Track or TrackOutline) of the film, chunk by chunk."""
+    numbered, in_shot = [], {}
+    for chunk in sorted(tracks_by_chunk):
+        for number, track in enumerate(tracks_by_chunk[chunk]):
+            numbered.append((track_id(track.shot, in_shot.get(track.shot, 0)), chunk, number, track))
+            in_shot[track.shot] = in_shot.get(track.shot, 0) + 1
+    return numbered
 
 
 def frame_seconds(frame_pts, time_base, average_rate) -> list[float]:

@@ -79,7 +79,12 @@ def facts(report: dict) -> list[tuple[str, str]]:
     rows.append(("faces", f"{totals['faces_detected']} found in {totals['tracks']} tracks, {totals['faces_restored']} restored, "
                           f"{totals['faces_too_small']['faces']} smaller than {totals['faces_too_small']['min_face']} px left as "
                           f"they were, {totals['faces_held_still']} restored in part only (restored whole, they would flicker "
-                          f"more than the film)"))
+                          f"more than the film)" + (f", {totals['faces_left_by_edits']} left as they were by the edits file"
+                                                    if totals.get("faces_left_by_edits") else "")))
+    edits = report.get("edits")
+    if edits:
+        rows.append(("edits", f"{edits['path']}: {edits['entries']} entries changed {edits['tracks_edited']} tracks in "
+                              f"{edits['chunks_edited']} chunks (sha256 {edits['sha256'][:16]})"))
     interlace = report.get("interlace")
     if interlace:
         combing = interlace["combing"]

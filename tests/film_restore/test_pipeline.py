@@ -6,6 +6,7 @@ first two built from frames of the other half of their clips; a narrow seeded DM
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -149,6 +150,45 @@ def test_review_page_in_a_browser(full_run, tmp_path):
         assert sorted(shown_cards(browser)) == sorted(set(ids) - set(actor0))
         browser.screenshot(artifact_folder(tmp_path) / "pipeline_review_page.png")
     assert browser.errors == []
+
+
+def test_an_edits_file_redoes_only_the_chunks_whose_tracks_it_changes(setup, full_run, tmp_path):
+    """The archivist's loop after a finished run: one track set to actor: none. A mistake in the edits file first: one
+    line, and nothing rewritten. Then only that track's chunk is composed again (the run's line and the work folder say
+    so), every frame of the other chunks is the first output's, bit for bit, and the track's faces are the input's."""
+    report = json.loads(full_run.with_name("restored.report.json").read_text())
+    stranger = next(track for track in report["tracks"] if track["actor"] is None)
+    work, output, edits = tmp_path / "work", tmp_path / "restored.mkv", tmp_path / "edits.yaml"
+    shutil.copytree(setup["folder"] / "work", work)
+    shutil.copy(full_run, output)  # the previous output, where the rerun writes
+    chunk_files = lambda: {path.name: path.stat().st_mtime_ns for path in work.glob("*/chunks/*")}  # noqa: E731
+    before = chunk_files()
+    assert len(before) == 2 * CHUNKS  # the finished run kept its chunks (video and totals)
+    edits.write_text(f"- track: {stranger['id']}\n  actor: none\n- track: s9t0\n  skip: true\n")
+    rerun = ("--codec", "ffv1", "--workdir", work, "--edits", edits, "--resume")
+    bad = restore(setup, *rerun, output=output, expect_ok=False)
+    assert bad.returncode == 3 and bad.stderr.strip().splitlines()[-1] == (
+        f"error: {edits}:3: track: no track s9t0 in this film (its shots are 0-2; the review page gives each track's id)")
+    assert sha256(output) == sha256(full_run) and chunk_files() == before
+
+    edits.write_text(f"- track: {stranger['id']}\n  actor: none    # a copied entry from the review page\n")
+    result = restore(setup, *rerun, output=output)
+    assert f"redid 1 of {CHUNKS} chunks (1 with edited tracks); {CHUNKS - 1} kept as they were" in result.stderr
+    after = chunk_files()
+    redone = {name for name in after if before.get(name) != after[name]}
+    assert {name[:5] for name in redone} == {f"{stranger['chunk']:05d}"} and len(redone) == 2 and len(after) == 2 * CHUNKS
+    shot = report["shots"][stranger["shot"]]  # one chunk per shot
+    input_frames, first_frames, edited_frames = (decoded(path)[1] for path in (setup["film"], full_run, output))
+    for index, (source, first, edited) in enumerate(zip(input_frames, first_frames, edited_frames, strict=True)):
+        if shot["first_frame"] <= index <= shot["last_frame"]:  # the stranger's shot: nothing restored there now
+            assert np.array_equal(edited, source) and not np.array_equal(first, source), index
+        else:
+            assert np.array_equal(edited, first), index
+    edited_report = json.loads(output.with_name("restored.report.json").read_text())
+    [track] = [track for track in edited_report["tracks"] if track["id"] == stranger["id"]]
+    assert track["edits"] == [{"line": 1, "actor": "none"}] and "guards" not in track
+    assert edited_report["totals"]["faces_left_by_edits"] == stranger["faces"]
+    assert [t["id"] for t in edited_report["tracks"] if "edits" in t] == [stranger["id"]]
 
 
 @pytest.mark.parametrize("problem, exit_status", [("truncated input", 3), ("missing cast image", 3),
