@@ -8,7 +8,8 @@ concurrent calls, or coroutines through `restore_async`), and one worker thread 
 of the same actor are merged (a large request is split across passes), a pass starts as
 soon as it is full or when its oldest request has waited `max_wait_s`. Faces of different
 actors never share a pass (each actor has its own dictionary), so a result equals what
-the request alone would have got.
+the request alone would have got: to the bit where `forward` gives every pass one shape, as
+restore.FaceRestorer does.
 """
 from __future__ import annotations
 

@@ -58,9 +58,17 @@ class FaceRestorer:
         dictionary = self.dictionaries.get(actor) if actor is not None else None
         restored = []
         for start in range(0, len(crops), self.batch):
-            lq = to_tensor(crops[start : start + self.batch]).to(self.device)
+            count = min(self.batch, len(crops) - start)
+            lq = to_tensor(_full_batch(crops[start : start + count], self.batch)).to(self.device)
             # A copy: arrays that come through Ray's object store are read-only.
-            batch_boxes = torch.tensor(boxes[start : start + self.batch], device=self.device)
-            out = self.engine(lq, batch_boxes, dictionary)
+            batch_boxes = torch.tensor(_full_batch(boxes[start : start + count], self.batch), device=self.device)
+            out = self.engine(lq, batch_boxes, dictionary)[:count]
             restored.append(((out.clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).float().cpu().numpy())
         return np.concatenate(restored) if restored else np.zeros((0, self.image_size, self.image_size, 3), np.float32)
+
+
+def _full_batch(items: np.ndarray, size: int) -> np.ndarray:
+    """items filled up to `size` with copies of the last. Every forward pass has the same shape because
+    convolutions pick their method by batch size: a face restored with other faces, or again after
+    a lost worker, then gives the same bits."""
+    return items if len(items) == size else np.concatenate([items, np.repeat(items[-1:], size - len(items), axis=0)])

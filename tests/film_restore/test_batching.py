@@ -120,3 +120,20 @@ def test_merged_passes_restore_what_each_request_gets_alone(small_model):
         # Equal up to float32 rounding: convolution kernels are chosen per batch size.
         assert (result - forward(crops, crop_boxes, actor)).abs().max() < 1e-3
     assert counts["forward_passes"] == 2 and counts["mean_batch"] > counts["mean_request"]
+
+
+def test_a_face_gives_the_same_bits_alone_or_with_others():
+    """FaceRestorer's passes all have the batch's shape: a face's result does not depend on how many
+    faces a pass merged (as it would: convolutions pick their method by batch size), so a chunk
+    restored again after a lost worker gives the same bytes."""
+    from film_restore.restore import FaceRestorer
+    from tests.assets import TRAINED_MODEL
+
+    restorer = FaceRestorer(TRAINED_MODEL, {}, batch=4)
+    size = restorer.image_size
+    crops = np.random.default_rng(0).integers(0, 256, (4, size, size, 3), dtype=np.uint8)
+    boxes = np.tile(np.array([[0.3, 0.35, 0.45, 0.5], [0.55, 0.35, 0.7, 0.5], [0.4, 0.45, 0.6, 0.6],
+                              [0.35, 0.65, 0.65, 0.8]], np.float32) * size, (4, 1, 1))
+    together = restorer.restore(crops, boxes, None)
+    for face in range(4):
+        np.testing.assert_array_equal(restorer.restore(crops[face:face + 1], boxes[face:face + 1], None)[0], together[face])
