@@ -20,9 +20,10 @@ stabilisation  a centred (zero-lag) temporal filter of the residual along the in
 identity       each face's strength (0..1, its share of the residual) is the highest of
                STRENGTH_STEPS at which the face is as like the actor as the input was (within
                IDENTITY_TOLERANCE) (a face of nobody: at least UNKNOWN_SELF_SIMILARITY like its
-               own input); the strengths are then smoothed along the track by a moving minimum
-               and a moving average of the same reach, so they never exceed any face's limit
-               and do not pump.
+               own input); along the track each face then gets the lowest of the limits, each
+               raised by STRENGTH_SLOPE per face between them: never above any face's limit,
+               and never changing by more than STRENGTH_SLOPE from one face to the next (no
+               pumping, no step where a window ends).
 
 `TrackGuard` runs the three on one track fed face by face, each face's work done once; a face's
 result depends on its track within GUARD_HORIZON faces either side, so a window's faces are
@@ -59,9 +60,12 @@ MATCH_BLUR = 0.006
 # Spatial reach (x crop side) over which the residual's frame-to-frame change is compared
 # with the input's, to decide how much of it cancels input noise.
 CANCEL_BLUR = 0.02
-# Identity guard: the strengths tried, best first, and the reach (frames) of their smoothing.
+# Identity guard: the strengths tried, best first. Along a track a face's strength changes by at
+# most STRENGTH_SLOPE from its neighbour's (with finish.hold.SHARE_SLOPE, the strength used changes
+# by at most 0.1 per frame), so a limit reaches STRENGTH_REACH faces either side.
 STRENGTH_STEPS = (1.0, 0.75, 0.5, 0.25, 0.0)
-STRENGTH_RADIUS = 3
+STRENGTH_SLOPE = 0.05
+STRENGTH_REACH = int(np.ceil(1 / STRENGTH_SLOPE))
 # A named actor's face is held back where restoring it lowers its similarity to the actor by
 # more than this: a face's similarity to its actor changes by 0.005-0.012 on average from one
 # frame to the next (compact pack, aligned 256 px crops of retalk_2 and liveportrait_d10).
@@ -79,8 +83,8 @@ MEASURE_STRIDE = 2
 LESS_LIKE_THE_ACTOR = "identity: restored face less like the actor than the input"
 UNLIKE_ITSELF = "identity: restored face unlike its own input"
 WITH_NEIGHBOURS = "identity: held back with neighbouring faces (strengths smoothed along the track)"
-# Faces either side a face's result depends on (stabilisation, then the strength smoothing's two passes).
-GUARD_HORIZON = TEMPORAL_RADIUS + 2 * STRENGTH_RADIUS
+# Faces either side a face's result depends on (stabilisation, then the strengths' reach).
+GUARD_HORIZON = TEMPORAL_RADIUS + STRENGTH_REACH
 
 
 @dataclass
@@ -376,7 +380,7 @@ class TrackGuard:
 
     def guard(self, positions: list[int]) -> GuardedFaces:
         """The final faces of these positions (consecutive) and the guards' measures of them."""
-        limited = self._existing(range(positions[0] - 2 * STRENGTH_RADIUS, positions[-1] + 2 * STRENGTH_RADIUS + 1)) \
+        limited = self._existing(range(positions[0] - STRENGTH_REACH, positions[-1] + STRENGTH_REACH + 1)) \
             if self.strength == AUTO else list(positions)
         stabilised = self._existing(limited + list(positions))
         self._residuals(self._existing(range(stabilised[0] - TEMPORAL_RADIUS, stabilised[-1] + TEMPORAL_RADIUS + 1)))
@@ -430,15 +434,10 @@ class TrackGuard:
 
 def smoothed_strength(limits, position: int, length: int) -> float:
     """One face's strength along a track of `length` faces whose limits (by position) are given
-    within 2 STRENGTH_RADIUS of it: a moving minimum of the limits, then a moving Gaussian average of
-    the same reach, never above the face's own limit (see the module notes)."""
-    reach = STRENGTH_RADIUS
-    offsets = np.arange(-reach, reach + 1)
-    gauss = np.exp(-0.5 * (offsets / (reach / 2)) ** 2)
-    inside = (position + offsets >= 0) & (position + offsets < length)
-    lowest = [min(limits[v] for v in range(max(u - reach, 0), min(u + reach, length - 1) + 1)) for u in position + offsets[inside]]
-    smoothed = np.float32((gauss[inside] * np.asarray(lowest, np.float32)).sum() / gauss[inside].sum())
-    return float(min(smoothed, limits[position]))
+    within STRENGTH_REACH of it: the lowest of the limits, each raised by STRENGTH_SLOPE per face
+    between it and this one (see the module notes)."""
+    nearby = range(max(position - STRENGTH_REACH, 0), min(position + STRENGTH_REACH, length - 1) + 1)
+    return float(np.float32(min(limits[v] + STRENGTH_SLOPE * abs(position - v) for v in nearby)))
 
 
 def smooth_strengths(limits: np.ndarray) -> np.ndarray:

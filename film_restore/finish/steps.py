@@ -11,7 +11,7 @@ Guard        the guards along each track (finish.guards)
 GrainModels  each track's grain, estimated once (finish.grain_model)
 Paste        the final faces warped into their frame regions, once (finish.paste)
 HoldStill    under strength auto, each track keeps only the share of its restoration that changes
-             no more from frame to frame than the film (finish.hold)
+             no more from frame to frame than the film (finish.hold), moving smoothly along the track
 AddGrain     fresh grain, as much as each track may take (finish.grain)
 Blend        each frame's faces blended into its picture
 
@@ -34,7 +34,7 @@ from film_restore.finish.flow import PairFlow, flow_picture, flow_side
 from film_restore.finish.grain import GrainTile, add_missing_grain, grain_allowed
 from film_restore.finish.grain_model import GRAIN_FACES, estimate_track_grain, grain_window
 from film_restore.finish.guards import GUARD_HORIZON, GuardedFaces, TrackGuard, embedder_of
-from film_restore.finish.hold import steady_share
+from film_restore.finish.hold import steady_share, toward
 from film_restore.finish.measures import change_samples
 from film_restore.finish.paste import composite, face_regions
 from film_restore.finish.window import FaceKey, Surround, Window, WindowFace, longest_run
@@ -300,12 +300,16 @@ class HoldStill(Step):
     along the track's flow), for the tracks held (strength auto) or taking grain: a held track keeps
     only the share of its restoration that changes no more than its input (1 for the others), and
     the change left is what AddGrain's allowance is measured on. A track seen on one frame keeps its
-    last measures."""
+    last measures. The share each face uses moves toward its window's by at most hold.SHARE_SLOPE
+    from the track's face before (`used`: by face, for the chunk): where a window needs less than the
+    one before, its first faces change a little more than the film for a few frames."""
 
     def __init__(self, plan: FacePlan, grain: GrainModels, result: ChunkResult):
         self.plan, self.grain, self.result = plan, grain, result
         self.shares: dict[int, float] = {}
         self.allowed: dict[int, float] = {}
+        self.used: dict[FaceKey, float] = {}
+        self.last_used: dict[int, float] = {}  # track number -> the share its last face used
 
     def work(self, window: Window) -> None:
         for number, faces in window.tracks().items():
@@ -313,10 +317,13 @@ class HoldStill(Step):
             model = self.grain.model(number)
             if held or model is not None:
                 self._measure(number, faces, held, model)
-            share = self.shares.get(number, 1.0)
-            if share < 1:
-                self.result.faces_held_still += len(faces)
-                for face in faces:
+            target = self.shares.get(number, 1.0)
+            for face in faces:
+                # A track's first faces start at their window's share: there is no face before them to step from.
+                share = self.last_used[number] = toward(self.last_used.get(number, target), target)
+                self.used[face.key] = share
+                if share < 1:
+                    self.result.faces_held_still += 1
                     if face.region is not None:
                         original = ops.like(face.region.face, face.surround.read(face.region.region))
                         face.region = face.region.partial(original, share)
