@@ -201,11 +201,12 @@ class Follow(Step):
 
 class Guard:
     """embed: crops -> unit embeddings (None: no guards, the restorer's faces are final);
-    references: actor -> unit centroid; each track's strength is the plan's. Each track's guarded
-    parts (frames, GuardedFaces) are kept in `parts`."""
+    references: actor -> unit centroid; each track's strength is the plan's; fusion: whether the
+    guards fuse each face's input along its track (finish.guards). Each track's guarded parts
+    (frames, GuardedFaces) are kept in `parts`."""
 
-    def __init__(self, plan: FacePlan, embed, references: dict):
-        self.plan, self.embed, self.references = plan, embed, references
+    def __init__(self, plan: FacePlan, embed, references: dict, fusion: bool = True):
+        self.plan, self.embed, self.references, self.fusion = plan, embed, references, fusion
         self.tracks: dict[int, TrackGuard] = {}
         self.added: dict[int, int] = {}  # track number -> highest position added
         self.parts: dict[int, list[tuple[list[int], GuardedFaces]]] = defaultdict(list)
@@ -233,7 +234,7 @@ class Guard:
         if face.track not in self.tracks:
             self.tracks[face.track] = TrackGuard(self.plan.lengths[face.track], self.embed,
                                                  self.references.get(face.actor) if face.actor else None,
-                                                 self.plan.strengths[face.track])
+                                                 self.plan.strengths[face.track], fusion=self.fusion)
         return self.tracks[face.track]
 
     def _ready(self, window: Window) -> bool:
@@ -387,7 +388,7 @@ def finishing(restore: Callable, plan: FacePlan, settings, result: ChunkResult, 
     measures). settings: the chunk's compose.ComposeSettings; on: as Restore takes it."""
     grain = GrainModels()
     embed = None if settings.models_dir is None else embedder_of(settings.models_dir)
-    guard = Guard(plan, embed, settings.references)
+    guard = Guard(plan, embed, settings.references, settings.fusion == "on")
     hold = HoldStill(plan, grain, result)
     chain = [Restore(restore, result, on), Follow(), guard, grain, Paste(grain), hold]
     if settings.grain == AUTO:
