@@ -70,8 +70,8 @@ class Composer:
     (finish.device): this task then only aligns, blends and encodes.
 
     Faces are restored COMPOSE_WINDOW frames at a time; with guards, a window is written only once
-    the faces the guards look ahead to are restored (finish.guards.GUARD_HORIZON <= COMPOSE_WINDOW:
-    usually the next window), and each face is guarded once, as if its whole track were.
+    the faces the guards look ahead to are restored (finish.guards.GUARD_HORIZON faces: up to three
+    windows later), and each face is guarded once, as if its whole track were.
 
     A chunk's edits (film_restore.edits.ChunkEdits) are applied to its tracks first: another actor
     (dictionary, reference, strength), another strength, or faces left as they are (counted).

@@ -9,13 +9,13 @@ track fusion   each face's input crop averaged with its neighbours' (TEMPORAL_RA
                warped onto it along the flow, weighted by a Gaussian in time, the flow's
                forward-backward check, how well the warped (blurred) inputs agree, and how
                well they agree pixel by pixel against what the two differ by on most of the
-               face (the noise), so that occlusions, fast motion, detail the flow does not
-               follow exactly and whatever crosses the face keep the frame's own pixels. A fused
-               face less like the actor than its input (as the identity guard measures it) is
-               not used: that face's base is its input. A track holds the same face many times over: the fused base keeps the
-               face and loses most of the noise, and it is the base the fidelity guard keeps
-               the low band of (with a noisy input, the input's own low band would keep its
-               noise there).
+               crop (the noise), so that occlusions, fast motion, detail the flow does not
+               follow exactly and whatever crosses the face keep the frame's own pixels. A
+               track holds the same face many times over: the fused base keeps the face and
+               loses most of the noise, and it is the base the fidelity guard keeps the low
+               band of (with a noisy input, the input's own low band would keep its noise
+               there). A fused face less like the actor than its input (the identity guard's
+               test) is not used: that face's base is its input.
 fidelity       the residual loses the band the input can vouch for (below the input's effective
                resolution, `effective_resolution`, estimated once per track from its first
                RESOLUTION_FACES faces): the restored face re-degraded to that resolution agrees
@@ -69,7 +69,7 @@ TEMPORAL_SIGMA = 1.0
 FUSION_SIGMA = 2.0
 # A neighbour's pixel is fused in proportion to exp(-d^2 / 2 (FUSION_TOLERANCE m)^2), d the two
 # inputs' difference there (blurred by FUSION_BLUR pixels: noise alone hardly varies from pixel
-# to pixel then) and m its mean over the face where the flow holds: noise differs by about m
+# to pixel then) and m its mean over the crop where the flow holds: noise differs by about m
 # everywhere, an edge the flow misses by a fraction of a pixel, or an occluder, by several m.
 FUSION_TOLERANCE = 1.5
 FUSION_BLUR = 1.0
@@ -361,7 +361,7 @@ class TrackGuard:
         xp = ops.namespace(residual)
         sum_residual, sum_input, total = residual, picture, None
         for neighbour, step, points, agreement, likeness in self._links(position):
-            # Fused, the residual holds the noise the base lost: the pixels unlike it there must not bring theirs.
+            # Fused, the residual holds the noise the base lost: a neighbour's pixel unlike this one's must not bring its noise.
             trusted = agreement if likeness is None else agreement * likeness
             weight = trusted * np.float32(np.exp(-0.5 * (step / TEMPORAL_SIGMA) ** 2))
             residual_there = ops.sample(self.residuals[neighbour][None], points)[0]
