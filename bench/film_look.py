@@ -72,12 +72,13 @@ def read_clip(path: Path, count: int | None = None) -> list[np.ndarray]:
 
 
 def main_track(analyzer: FaceAnalyzer, frames: list[np.ndarray]):
+    """The clip's main face tracked over every frame, or None where it is lost on some (not measured)."""
     faces = {index: analyzer.analyze(frame) for index, frame in enumerate(frames)}
     tracks = track_shot(Shot(0, 0, len(frames) - 1), faces)
+    if not tracks:
+        return None
     track = smooth_track(max(tracks, key=lambda t: len(t.faces)))
-    if len(track.faces) != len(frames):
-        raise SystemExit(f"the main face is tracked in {len(track.faces)} of {len(frames)} frames: choose another clip")
-    return track
+    return track if len(track.faces) == len(frames) else None
 
 
 def composed(frames, track, restored, reference, options: dict) -> tuple[list[np.ndarray], ChunkResult]:
@@ -142,9 +143,10 @@ def misses(row: dict) -> list[str]:
 def actor(analyzer, model, frames, checkpoint: Path, size: int):
     """(restorer, reference centroid) of the clip's actor, from clean frames of its second half (never measured)."""
     references = []
-    for index in np.linspace(len(frames) // 2, len(frames) - 1, REFERENCES).astype(int):
-        face = analyzer.analyze(frames[index])[0]
-        references.append(align_face(frames[index], face, size) + (face.embedding,))
+    for index in np.linspace(len(frames) // 2, len(frames) - 1, 4 * REFERENCES).astype(int):
+        faces = analyzer.analyze(frames[index])  # a frame where the face is turned away has none
+        if faces and len(references) < REFERENCES:
+            references.append(align_face(frames[index], faces[0], size) + (faces[0].embedding,))
     reference = centroid(np.stack([r[-1] for r in references]))
     with torch.inference_mode():
         dictionary = model.build_dictionary(to_tensor(np.stack([r[0] for r in references])),
@@ -173,7 +175,11 @@ def main() -> None:
         for copy in args.copies:
             inputs, truth = copy_of(copy, frames[: args.frames])
             truth = None if copy == "clean" else truth
-            track = dataclasses.replace(main_track(analyzer, inputs), actor="actor")
+            track = main_track(analyzer, inputs)
+            if track is None:
+                print(f"{clip} {copy}: the main face is not tracked in every frame: not measured", flush=True)
+                continue
+            track = dataclasses.replace(track, actor="actor")
             aligned = [align_face(frame, t.face, size) for frame, t in zip(inputs, track.faces)]
             restored = restorer.restore(np.stack([a.crop for a in aligned]), np.stack([a.boxes for a in aligned]), "actor")
             for variant, options in VARIANTS.items():
