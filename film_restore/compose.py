@@ -15,7 +15,7 @@ from film_restore.finish.guards import summarise
 from film_restore.finish.window import Window
 from film_restore.interlace import FieldWeaver, field_frames, restored_field_order
 from film_restore.records import Chunk, ChunkResult, Frame, Track
-from film_restore.settings import GRAIN, MIN_FACE, STRENGTH, parse_grain, parse_strength
+from film_restore.settings import FUSION, GRAIN, MIN_FACE, STRENGTH, parse_fusion, parse_grain, parse_strength
 from film_restore.video import ChunkWriter, VideoInfo, read_frames
 
 # Frames whose faces are sent to the restorers together: faces batch across frames.
@@ -30,7 +30,8 @@ class ComposeSettings:
     restores (its image_size: 512 for the authors' model). Faces whose box is narrower or
     shorter than min_face pixels are left as they are, and counted. grain: "auto" re-creates
     the film's grain on restored faces (finish.grain), "off" does not (the grain is estimated
-    either way: the frame's detail kept above the crop's resolution leaves it out). strength:
+    either way: the frame's detail kept above the crop's resolution leaves it out). fusion: "on"
+    fuses each face's input with its neighbours' along its track (finish.guards). strength:
     the run's, actor_strengths: the cast file's per actor (auto also holds each face to the
     film's own change from frame to frame: finish.hold); references: actor -> identity
     centroid and models_dir: the face models whose recogniser the identity guard uses (None:
@@ -40,6 +41,7 @@ class ComposeSettings:
     face_size: int
     min_face: int = MIN_FACE
     grain: str = GRAIN
+    fusion: str = FUSION
     strength: float | str = STRENGTH
     actor_strengths: dict = field(default_factory=dict)
     references: dict = field(default_factory=dict)
@@ -47,6 +49,7 @@ class ComposeSettings:
 
     def __post_init__(self):
         object.__setattr__(self, "grain", parse_grain(self.grain))
+        object.__setattr__(self, "fusion", parse_fusion(self.fusion))
         object.__setattr__(self, "strength", parse_strength(self.strength))
         object.__setattr__(self, "actor_strengths", {actor: parse_strength(value) for actor, value in self.actor_strengths.items()})
 
@@ -67,8 +70,8 @@ class Composer:
     (finish.device): this task then only aligns, blends and encodes.
 
     Faces are restored COMPOSE_WINDOW frames at a time; with guards, a window is written only once
-    the faces the guards look ahead to are restored (finish.guards.GUARD_HORIZON <= COMPOSE_WINDOW:
-    usually the next window), and each face is guarded once, as if its whole track were.
+    the faces the guards look ahead to are restored (finish.guards.GUARD_HORIZON faces: up to three
+    windows later), and each face is guarded once, as if its whole track were.
 
     A chunk's edits (film_restore.edits.ChunkEdits) are applied to its tracks first: another actor
     (dictionary, reference, strength), another strength, or faces left as they are (counted).

@@ -16,8 +16,8 @@ from film_restore.workdir import content_hash
 
 # Bumped when a stage's results would change for the same inputs and settings.
 # analysis 2: an interlaced film is tracked field by field; 3: faces followed between detections.
-# compose 5: the face's last steps rebuilt (film_restore.finish).
-SCAN_VERSION, ANALYSIS_VERSION, COMPOSE_VERSION = 1, 3, 5
+# compose 5: the face's last steps rebuilt (film_restore.finish); 6: track fusion, strengths smooth along a track.
+SCAN_VERSION, ANALYSIS_VERSION, COMPOSE_VERSION = 1, 3, 6
 
 
 def digest(*parts) -> str:
@@ -77,7 +77,7 @@ def job_keys(job, face_models: str, cast) -> RunKeys:
         "cast": cast_parts(cast),
         "checkpoint_sha256": job.checkpoint and content_hash(job.checkpoint, job.workroot),
         # The engine and precision change the restored pixels (within their tolerance of float32 torch).
-        "compose_settings": {"codec": job.codec, "min_face": job.min_face, "grain": job.grain, "strength": job.strength,
+        "compose_settings": {"codec": job.codec, "min_face": job.min_face, "grain": job.grain, "fusion": job.fusion, "strength": job.strength,
                              "actor_strengths": cast.strengths, "engine": job.engine, "precision": job.precision},
         "versions": [SCAN_VERSION, ANALYSIS_VERSION, COMPOSE_VERSION],
     })

@@ -143,6 +143,7 @@ def _guard_measures(tracks_by_chunk, results) -> dict[int, dict]:
 def _settings(job, cast) -> dict:
     """The run's options that shape its result."""
     return {"strength": job.strength, **({"actor strengths": cast.strengths} if cast.strengths else {}), "grain": job.grain,
+            "fusion": job.fusion,
             "min face": job.min_face, "codec": job.codec, "chunk frames": job.chunk_frames,
             "detector size": job.detector_size, "engine": job.engine, "precision": job.precision,
             "restore batch": job.restore_batch, "resume": job.resume, **({"edits": str(job.edits)} if job.edits else {})}

@@ -2,7 +2,7 @@
 
     python -m film_restore.run INPUT --cast CAST.yaml [-o OUTPUT] [--checkpoint DMDNet.pth]
         [--models DIR] [--workdir DIR] [--resume] [--codec auto|x264|x265|prores|dnxhd|ffv1]
-        [--report report.json] [--dry-run] [--strength 0..1|auto] [--grain auto|off] [--min-face PX]
+        [--report report.json] [--dry-run] [--strength 0..1|auto] [--grain auto|off] [--fusion on|off] [--min-face PX]
         [--address HOST:PORT] [--engine torch|onnxruntime|tensorrt|auto] [--precision float32|bfloat16|float16|auto]
         [--edits EDITS.yaml] [--drop-chunks] [--verbose]
 
@@ -63,6 +63,8 @@ def parser() -> argparse.ArgumentParser:
                                              "else a local Ray)")
     arguments.add_argument("--grain", choices=settings.GRAIN_MODES, default=settings.GRAIN,
                            help="auto re-creates the film's grain on restored faces; off leaves them clean")
+    arguments.add_argument("--fusion", choices=settings.FUSION_MODES, default=settings.FUSION,
+                           help="on fuses each face's input with its neighbours' along its track; off uses each frame alone")
     arguments.add_argument("--strength", type=_strength, default=settings.STRENGTH,
                            help="0..1: share of the restoration used; auto (default): the guards decide per face")
     arguments.add_argument("--engine", choices=ENGINES, default=settings.ENGINE,
@@ -79,7 +81,7 @@ def job_from_args(args) -> Job:
     return Job(
         input=args.input, cast=args.cast, output=output, checkpoint=args.checkpoint, models=args.models,
         workdir=args.workdir, resume=args.resume, codec=args.codec, report=args.report, dry_run=args.dry_run,
-        chunk_frames=args.chunk_frames, min_face=args.min_face, address=args.address, grain=args.grain,
+        chunk_frames=args.chunk_frames, min_face=args.min_face, address=args.address, grain=args.grain, fusion=args.fusion,
         strength=args.strength, engine=args.engine, precision=args.precision, edits=args.edits,
         drop_chunks=args.drop_chunks,
     )

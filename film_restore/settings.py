@@ -32,6 +32,10 @@ AUTO = "auto"
 # them clean (the grain is still estimated: the frame's detail kept above the crop's resolution leaves it out).
 GRAIN_MODES = (AUTO, "off")
 GRAIN = AUTO
+# Track fusion: each face's input fused with its neighbours' along its track before the guards keep
+# its low band ("on", film_restore.finish.guards), or the face's own input only ("off").
+FUSION_MODES = ("on", "off")
+FUSION = "on"
 # Share of the restoration a face gets: "auto" lets the guards decide per face (film_restore.finish.guards)
 # and holds each face to the film's own change from frame to frame (finish.hold), 0..1 fixes it.
 STRENGTH = AUTO
@@ -59,6 +63,13 @@ def parse_strength(value) -> float | str:
     if strength is None or not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be a number from 0 to 1 or 'auto', got {value!r}")
     return strength
+
+
+def parse_fusion(value) -> str:
+    """One of FUSION_MODES; a clear error otherwise."""
+    if value not in FUSION_MODES:
+        raise ValueError(f"fusion must be one of {', '.join(FUSION_MODES)}, got {value!r}")
+    return value
 
 
 def parse_grain(value) -> str:

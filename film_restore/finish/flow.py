@@ -30,6 +30,12 @@ FLOW_SIDE = 256
 DIS_PATCH_STRIDE = 4
 DIS_DESCENT_ITERATIONS = 12
 DIS_REFINEMENT_ITERATIONS = 3
+# Farneback's polynomial-expansion flow (pyramid of FARNEBACK_LEVELS halvings, FARNEBACK_WINDOW
+# pixel averaging window): a method sharing nothing with DIS, for the flicker measure's second opinion.
+FARNEBACK_LEVELS = 4
+FARNEBACK_WINDOW = 15
+# The flows a measure of pictures can follow (image_flow): DIS, or Farneback.
+FLOW_METHODS = ("dis", "farneback")
 # Forward-backward check (Sundaram et al. 2010, as in Lai et al. 2018): a pixel whose
 # round trip t -> t+k -> t misses by more than this, relative to its motion, is occluded.
 FB_RELATIVE = 0.01
@@ -76,16 +82,23 @@ def flow_picture(frame_rgb: np.ndarray, transform: AlignmentTransform, side: int
     return gray(warp_to_crop(frame_rgb, scaled))
 
 
-def dense_flow(earlier: np.ndarray, later: np.ndarray, size: tuple[int, int], tuned: bool = True
+def _farneback(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Farneback's flow from the first luma image to the second (first(x) ~ second(x + flow), as DIS)."""
+    return cv2.calcOpticalFlowFarneback(first, second, None, 0.5, FARNEBACK_LEVELS, FARNEBACK_WINDOW, 3, 5, 1.1, 0)
+
+
+def dense_flow(earlier: np.ndarray, later: np.ndarray, size: tuple[int, int], tuned: bool = True, method: str = "dis"
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(flow later -> earlier, valid, flow earlier -> later, valid) of two same-size RGB images,
-    computed on their luma shrunk to size (height, width), in that grid's pixels (tuned: the
-    track flow's DIS settings, else DIS's medium preset)."""
+    computed on their luma shrunk to size (height, width), in that grid's pixels (method: one of
+    FLOW_METHODS; tuned: DIS with the track flow's settings, else DIS's medium preset)."""
+    if method not in FLOW_METHODS:
+        raise ValueError(f"flow method must be one of {', '.join(FLOW_METHODS)}, got {method!r}")
     later_gray, earlier_gray = (cv2.resize(gray(image), size[::-1], interpolation=cv2.INTER_AREA)
                                 if image.shape[:2] != size else gray(image) for image in (later, earlier))
-    dis = _dis(tuned)
-    back = dis.calc(later_gray, earlier_gray, None)
-    ahead = dis.calc(earlier_gray, later_gray, None)
+    calc = _dis(tuned).calc if method == "dis" else lambda first, second, _: _farneback(first, second)
+    back = calc(later_gray, earlier_gray, None)
+    ahead = calc(earlier_gray, later_gray, None)
     return back, _round_trip_valid(back, ahead), ahead, _round_trip_valid(ahead, back)
 
 
@@ -161,13 +174,14 @@ class PairFlow:
         return np.stack([frame_x - grid_x, frame_y - grid_y], axis=-1).astype(np.float32), valid
 
 
-def image_flow(earlier: np.ndarray, later: np.ndarray, side: int = FLOW_SIDE) -> tuple[np.ndarray, np.ndarray]:
+def image_flow(earlier: np.ndarray, later: np.ndarray, side: int = FLOW_SIDE, method: str = "dis") -> tuple[np.ndarray, np.ndarray]:
     """(flow later -> earlier, valid) of two same-size RGB images at their full size, computed on
-    them shrunk to at most `side` pixels: for measures of pictures that are not a track's crops."""
+    them shrunk to at most `side` pixels: for measures of pictures that are not a track's crops
+    (method: DIS's medium preset, or Farneback, each with its own forward-backward check)."""
     height, width = later.shape[:2]
     scale = min(1.0, side / max(height, width))
     size = (max(round(height * scale), 8), max(round(width * scale), 8))
-    back, valid, _, _ = dense_flow(earlier, later, size, tuned=False)
+    back, valid, _, _ = dense_flow(earlier, later, size, tuned=False, method=method)
     if size == (height, width):
         return back, valid
     stretch = np.float32((width / size[1] + height / size[0]) / 2)

@@ -1,8 +1,21 @@
 """Guards on restored faces, per track, in aligned space, training-free: a face never ends worse than it came.
 
-The restoration is handled as a residual, restored minus input crop, and each guard acts on
-it; a restorer that returns its input leaves every face exactly as it was.
+The restoration is handled as a residual, restored minus the face's base, and each guard acts on
+it. The base is the input crop fused with its neighbours along the track (track fusion, below),
+or with fusion off the input crop itself: then a restorer that returns its input leaves every
+face exactly as it was.
 
+track fusion   each face's input crop averaged with its neighbours' (TEMPORAL_RADIUS either side)
+               warped onto it along the flow, weighted by a Gaussian in time, the flow's
+               forward-backward check, how well the warped (blurred) inputs agree, and how
+               well they agree pixel by pixel against what the two differ by on most of the
+               crop (the noise), so that occlusions, fast motion, detail the flow does not
+               follow exactly and whatever crosses the face keep the frame's own pixels. A
+               track holds the same face many times over: the fused base keeps the face and
+               loses most of the noise, and it is the base the fidelity guard keeps the low
+               band of (with a noisy input, the input's own low band would keep its noise
+               there). A fused face less like the actor than its input (the identity guard's
+               test) is not used: that face's base is its input.
 fidelity       the residual loses the band the input can vouch for (below the input's effective
                resolution, `effective_resolution`, estimated once per track from its first
                RESOLUTION_FACES faces): the restored face re-degraded to that resolution agrees
@@ -20,9 +33,10 @@ stabilisation  a centred (zero-lag) temporal filter of the residual along the in
 identity       each face's strength (0..1, its share of the residual) is the highest of
                STRENGTH_STEPS at which the face is as like the actor as the input was (within
                IDENTITY_TOLERANCE) (a face of nobody: at least UNKNOWN_SELF_SIMILARITY like its
-               own input); the strengths are then smoothed along the track by a moving minimum
-               and a moving average of the same reach, so they never exceed any face's limit
-               and do not pump.
+               own input); along the track each face then gets the lowest of the limits, each
+               raised by STRENGTH_SLOPE per face between them: never above any face's limit,
+               and never changing by more than STRENGTH_SLOPE from one face to the next (no
+               pumping, no step where a window ends).
 
 `TrackGuard` runs the three on one track fed face by face, each face's work done once; a face's
 result depends on its track within GUARD_HORIZON faces either side, so a window's faces are
@@ -50,6 +64,15 @@ from film_restore.settings import AUTO
 # Stabilisation: neighbours each side and the Gaussian (frames) that weighs them.
 TEMPORAL_RADIUS = 2
 TEMPORAL_SIGMA = 1.0
+# Track fusion: the same neighbours (their flows and agreement are shared), weighed more evenly in
+# time: five faces of a steady shot count almost alike, which takes the noise down by about 6 dB.
+FUSION_SIGMA = 2.0
+# A neighbour's pixel is fused in proportion to exp(-d^2 / 2 (FUSION_TOLERANCE m)^2), d the two
+# inputs' difference there (blurred by FUSION_BLUR pixels: noise alone hardly varies from pixel
+# to pixel then) and m its mean over the crop where the flow holds: noise differs by about m
+# everywhere, an edge the flow misses by a fraction of a pixel, or an occluder, by several m.
+FUSION_TOLERANCE = 1.5
+FUSION_BLUR = 1.0
 # A neighbour's pixel counts in proportion to exp(-d^2 / 2 tau^2), d the difference (levels)
 # of the two inputs blurred by MATCH_BLUR x crop side after warping: blur keeps noise
 # (sigma 6 -> ~1.5) from vetoing, while a mouth opening or an occlusion differs by tens of levels.
@@ -59,9 +82,12 @@ MATCH_BLUR = 0.006
 # Spatial reach (x crop side) over which the residual's frame-to-frame change is compared
 # with the input's, to decide how much of it cancels input noise.
 CANCEL_BLUR = 0.02
-# Identity guard: the strengths tried, best first, and the reach (frames) of their smoothing.
+# Identity guard: the strengths tried, best first. Along a track a face's strength changes by at
+# most STRENGTH_SLOPE from its neighbour's (with finish.hold.SHARE_SLOPE, the strength used changes
+# by at most 0.1 per frame), so a limit reaches STRENGTH_REACH faces either side.
 STRENGTH_STEPS = (1.0, 0.75, 0.5, 0.25, 0.0)
-STRENGTH_RADIUS = 3
+STRENGTH_SLOPE = 0.05
+STRENGTH_REACH = int(np.ceil(1 / STRENGTH_SLOPE))
 # A named actor's face is held back where restoring it lowers its similarity to the actor by
 # more than this: a face's similarity to its actor changes by 0.005-0.012 on average from one
 # frame to the next (compact pack, aligned 256 px crops of retalk_2 and liveportrait_d10).
@@ -79,8 +105,8 @@ MEASURE_STRIDE = 2
 LESS_LIKE_THE_ACTOR = "identity: restored face less like the actor than the input"
 UNLIKE_ITSELF = "identity: restored face unlike its own input"
 WITH_NEIGHBOURS = "identity: held back with neighbouring faces (strengths smoothed along the track)"
-# Faces either side a face's result depends on (stabilisation, then the strength smoothing's two passes).
-GUARD_HORIZON = TEMPORAL_RADIUS + 2 * STRENGTH_RADIUS
+# Faces either side a face's result depends on (fusion, stabilisation, then the strengths' reach).
+GUARD_HORIZON = 2 * TEMPORAL_RADIUS + STRENGTH_REACH
 
 
 @dataclass
@@ -206,18 +232,21 @@ class TrackGuard:
 
     embed: uint8 crops -> unit embeddings (aligned_embedder); reference: the actor's unit
     centroid, None for a face of nobody; strength: AUTO or 0..1; resolution: the input's
-    effective resolution (default: estimated from the track's first RESOLUTION_FACES faces).
+    effective resolution (default: estimated from the track's first RESOLUTION_FACES faces);
+    fusion: whether each face's base is fused along the track (else its input crop).
     """
 
     def __init__(self, length: int, embed: Callable[[np.ndarray], np.ndarray], reference: np.ndarray | None,
-                 strength: float | str = AUTO, resolution: float | None = None):
+                 strength: float | str = AUTO, resolution: float | None = None, fusion: bool = True):
         self.length = length
         self.embed = embed
         self.reference = reference
         self.strength = strength
         self.resolution = resolution
+        self.fusion = fusion
         self.inputs, self.restored, self.flows = {}, {}, {}  # position -> uint8 crop, float32 crop, PairFlow from the one before
         self.float_inputs, self.guides, self.residuals, self.stabilised, self.finals = {}, {}, {}, {}, {}
+        self.links, self.bases = {}, {}  # position -> its neighbours along the flow (_links), its base
         self.limits, self.input_embeddings, self.candidates = {}, {}, {}  # candidates: (position, strength) -> embedding
 
     def add(self, position: int, input_crop: np.ndarray, restored, flow: PairFlow | None) -> None:
@@ -231,7 +260,7 @@ class TrackGuard:
     def forget(self, before: int) -> None:
         """Drops what only faces before this position needed (keeps what later faces still read)."""
         for store in (self.inputs, self.restored, self.flows, self.float_inputs, self.guides, self.residuals, self.stabilised,
-                      self.finals, self.limits, self.input_embeddings):
+                      self.finals, self.limits, self.input_embeddings, self.links, self.bases):
             for position in [p for p in store if p < before - GUARD_HORIZON - TEMPORAL_RADIUS]:
                 del store[position]
         for key in [key for key in self.candidates if key[0] < before]:
@@ -250,7 +279,7 @@ class TrackGuard:
             first = [self.inputs[p] for p in range(min(RESOLUTION_FACES, self.length)) if p in self.inputs]
             self.resolution = effective_resolution(np.stack(first))
         for position in missing:
-            self.residuals[position] = match_band((self.restored[position] - self._float_input(position))[None], self.resolution)[0]
+            self.residuals[position] = match_band((self.restored[position] - self._base(position))[None], self.resolution)[0]
 
     def _step_flow(self, position: int, step: int, size: int) -> tuple[np.ndarray, np.ndarray]:
         """(flow from this face to the one `step` positions away, valid) on a size x size grid over the crop."""
@@ -266,29 +295,77 @@ class TrackGuard:
             flow = chained(self.flows[position + 1].forward(native), self.flows[position + 2].forward(native))
         return _on_grid(flow, size)
 
-    def _stabilise(self, position: int) -> None:
-        """The face's residual filtered along its neighbours (see the module notes)."""
-        residual, picture = self.residuals[position], self._float_input(position)
-        xp = ops.namespace(residual)
+    def _links(self, position: int) -> list:
+        """The face's neighbours within TEMPORAL_RADIUS (kept): (neighbour, step, where each of this face's
+        pixels lies in it, 1 x S x S x 2, how far that pixel is to be trusted there, S x S x 1: the
+        flow's check and how well the two blurred inputs agree, and how alike the two inputs are
+        there for fusion, S x S x 1: see FUSION_TOLERANCE)."""
+        if position in self.links:
+            return self.links[position]
+        picture = self._float_input(position)
+        xp = ops.namespace(picture)
         size = picture.shape[0]
         half = self._guide(position).shape[0]
-        sum_residual, sum_input, total = residual, picture, None
+        links = []
         for step in range(-TEMPORAL_RADIUS, TEMPORAL_RADIUS + 1):
             neighbour = position + step
             if step == 0 or not 0 <= neighbour < self.length:
                 continue
             coarse, valid = self._step_flow(position, step, half)
-            warped_guide = ops.warp(self._guide(neighbour)[None], ops.like(residual, coarse)[None])[0]
-            mismatch = abs(self._guide(position) - warped_guide) @ ops.like(residual, CHANNEL_MEAN)
-            closeness = ops.like(residual, valid.astype(np.float32) * np.float32(np.exp(-0.5 * (step / TEMPORAL_SIGMA) ** 2)))
-            weight = closeness * xp.exp(-0.5 * (mismatch / MATCH_TOLERANCE) ** 2)
+            warped_guide = ops.warp(self._guide(neighbour)[None], ops.like(picture, coarse)[None])[0]
+            mismatch = abs(self._guide(position) - warped_guide) @ ops.like(picture, CHANNEL_MEAN)
+            agreement = ops.like(picture, valid.astype(np.float32)) * xp.exp(-0.5 * (mismatch / MATCH_TOLERANCE) ** 2)
             if half != size:
-                weight = ops.resize(weight[None, ..., None], (size, size), ops.LINEAR)[0, ..., 0]
-            flow = ops.like(residual, self._step_flow(position, step, size)[0])[None]
+                agreement = ops.resize(agreement[None, ..., None], (size, size), ops.LINEAR)[0, ..., 0]
+            flow = ops.like(picture, self._step_flow(position, step, size)[0])[None]
             points = flow + ops.grid(flow)
-            weight = weight[..., None]
+            links.append((neighbour, step, points, agreement[..., None], self._likeness(position, neighbour, points, agreement)))
+        self.links[position] = links
+        return links
+
+    def _likeness(self, position: int, neighbour: int, points, agreement):
+        """How alike (0..1, S x S x 1) the face's input and its neighbour's warped onto it are, pixel by
+        pixel, against their mean difference where the flow holds (FUSION_TOLERANCE)."""
+        if not self.fusion:
+            return None
+        there = ops.sample(self._float_input(neighbour)[None], points)[0]
+        difference = abs(self._float_input(position) - there) @ ops.like(there, CHANNEL_MEAN)
+        difference = ops.blur(difference[None, ..., None], FUSION_BLUR)[0]
+        typical = (difference[..., 0] * agreement).sum() / (agreement.sum() + 1e-6) + 1e-3
+        return ops.namespace(there).exp(-0.5 * (difference / (FUSION_TOLERANCE * typical)) ** 2)
+
+    def _base(self, position: int):
+        """The face's base (kept): its input fused with its neighbours' along the track (see the module
+        notes), or with fusion off its input."""
+        if not self.fusion:
+            return self._float_input(position)
+        if position not in self.bases:
+            total, summed = 1.0, self._float_input(position)
+            for neighbour, step, points, agreement, likeness in self._links(position):
+                weight = agreement * likeness * np.float32(np.exp(-0.5 * (step / FUSION_SIGMA) ** 2))
+                summed = summed + weight * ops.sample(self._float_input(neighbour)[None], points)[0]
+                total = total + weight
+            fused = summed / total
+            self.bases[position] = fused if self._as_like_as_input(position, fused) else self._float_input(position)
+        return self.bases[position]
+
+    def _as_like_as_input(self, position: int, face) -> bool:
+        """Whether a face in this position's place is as like the actor as its input (the identity guard's test)."""
+        if position not in self.input_embeddings:
+            self.input_embeddings[position] = self.embed(self.inputs[position][None])[0]
+        return float(identity(self._embed(face[None])[0][None], self._reference_for(position))[0]) >= self._floor(position)
+
+    def _stabilise(self, position: int) -> None:
+        """The face's residual filtered along its neighbours (see the module notes)."""
+        residual, picture = self.residuals[position], self._base(position)
+        xp = ops.namespace(residual)
+        sum_residual, sum_input, total = residual, picture, None
+        for neighbour, step, points, agreement, likeness in self._links(position):
+            # Fused, the residual holds the noise the base lost: a neighbour's pixel unlike this one's must not bring its noise.
+            trusted = agreement if likeness is None else agreement * likeness
+            weight = trusted * np.float32(np.exp(-0.5 * (step / TEMPORAL_SIGMA) ** 2))
             residual_there = ops.sample(self.residuals[neighbour][None], points)[0]
-            input_there = ops.sample(self._float_input(neighbour)[None], points)[0]
+            input_there = ops.sample(self._base(neighbour)[None], points)[0]
             residual_there *= weight
             input_there *= weight
             if total is None:
@@ -307,7 +384,7 @@ class TrackGuard:
         # (least squares, locally): 1 where the restorer removed noise, 0 where it added flicker.
         ones = ops.like(residual, np.ones((3, 1), np.float32))
         sums = xp.concat([-(input_change * residual_change) @ ones, (residual_change ** 2) @ ones], axis=-1)
-        blurred = wide_blur(sums[None], CANCEL_BLUR * size)[0]
+        blurred = wide_blur(sums[None], CANCEL_BLUR * picture.shape[0])[0]
         keep = xp.clip(blurred[..., 0] / (blurred[..., 1] + 1.0), 0.0, 1.0)
         self.stabilised[position] = smooth_residual + keep[..., None] * residual_change
 
@@ -340,7 +417,7 @@ class TrackGuard:
         if self.strength != AUTO:
             return
         undecided = [p for p in positions if p not in self.limits]
-        baseline = {p: self._baseline(p) for p in undecided}
+        floors = {p: self._floor(p) for p in undecided}
         for strength in STRENGTH_STEPS:
             if not undecided:
                 break
@@ -349,17 +426,19 @@ class TrackGuard:
                 break
             passed = []
             for position in undecided:
-                embedding = self._embed((self._float_input(position) + strength * self.stabilised[position])[None])[0]
+                embedding = self._embed((self._base(position) + strength * self.stabilised[position])[None])[0]
                 self.candidates[position, strength] = embedding
-                score = float(identity(embedding[None], self._reference_for(position))[0])
-                floor = baseline[position] - IDENTITY_TOLERANCE if self.reference is not None else UNKNOWN_SELF_SIMILARITY
-                if score >= floor:
+                if float(identity(embedding[None], self._reference_for(position))[0]) >= floors[position]:
                     self.limits[position] = strength
                     passed.append(position)
             undecided = [p for p in undecided if p not in passed]
 
     def _reference_for(self, position: int) -> np.ndarray:
         return self.reference if self.reference is not None else self.input_embeddings[position]
+
+    def _floor(self, position: int) -> float:
+        """The least similarity (to the actor, or for a face of nobody to its input) a face in this position's place may have."""
+        return self._baseline(position) - IDENTITY_TOLERANCE if self.reference is not None else UNKNOWN_SELF_SIMILARITY
 
     def _baseline(self, position: int) -> float:
         if self.reference is None:
@@ -376,7 +455,7 @@ class TrackGuard:
 
     def guard(self, positions: list[int]) -> GuardedFaces:
         """The final faces of these positions (consecutive) and the guards' measures of them."""
-        limited = self._existing(range(positions[0] - 2 * STRENGTH_RADIUS, positions[-1] + 2 * STRENGTH_RADIUS + 1)) \
+        limited = self._existing(range(positions[0] - STRENGTH_REACH, positions[-1] + STRENGTH_REACH + 1)) \
             if self.strength == AUTO else list(positions)
         stabilised = self._existing(limited + list(positions))
         self._residuals(self._existing(range(stabilised[0] - TEMPORAL_RADIUS, stabilised[-1] + TEMPORAL_RADIUS + 1)))
@@ -386,7 +465,7 @@ class TrackGuard:
         self._identity(limited)
         strengths = np.array([self._strength(p) for p in positions], np.float32)
         for position, strength in zip(positions, strengths):
-            self.finals[position] = self._float_input(position) + float(strength) * self.stabilised[position]
+            self.finals[position] = self._base(position) + float(strength) * self.stabilised[position]
         faces = [self.finals[p] for p in positions]
         output_embeddings = self._output_embeddings(positions, strengths, faces)
         identity_in = np.array([self._baseline(p) for p in positions], np.float32)
@@ -430,15 +509,10 @@ class TrackGuard:
 
 def smoothed_strength(limits, position: int, length: int) -> float:
     """One face's strength along a track of `length` faces whose limits (by position) are given
-    within 2 STRENGTH_RADIUS of it: a moving minimum of the limits, then a moving Gaussian average of
-    the same reach, never above the face's own limit (see the module notes)."""
-    reach = STRENGTH_RADIUS
-    offsets = np.arange(-reach, reach + 1)
-    gauss = np.exp(-0.5 * (offsets / (reach / 2)) ** 2)
-    inside = (position + offsets >= 0) & (position + offsets < length)
-    lowest = [min(limits[v] for v in range(max(u - reach, 0), min(u + reach, length - 1) + 1)) for u in position + offsets[inside]]
-    smoothed = np.float32((gauss[inside] * np.asarray(lowest, np.float32)).sum() / gauss[inside].sum())
-    return float(min(smoothed, limits[position]))
+    within STRENGTH_REACH of it: the lowest of the limits, each raised by STRENGTH_SLOPE per face
+    between it and this one (see the module notes)."""
+    nearby = range(max(position - STRENGTH_REACH, 0), min(position + STRENGTH_REACH, length - 1) + 1)
+    return float(np.float32(min(limits[v] + STRENGTH_SLOPE * abs(position - v) for v in nearby)))
 
 
 def smooth_strengths(limits: np.ndarray) -> np.ndarray:
@@ -449,7 +523,7 @@ def smooth_strengths(limits: np.ndarray) -> np.ndarray:
 def stabilise(inputs: np.ndarray, residuals, scale: float = 1.0):
     """The stabilisation alone over a whole track: its N x S x S x 3 residuals filtered along the
     inputs' flows (no band match, no identity guard; scale: the faces' crop pixels per frame pixel)."""
-    guard = TrackGuard(len(inputs), None, None, 1.0)
+    guard = TrackGuard(len(inputs), None, None, 1.0, fusion=False)
     for position in range(len(inputs)):
         flow = PairFlow.of_crops(inputs[position - 1], inputs[position], scale) if position else None
         guard.add(position, inputs[position], ops.as_float(residuals[position]), flow)
@@ -469,18 +543,19 @@ def _on_grid(flow: tuple[np.ndarray, np.ndarray], size: int) -> tuple[np.ndarray
 
 
 def guard_track(inputs: np.ndarray, restored, embed: Callable[[np.ndarray], np.ndarray], reference: np.ndarray | None,
-                strength: float | str = AUTO, resolution: float | None = None, scale: float = 1.0) -> GuardedFaces:
+                strength: float | str = AUTO, resolution: float | None = None, scale: float = 1.0,
+                fusion: bool = True) -> GuardedFaces:
     """The guarded faces of one whole track (consecutive frames of one shot) and its measures.
 
     inputs: N x S x S x 3 uint8 aligned input crops; restored: the restorer's N x S x S x 3
     (float 0..255); embed: crops -> unit embeddings (see aligned_embedder); reference: the
     actor's unit centroid, None for a face of nobody; strength: AUTO or 0..1; resolution: the
     input's effective resolution (default: estimated from the first crops); scale: the faces'
-    crop pixels per frame pixel (the flows' size, finish.flow.flow_side).
+    crop pixels per frame pixel (the flows' size, finish.flow.flow_side); fusion: as TrackGuard takes it.
     """
     if inputs.shape != restored.shape or inputs.ndim != 4 or inputs.shape[-1] != 3:
         raise ValueError(f"guard_track needs N x S x S x 3 inputs and restored crops of one shape, got {inputs.shape} and {restored.shape}")
-    guard = TrackGuard(len(inputs), embed, reference, strength, resolution)
+    guard = TrackGuard(len(inputs), embed, reference, strength, resolution, fusion)
     restored = ops.as_float(restored)
     for position in range(len(inputs)):
         flow = PairFlow.of_crops(inputs[position - 1], inputs[position], scale) if position else None

@@ -1,5 +1,7 @@
 """The hold-still: where the restoration would make a face change more from frame to frame than the
-film, only the share of it that does not is kept (under --strength auto)."""
+film, only the share of it that does not is kept (under --strength auto). The share is measured per
+window of faces; along the track the share used moves toward it by at most SHARE_SLOPE per face
+(`toward`), so no face steps where a window ends."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,6 +12,9 @@ from film_restore.finish.measures import ChangeSamples
 # |change| (levels): float rounding of a restorer that changes nothing must not hold it.
 STEADY_BISECTIONS = 16
 STEADY_TOLERANCE = 1e-4
+# The most a track's share changes from one face to the next: with finish.guards.STRENGTH_SLOPE,
+# the strength a face is restored with changes by at most 0.1 from its neighbour's.
+SHARE_SLOPE = 0.04
 
 
 def steady_share(change: ChangeSamples) -> float:
@@ -35,3 +40,8 @@ def steady_share(change: ChangeSamples) -> float:
         middle = (low + high) / 2
         low, high = (middle, high) if mean_change(middle) <= target else (low, middle)
     return low
+
+
+def toward(share: float, target: float) -> float:
+    """The share the next face of a track uses: the last face's moved toward the measured one by at most SHARE_SLOPE."""
+    return float(np.clip(target, share - SHARE_SLOPE, share + SHARE_SLOPE))

@@ -6,7 +6,9 @@ flicker     how much a sequence changes from frame to frame beyond the motion of
             optical flow of the input from frame t to t-1 (finish.flow), pixels that fail its
             forward-backward check dropped, then mean |x_t - warp(x_{t-1})| over the face;
             `flicker` gives it for the input and the output and their ratio (output / input:
-            above 1, the restoration adds change the film does not have).
+            above 1, the restoration adds change the film does not have). Along DIS flow, or
+            along Farneback's (flow="farneback"): a second opinion that shares neither the
+            flow nor its occlusions with the first.
 identity    cosine similarity of face embeddings to an actor's reference centroid (or, for a
             face of nobody, of the restored face to its own input).
 texture     the relative texture of a face: std of fine detail (high-pass luma) inside the
@@ -70,13 +72,14 @@ def channel_mean_change(now, then):
     return abs(now - then) @ ops.like(now, CHANNEL_MEAN)
 
 
-def temporal_changes(inputs, outputs, mask=None, backward_flows=None, stride: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def temporal_changes(inputs, outputs, mask=None, backward_flows=None, stride: int = 1, flow: str = "dis"
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per consecutive pair (t-1, t): (sum |in change|, sum |out change|, weight) over the face's consistent pixels.
 
     inputs, outputs: N x H x W x 3 (uint8 or float, 0..255; numpy, or torch tensors); mask: H x W
     or N x H x W weights (1 inside the face), default everywhere. backward_flows: optional N-1
-    (flow t->t-1, valid) pairs (numpy) already computed on the inputs. stride: measured on every
-    stride-th pixel each way. Returns three numpy arrays of N-1 values; a mean change is sum /
+    (flow t->t-1, valid) pairs (numpy) already computed on the inputs, else computed by the flow
+    method (finish.flow.FLOW_METHODS). stride: measured on every stride-th pixel each way. Returns three numpy arrays of N-1 values; a mean change is sum /
     weight (the change is averaged over the three channels).
     """
     if len(inputs) != len(outputs) or inputs.shape[1:3] != outputs.shape[1:3]:
@@ -85,7 +88,7 @@ def temporal_changes(inputs, outputs, mask=None, backward_flows=None, stride: in
         return np.zeros(0), np.zeros(0), np.zeros(0)
     if backward_flows is None:
         host = ops.to_numpy(inputs)
-        backward_flows = [image_flow(host[t - 1], host[t]) for t in range(1, len(inputs))]
+        backward_flows = [image_flow(host[t - 1], host[t], method=flow) for t in range(1, len(inputs))]
     every = np.s_[::stride, ::stride]
     flows = np.stack([flow for flow, _ in backward_flows])
     points = ops.like(inputs, (flows + ops.grid(flows))[:, every[0], every[1]])
@@ -103,9 +106,9 @@ def temporal_changes(inputs, outputs, mask=None, backward_flows=None, stride: in
     return sums[0], sums[1], ops.to_numpy(xp.sum(weight, axis=(1, 2))).astype(np.float64)
 
 
-def flicker(inputs, outputs, mask=None, backward_flows=None) -> Flicker:
+def flicker(inputs, outputs, mask=None, backward_flows=None, flow: str = "dis") -> Flicker:
     """The flicker of outputs against inputs over a sequence (see temporal_changes for the arguments)."""
-    sums_in, sums_out, weights = temporal_changes(inputs, outputs, mask, backward_flows)
+    sums_in, sums_out, weights = temporal_changes(inputs, outputs, mask, backward_flows, flow=flow)
     total = weights.sum()
     if total == 0:
         return Flicker(0.0, 0.0)

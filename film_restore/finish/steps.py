@@ -11,7 +11,7 @@ Guard        the guards along each track (finish.guards)
 GrainModels  each track's grain, estimated once (finish.grain_model)
 Paste        the final faces warped into their frame regions, once (finish.paste)
 HoldStill    under strength auto, each track keeps only the share of its restoration that changes
-             no more from frame to frame than the film (finish.hold)
+             no more from frame to frame than the film (finish.hold), moving smoothly along the track
 AddGrain     fresh grain, as much as each track may take (finish.grain)
 Blend        each frame's faces blended into its picture
 
@@ -34,7 +34,7 @@ from film_restore.finish.flow import PairFlow, flow_picture, flow_side
 from film_restore.finish.grain import GrainTile, add_missing_grain, grain_allowed
 from film_restore.finish.grain_model import GRAIN_FACES, estimate_track_grain, grain_window
 from film_restore.finish.guards import GUARD_HORIZON, GuardedFaces, TrackGuard, embedder_of
-from film_restore.finish.hold import steady_share
+from film_restore.finish.hold import steady_share, toward
 from film_restore.finish.measures import change_samples
 from film_restore.finish.paste import composite, face_regions
 from film_restore.finish.window import FaceKey, Surround, Window, WindowFace, longest_run
@@ -201,11 +201,12 @@ class Follow(Step):
 
 class Guard:
     """embed: crops -> unit embeddings (None: no guards, the restorer's faces are final);
-    references: actor -> unit centroid; each track's strength is the plan's. Each track's guarded
-    parts (frames, GuardedFaces) are kept in `parts`."""
+    references: actor -> unit centroid; each track's strength is the plan's; fusion: whether the
+    guards fuse each face's input along its track (finish.guards). Each track's guarded parts
+    (frames, GuardedFaces) are kept in `parts`."""
 
-    def __init__(self, plan: FacePlan, embed, references: dict):
-        self.plan, self.embed, self.references = plan, embed, references
+    def __init__(self, plan: FacePlan, embed, references: dict, fusion: bool = True):
+        self.plan, self.embed, self.references, self.fusion = plan, embed, references, fusion
         self.tracks: dict[int, TrackGuard] = {}
         self.added: dict[int, int] = {}  # track number -> highest position added
         self.parts: dict[int, list[tuple[list[int], GuardedFaces]]] = defaultdict(list)
@@ -233,7 +234,7 @@ class Guard:
         if face.track not in self.tracks:
             self.tracks[face.track] = TrackGuard(self.plan.lengths[face.track], self.embed,
                                                  self.references.get(face.actor) if face.actor else None,
-                                                 self.plan.strengths[face.track])
+                                                 self.plan.strengths[face.track], fusion=self.fusion)
         return self.tracks[face.track]
 
     def _ready(self, window: Window) -> bool:
@@ -300,12 +301,16 @@ class HoldStill(Step):
     along the track's flow), for the tracks held (strength auto) or taking grain: a held track keeps
     only the share of its restoration that changes no more than its input (1 for the others), and
     the change left is what AddGrain's allowance is measured on. A track seen on one frame keeps its
-    last measures."""
+    last measures. The share each face uses moves toward its window's by at most hold.SHARE_SLOPE
+    from the track's face before (`used`: by face, for the chunk): where a window needs less than the
+    one before, its first faces change a little more than the film for a few frames."""
 
     def __init__(self, plan: FacePlan, grain: GrainModels, result: ChunkResult):
         self.plan, self.grain, self.result = plan, grain, result
         self.shares: dict[int, float] = {}
         self.allowed: dict[int, float] = {}
+        self.used: dict[FaceKey, float] = {}
+        self.last_used: dict[int, float] = {}  # track number -> the share its last face used
 
     def work(self, window: Window) -> None:
         for number, faces in window.tracks().items():
@@ -313,10 +318,13 @@ class HoldStill(Step):
             model = self.grain.model(number)
             if held or model is not None:
                 self._measure(number, faces, held, model)
-            share = self.shares.get(number, 1.0)
-            if share < 1:
-                self.result.faces_held_still += len(faces)
-                for face in faces:
+            target = self.shares.get(number, 1.0)
+            for face in faces:
+                # A track's first faces start at their window's share: there is no face before them to step from.
+                share = self.last_used[number] = toward(self.last_used.get(number, target), target)
+                self.used[face.key] = share
+                if share < 1:
+                    self.result.faces_held_still += 1
                     if face.region is not None:
                         original = ops.like(face.region.face, face.surround.read(face.region.region))
                         face.region = face.region.partial(original, share)
@@ -380,7 +388,7 @@ def finishing(restore: Callable, plan: FacePlan, settings, result: ChunkResult, 
     measures). settings: the chunk's compose.ComposeSettings; on: as Restore takes it."""
     grain = GrainModels()
     embed = None if settings.models_dir is None else embedder_of(settings.models_dir)
-    guard = Guard(plan, embed, settings.references)
+    guard = Guard(plan, embed, settings.references, settings.fusion == "on")
     hold = HoldStill(plan, grain, result)
     chain = [Restore(restore, result, on), Follow(), guard, grain, Paste(grain), hold]
     if settings.grain == AUTO:

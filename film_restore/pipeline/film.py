@@ -272,7 +272,7 @@ class FilmRun:
             self.restore_engines = self._engines(restorers)
             finish_on_restorer = all(gathered([restorer.finishes_on_device.remote() for restorer in restorers]))
             settings = ComposeSettings(
-                codec=self.job.codec, face_size=self.face_size, min_face=self.job.min_face, grain=self.job.grain,
+                codec=self.job.codec, face_size=self.face_size, min_face=self.job.min_face, grain=self.job.grain, fusion=self.job.fusion,
                 strength=self.job.strength, actor_strengths=self.cast.strengths, models_dir=str(self.pack.directory),
                 references=dict(zip(self.identifier.names, self.identifier.centroids)),
             )

@@ -25,6 +25,7 @@ class Job:
     restore_batch: int = settings.RESTORE_BATCH
     min_face: int = settings.MIN_FACE
     grain: str = settings.GRAIN
+    fusion: str = settings.FUSION
     strength: float | str = settings.STRENGTH
     engine: str = settings.ENGINE  # what runs DMDNet (dmdnet.engines): torch, onnxruntime, tensorrt or auto
     precision: str = settings.PRECISION

@@ -14,7 +14,7 @@ def _run(talking_head, restored, count=10, **options):
 
 def test_a_restorer_that_returns_its_input_changes_nothing(talking_head):
     crops = talking_head["crops"][:10]
-    result = _run(talking_head, crops.astype(np.float32))
+    result = _run(talking_head, crops.astype(np.float32), fusion=False)
     assert np.array_equal(result.faces, crops.astype(np.float32))
     assert (result.strength == 1).all() and not any(result.reasons)
     assert result.identity_out == pytest.approx(result.identity_in, abs=1e-6)
@@ -63,15 +63,18 @@ def test_a_restorer_that_changes_who_it_is_is_held_back(talking_head):
 
 
 def test_strengths_never_exceed_a_limit_and_do_not_pump():
-    limits = np.array([1, 1, 1, 1, 0.25, 1, 1, 1, 1, 1, 1, 1, 0.5, 0.5] + [1] * 8, np.float32)
+    limits = np.array([1, 1, 1, 1, 0.25, 1, 1, 1, 1, 1, 1, 1, 0.5, 0.5] + [1] * 12, np.float32)
     strengths = guards.smooth_strengths(limits)
     assert (strengths <= limits).all()
-    assert np.abs(np.diff(strengths)).max() <= 0.3
+    assert np.abs(np.diff(strengths)).max() <= guards.STRENGTH_SLOPE + 1e-6
     assert strengths[-1] == 1 and guards.smooth_strengths(np.ones(5, np.float32)) == pytest.approx(np.ones(5))
 
 
 def test_a_segment_with_the_horizon_either_side_gives_the_whole_tracks_faces(talking_head):
-    crops = talking_head["crops"][:2 * guards.GUARD_HORIZON + 2]
+    # The clip's faces there and back until the track is long enough for a middle beyond the horizon.
+    there_and_back = np.concatenate([talking_head["crops"], talking_head["crops"][::-1]])
+    crops = np.concatenate([there_and_back] * 3)[:2 * guards.GUARD_HORIZON + 2]
+    assert len(crops) == 2 * guards.GUARD_HORIZON + 2
     restored = crops + np.random.default_rng(2).normal(0, 8, crops.shape).astype(np.float32)
     kept = guards.GUARD_HORIZON
     whole = guards.guard_track(crops, restored, talking_head["embed"], talking_head["reference"], resolution=0.5)
@@ -105,7 +108,7 @@ def test_composer_with_guards_and_a_restorer_that_changes_nothing_writes_todays_
     assert [t.actor for t in tracks] == ["Speaker"]
     unchanged = lambda crops, boxes, actor: crops.astype(np.float32)
     today = ComposeSettings("ffv1", 128, grain="off")
-    guarded = ComposeSettings("ffv1", 128, grain="off", references={"Speaker": talking_head["reference"]},
+    guarded = ComposeSettings("ffv1", 128, grain="off", fusion="off", references={"Speaker": talking_head["reference"]},
                               models_dir=str(asset("models")))
     outputs = {}
     for name, compose_settings in (("today", today), ("guarded", guarded)):
@@ -119,3 +122,49 @@ def test_composer_with_guards_and_a_restorer_that_changes_nothing_writes_todays_
     series = summary["series"]  # what the report plots, per face in frame order
     assert series["frame"] == list(range(11)) and series["strength"] == [1.0] * 11
     assert np.mean(series["identity_in"]) == pytest.approx(summary["identity_in"], abs=1e-3)
+
+
+def test_the_strength_used_changes_smoothly_along_a_track_window_edges_included(talking_head):
+    # A restorer that turns the face into a stranger on the first two frames and flickers: the
+    # identity guard holds the track's start back, the hold-still its flicker as the strength
+    # rises again, and the strength each face is restored with (the guards' strength times the
+    # hold-still's share) never jumps by more than 0.1 from one frame to the next. Fusion off: its
+    # steadier base leaves the frame's face changing less than the film here, nothing to hold.
+    from film_restore.compose import COMPOSE_WINDOW, ComposeSettings
+    from film_restore.faces.identity import Identifier
+    from film_restore.finish import steps
+    from film_restore.records import ChunkResult, Frame, Track
+    from film_restore.tracking import identify_tracks
+    from film_restore.video import RGBPicture
+    from film_restore.finish.window import Window
+    from tests.assets import asset
+
+    frames = talking_head["frames"]
+    tracks = identify_tracks([Track(0, talking_head["faces"])], Identifier({"Speaker": talking_head["reference"][None]}, 0.45))
+    served = []
+    rng = np.random.default_rng(4)
+
+    def restore(crops, boxes, actor):
+        faces = crops.astype(np.float32) + rng.normal(0, 12, crops.shape).astype(np.float32)
+        for index in range(len(crops)):
+            if len(served) + index < 2:
+                faces[index] = np.roll(crops[index, ::-1], 6, axis=0)
+        served.extend(range(len(crops)))
+        return faces
+
+    settings = ComposeSettings("ffv1", 128, grain="off", fusion="off", references={"Speaker": talking_head["reference"]},
+                               models_dir=str(asset("models")))
+    plan = steps.FacePlan.of(tracks, settings.min_face, {0: settings.strength})
+    result = ChunkResult(0, 0, 0)
+    finishing, guard = steps.finishing(restore, plan, settings, result)
+    [hold] = [step for step in finishing if isinstance(step, steps.HoldStill)]
+    chain = steps.Chain([steps.Align(plan, settings.face_size), *finishing])
+    pictures = [Frame(index, index, RGBPicture(frame)) for index, frame in enumerate(frames)]
+    for start in range(0, len(frames), COMPOSE_WINDOW):
+        chain(Window(pictures[start:start + COMPOSE_WINDOW], frames[0].shape[:2]))
+    chain.flush()
+    strength = np.concatenate([part.strength for _, part in guard.parts[0]])
+    share = np.array([hold.used[index, 0] for index in range(len(frames))])
+    used = strength * share
+    assert used.min() <= 0.5 and share.min() < 1, (strength, share)  # both held back
+    assert np.abs(np.diff(used)).max() <= 0.1, np.round(used, 3)

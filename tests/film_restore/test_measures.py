@@ -49,6 +49,26 @@ def test_flicker_is_one_for_the_input_and_rises_with_added_flicker(talking_head)
     assert quality.flicker(crops, crops.astype(np.float32) + 10).ratio == pytest.approx(1.0, abs=0.02)
 
 
+def test_the_second_flicker_measure_follows_its_own_flow_and_agrees_with_the_first(talking_head):
+    crops = talking_head["crops"][:8]
+    frames = crops.astype(np.float32)
+    # Farneback's flow follows the face on its own: the earlier face brought onto the later one matches it better.
+    flow, valid = image_flow(crops[0], crops[3], method="farneback")
+    assert np.abs(ops.warp(frames[:1], flow[None])[0] - frames[3]).mean() < 0.7 * np.abs(frames[0] - frames[3]).mean()
+    assert 0.7 < valid.mean() <= 1.0
+    import cv2
+
+    smoothed = np.stack([cv2.GaussianBlur(crop, (0, 0), 1.0) for crop in frames])
+    flickering = frames + np.random.default_rng(0).normal(0, 0.5, frames.shape).astype(np.float32)
+    # Where a measure's flow misses, the input's change grows as much as the output's: the ratios
+    # part by about (ratio - 1) x the share of the input's change that is the flow's error.
+    for outputs in (smoothed, flickering):
+        first, second = quality.flicker(crops, outputs), quality.flicker(crops, outputs, flow="farneback")
+        assert abs(first.ratio - 1) > 0.1 and second.ratio == pytest.approx(first.ratio, abs=0.1 * abs(first.ratio - 1))
+    with pytest.raises(ValueError, match="flow method must be one of dis, farneback"):
+        quality.flicker(crops, crops, flow="lucas-kanade")
+
+
 def test_identity_of_a_real_face_to_its_actor(talking_head):
     embeddings = talking_head["embed"](talking_head["crops"][:4])
     assert (quality.identity(embeddings, talking_head["reference"]) > 0.6).all()
