@@ -246,7 +246,7 @@ class TrackGuard:
         self.fusion = fusion
         self.inputs, self.restored, self.flows = {}, {}, {}  # position -> uint8 crop, float32 crop, PairFlow from the one before
         self.float_inputs, self.guides, self.residuals, self.stabilised, self.finals = {}, {}, {}, {}, {}
-        self.links, self.bases = {}, {}  # position -> its neighbours along the flow (_links), its base
+        self.links, self.fused, self.bases = {}, {}, {}  # position -> its neighbours along the flow (_links), its fused input, its base
         self.limits, self.input_embeddings, self.candidates = {}, {}, {}  # candidates: (position, strength) -> embedding
 
     def add(self, position: int, input_crop: np.ndarray, restored, flow: PairFlow | None) -> None:
@@ -260,7 +260,7 @@ class TrackGuard:
     def forget(self, before: int) -> None:
         """Drops what only faces before this position needed (keeps what later faces still read)."""
         for store in (self.inputs, self.restored, self.flows, self.float_inputs, self.guides, self.residuals, self.stabilised,
-                      self.finals, self.limits, self.input_embeddings, self.links, self.bases):
+                      self.finals, self.limits, self.input_embeddings, self.links, self.fused, self.bases):
             for position in [p for p in store if p < before - GUARD_HORIZON - TEMPORAL_RADIUS]:
                 del store[position]
         for key in [key for key in self.candidates if key[0] < before]:
@@ -307,6 +307,7 @@ class TrackGuard:
         size = picture.shape[0]
         half = self._guide(position).shape[0]
         links = []
+        fused_sum, fused_total = picture, 1.0  # the face fused with its neighbours (_base)
         for step in range(-TEMPORAL_RADIUS, TEMPORAL_RADIUS + 1):
             neighbour = position + step
             if step == 0 or not 0 <= neighbour < self.length:
@@ -319,17 +320,22 @@ class TrackGuard:
                 agreement = ops.resize(agreement[None, ..., None], (size, size), ops.LINEAR)[0, ..., 0]
             flow = ops.like(picture, self._step_flow(position, step, size)[0])[None]
             points = flow + ops.grid(flow)
-            links.append((neighbour, step, points, agreement[..., None], self._likeness(position, neighbour, points, agreement)))
+            likeness = None
+            if self.fusion:
+                there = ops.sample(self._float_input(neighbour)[None], points)[0]
+                likeness = self._likeness(picture, there, agreement)
+                weight = agreement[..., None] * likeness * np.float32(np.exp(-0.5 * (step / FUSION_SIGMA) ** 2))
+                fused_sum, fused_total = fused_sum + weight * there, fused_total + weight
+            links.append((neighbour, step, points, agreement[..., None], likeness))
         self.links[position] = links
+        if self.fusion:
+            self.fused[position] = fused_sum / fused_total
         return links
 
-    def _likeness(self, position: int, neighbour: int, points, agreement):
-        """How alike (0..1, S x S x 1) the face's input and its neighbour's warped onto it are, pixel by
-        pixel, against their mean difference where the flow holds (FUSION_TOLERANCE)."""
-        if not self.fusion:
-            return None
-        there = ops.sample(self._float_input(neighbour)[None], points)[0]
-        difference = abs(self._float_input(position) - there) @ ops.like(there, CHANNEL_MEAN)
+    def _likeness(self, picture, there, agreement):
+        """How alike (0..1, S x S x 1) a face's input and its neighbour's warped onto it (there) are,
+        pixel by pixel, against their mean difference where the flow holds (FUSION_TOLERANCE)."""
+        difference = abs(picture - there) @ ops.like(there, CHANNEL_MEAN)
         difference = ops.blur(difference[None, ..., None], FUSION_BLUR)[0]
         typical = (difference[..., 0] * agreement).sum() / (agreement.sum() + 1e-6) + 1e-3
         return ops.namespace(there).exp(-0.5 * (difference / (FUSION_TOLERANCE * typical)) ** 2)
@@ -340,12 +346,8 @@ class TrackGuard:
         if not self.fusion:
             return self._float_input(position)
         if position not in self.bases:
-            total, summed = 1.0, self._float_input(position)
-            for neighbour, step, points, agreement, likeness in self._links(position):
-                weight = agreement * likeness * np.float32(np.exp(-0.5 * (step / FUSION_SIGMA) ** 2))
-                summed = summed + weight * ops.sample(self._float_input(neighbour)[None], points)[0]
-                total = total + weight
-            fused = summed / total
+            self._links(position)
+            fused = self.fused.pop(position)
             self.bases[position] = fused if self._as_like_as_input(position, fused) else self._float_input(position)
         return self.bases[position]
 
