@@ -9,6 +9,7 @@ import dmdnet
 from dmdnet import SpecificDictionary, component_boxes
 from dmdnet.cli import read_face, read_landmarks
 from dmdnet.images import to_tensor
+from dmdnet.model import read_dictionary
 
 
 def _testset_faces(identity: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,6 +44,22 @@ def test_batch_of_different_boxes_equals_single_calls(small_model, faces, dictio
         assert (batched - single).abs().max() < 1e-5
         shifted = small_model(images[:1], boxes[1:2], used)
         assert (shifted - single[:1]).abs().max() > 1e-2
+
+
+@torch.no_grad()
+def test_a_dictionary_read_does_not_depend_on_the_faces_place_in_the_batch():
+    # The mouth's crop of a 256 px model: 27 x 27, rows of 5 x 729 values (not a multiple of 16),
+    # and two references. Before the rows were padded, half the faces changed in the last bits.
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(8, 5, 27, 27, generator=generator)
+    keys, values = torch.randn(2, 5, 27, 27, generator=generator), torch.randn(2, 20, 27, 27, generator=generator)
+    read = read_dictionary(query, keys, values)
+    order = torch.tensor([3, 1, 7, 0, 5, 2, 6, 4])
+    reordered = read_dictionary(query[order], keys, values)
+    assert all(torch.equal(reordered[i], read[order[i]]) for i in range(8))
+    similarity = torch.einsum("bf,kf->bk", query.flatten(1).double(), keys.flatten(1).double()) / 2**0.5
+    expected = torch.einsum("bk,kf->bf", similarity.softmax(1), values.flatten(1).double())
+    assert (read.flatten(1).double() - expected).abs().max() < 1e-4
 
 
 @torch.no_grad()
