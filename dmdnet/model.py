@@ -127,7 +127,8 @@ def _aligned_rows(x: torch.Tensor) -> torch.Tensor:
     kernels take other code paths for rows that start unaligned, so with rows of any length a
     face's read changed in the last bits with its place in the batch."""
     row = x.flatten(1)
-    return F.pad(row, (0, -row.shape[1] % ROW_ALIGNMENT))
+    missing = -row.shape[1] % ROW_ALIGNMENT
+    return F.pad(row, (0, missing)) if missing else row  # the authors' sizes need no copy
 
 
 def adain(content: torch.Tensor, style: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

@@ -224,6 +224,11 @@ def wide_blur(planes, sigma: float):
     return ops.resize(ops.blur(quarter, sigma / 4), (size, size), ops.LINEAR)
 
 
+def _step_weight(step: int, sigma: float) -> np.float32:
+    """A neighbour's weight by how many faces away along the track it is (Gaussian)."""
+    return np.float32(np.exp(-0.5 * (step / sigma) ** 2))
+
+
 class TrackGuard:
     """The guards of one track (its faces that are restored, in order: positions 0..length-1),
     fed face by face (`add`) and asked for the final faces of some positions (`guard`) once the
@@ -324,7 +329,7 @@ class TrackGuard:
             if self.fusion:
                 there = ops.sample(self._float_input(neighbour)[None], points)[0]
                 likeness = self._likeness(picture, there, agreement)
-                weight = agreement[..., None] * likeness * np.float32(np.exp(-0.5 * (step / FUSION_SIGMA) ** 2))
+                weight = agreement[..., None] * likeness * _step_weight(step, FUSION_SIGMA)
                 fused_sum, fused_total = fused_sum + weight * there, fused_total + weight
             links.append((neighbour, step, points, agreement[..., None], likeness))
         self.links[position] = links
@@ -365,7 +370,7 @@ class TrackGuard:
         for neighbour, step, points, agreement, likeness in self._links(position):
             # Fused, the residual holds the noise the base lost: a neighbour's pixel unlike this one's must not bring its noise.
             trusted = agreement if likeness is None else agreement * likeness
-            weight = trusted * np.float32(np.exp(-0.5 * (step / TEMPORAL_SIGMA) ** 2))
+            weight = trusted * _step_weight(step, TEMPORAL_SIGMA)
             residual_there = ops.sample(self.residuals[neighbour][None], points)[0]
             input_there = ops.sample(self._base(neighbour)[None], points)[0]
             residual_there *= weight
