@@ -41,8 +41,8 @@ class Run:
         self.head, self.folder = head, case["folder"]
         self.output = output or self.folder / f"{name}.mkv"
         self.work = self.folder / f"work-{name}"
-        if analysed:  # the undisturbed run's scan and analysis: this run starts at the restore stage
-            shutil.copytree(self.folder / "work-undisturbed", self.work)
+        if analysed:  # the undisturbed run's scan and analysis, not its restored chunks: this run starts at the restore stage
+            shutil.copytree(self.folder / "work-undisturbed", self.work, ignore=shutil.ignore_patterns("chunks"))
             extra = ("--resume", *extra)
         arguments = [str(case["film"]), "--cast", str(case["cast"]), "--checkpoint", str(case["checkpoint"]),
                      "--models", str(case["models"]), "-o", str(self.output), "--workdir", str(self.work),
