@@ -3,6 +3,22 @@ import pytest
 
 from tests.assets import HELDOUT_IDENTITIES, asset, small_state
 
+# Test modules that must run on the same pytest-xdist worker: they share a session fixture that
+# takes minutes to make (the narrow network's ONNX graphs) or a Ray head (ray_head).
+SHARED_FIXTURE_GROUPS = {
+    "small_onnx_graphs": ("tests.dmdnet.test_engines", "tests.dmdnet.test_export", "tests.film_restore.test_engines_pipeline"),
+    "ray_head": ("tests.film_restore.test_cluster", "tests.film_restore.test_faults", "tests.film_restore.test_ray_address"),
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Each test's xdist group (pyproject's --dist loadgroup): its module's, or its shared fixture's."""
+    groups = {module: group for group, modules in SHARED_FIXTURE_GROUPS.items() for module in modules}
+    for item in items:
+        module = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(groups.get(module, module)))
+
 
 @pytest.fixture(scope="session")
 def vectors():
