@@ -219,8 +219,9 @@ class FilmRun:
                               f"{entry.tracks_of or 'nobody (a stranger)'}{frames}: the entry changes nothing")
         tracks = sum(len(chunk_edits.tracks) for chunk_edits in edited.by_chunk.values())
         entries = len(self.edits.entries)
-        self.progress.say(f"edits: {entries} {'entry' if entries == 1 else 'entries'} of {self.edits.path.name} change "
-                          f"{tracks} tracks in {len(edited.by_chunk)} of {len(scan.chunks)} chunks")
+        self.progress.say(f"edits: {entries} {'entry' if entries == 1 else 'entries'} of {self.edits.path.name} "
+                          f"{'changes' if entries == 1 else 'change'} {tracks} {'track' if tracks == 1 else 'tracks'} "
+                          f"in {len(edited.by_chunk)} of {len(scan.chunks)} chunks")
         return edited
 
     def chunk_edits(self, chunk: Chunk) -> ChunkEdits | None:

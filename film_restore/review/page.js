@@ -202,6 +202,13 @@ function editsEntry(track) {
   return `- track: ${track.id}\n  actor: ${actor}    # or none (leave unrestored); strength: 0..1; skip: true`;
 }
 
+// One edits entry as the file has it: "line 3: frames 1200-1260, actor: none".
+function editText(edit) {
+  const settings = Object.entries(edit).filter(([key]) => key !== "line")
+    .map(([key, value]) => `${key}: ${Array.isArray(value) ? value.join("-") : value}`);
+  return `line ${edit.line}: ${settings.join(", ")}`;
+}
+
 function trackBody(track) {
   const body = element("div", { class: "body" });
   const entry = element("pre", { class: "entry", text: editsEntry(track) });
@@ -214,7 +221,7 @@ function trackBody(track) {
     }
   } });
   body.append(element("div", { class: "entry-block" }, entry, copy));
-  if (track.edits) body.append(element("p", { class: "note", text: `Edited: ${JSON.stringify(track.edits)}` }));
+  if (track.edits) body.append(element("p", { class: "note", text: `Edited by the edits file (Run facts): ${track.edits.map(editText).join("; ")}` }));
   body.append(numbers(track));
   if (track.media) {
     body.append(element("h3", { text: "Before / after at 1:1" }), stills(track));
