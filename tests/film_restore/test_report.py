@@ -229,7 +229,7 @@ def test_edited_tracks_are_marked_and_each_track_gives_its_edits_entry(tmp_path)
     tracks = [{"id": f"s{shot}t0", "shot": shot, "first_frame": 10 * shot, "last_frame": 10 * shot + 9, "actor": actor,
                "similarity": 0.8, "faces": 10, "flags": [] if actor else ["stranger"], "measures": {}}
               for shot, actor in enumerate(["Ann O'Hara", None, "Yes"])]
-    tracks[1]["edits"] = [{"actor": "Ann O'Hara"}]
+    tracks[1]["edits"] = [{"line": 1, "actor": "Ann O'Hara"}, {"line": 3, "frames": [12, 15], "strength": 0.5}]
     report = {
         "input": {"path": "film.mkv", "codec": "h264", "width": 64, "height": 48, "pix_fmt": "yuv420p", "bit_depth": 8,
                   "frames": 30},
@@ -246,6 +246,8 @@ def test_edited_tracks_are_marked_and_each_track_gives_its_edits_entry(tmp_path)
         click_filter(browser, "flag-filters", "edited")
         assert shown_cards(browser) == ["s1t0"]
         browser.evaluate("document.getElementById('open-all').click()")
+        note = browser.evaluate("document.querySelector('#track-s1t0 p.note').textContent")
+        assert note == "Edited by the edits file (Run facts): line 1: actor: Ann O'Hara; line 3: frames: 12-15, strength: 0.5"
         entry = browser.evaluate("document.querySelector('#track-s1t0 pre.entry').textContent")
         assert entry.splitlines()[:2] == ["- track: s1t0", "  actor: none    # or none (leave unrestored); strength: 0..1; skip: true"]
         click_filter(browser, "flag-filters", "edited")
