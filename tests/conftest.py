@@ -16,7 +16,7 @@ def pytest_collection_modifyitems(items):
     """Each test's xdist group (pyproject's --dist loadgroup): its module's, or its shared fixture's."""
     groups = {module: group for group, modules in SHARED_FIXTURE_GROUPS.items() for module in modules}
     for item in items:
-        module = item.module.__name__
+        module = item.module.__name__ if getattr(item, "module", None) else item.nodeid.split("::")[0]
         item.add_marker(pytest.mark.xdist_group(groups.get(module, module)))
 
 

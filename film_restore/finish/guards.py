@@ -352,8 +352,9 @@ class TrackGuard:
             return self._float_input(position)
         if position not in self.bases:
             self._links(position)
-            fused = self.fused.pop(position)
+            fused = self.fused[position]
             self.bases[position] = fused if self._as_like_as_input(position, fused) else self._float_input(position)
+            del self.fused[position]
         return self.bases[position]
 
     def _as_like_as_input(self, position: int, face) -> bool:
