@@ -1,5 +1,12 @@
 """The tests' shared fixtures (helpers they import are in tests/assets.py, tests/media.py, tests/small_case.py)."""
+import os
+
 import pytest
+
+# Under pytest-xdist each worker computes with its share of the cores (torch, OpenMP, the runs it
+# starts): two workers of two threads each on 2 cores would spin-wait on each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 from tests.assets import HELDOUT_IDENTITIES, asset, small_state
 
