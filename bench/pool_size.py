@@ -5,17 +5,24 @@ on this machine, in this process, with one thread as each task and actor has on 
 seconds (process time) and wall seconds:
   decode        reading and converting every frame (film_restore.video.read_frames, .rgb())
   analyse       faces, tracks, smoothing, identities (stages.FaceTracker)
-  encode        encoding the decoded frames alone (video.ChunkWriter, codec auto: x264 CRF 14)
+  encode        encoding the decoded frames alone (video.ChunkWriter, codec auto: x264 CRF 14; and FFV1)
+  master        the film as a ProRes 422 HQ 10-bit master: decoding it, and encoding its frames with codec
+                auto (ProRes again)
   compose       a compose task (compose.Composer) with a stand-in restorer that changes the faces
                 (sharpens, adds fresh noise; its own CPU is counted apart), timed step by step:
                 on a CPU node every step runs in the task; on a GPU node the steps from Follow to
                 AddGrain run beside the restorer on its GPU (finish.device), so the node's CPUs do
                 Align and Blend (and decode and encode) in the task, and the finishing's CPU parts
-                beside the restorer: Follow (flows), GrainModels and the identity embeddings
+                beside the restorer: Follow (DIS flows), the flows brought into frame pixels (for
+                GrainModels and HoldStill) and the identity embeddings
   restore       one 512 px face through the full-size network (width 64, 128 items) per CPU engine
 and prints them per frame and per face, then the sizing at 250 faces/s (the issue's goal for
 an H100/H200), 2 faces per frame:
   CPUs per GPU = faces/s x (compose CPU s per face + (decode + encode + analyse) CPU s per frame / 2)
+The rows "face models on the GPU" leave out the CPU time of onnxruntime's run calls (the detector,
+landmarks and recogniser of the analysis, the identity guard's recogniser), which a GPU node with
+onnxruntime-gpu (install.sh) runs on CUDA: what stays on its CPUs, measured here without a GPU, so a
+lower bound (the CUDA provider's own CPU per call is not in it).
 The rows of the first table have stable names (a script may read them; --json prints them as JSON).
 
     FILM_RESTORE_ASSETS=../shared python -m bench.pool_size [--frames 24] [--repeats 2]
@@ -32,12 +39,14 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+import onnxruntime
 import torch
 
 from dmdnet import DMDNet, engines
 from dmdnet.export import example_inputs
 from film_restore.compose import ComposeSettings, Composer
 from film_restore.finish import steps
+from film_restore.finish.flow import PairFlow
 from film_restore.faces import FaceAnalyzer
 from film_restore.faces.identity import Identifier
 from film_restore.stages import FaceTracker, Scanner
@@ -51,6 +60,9 @@ RATE = 24
 FACES_PER_FRAME = 2
 # Faces per second one H100/H200 restores (the goal of the pool's sizing).
 GOAL_FACES_PER_S = 250
+# An archive's master (ProRes 422 HQ, 10-bit): made from the test film, decoded and encoded again as
+# codec auto keeps it, for the sizing of a GPU node restoring masters.
+MASTER_ENCODER, MASTER_PIX_FMT = "prores_ks", "yuv422p10le"
 
 
 def make_two_face_film(path: Path, frames: int) -> None:
@@ -85,17 +97,48 @@ def restore_seconds(name: str, model: DMDNet, repeats: int, cache) -> tuple[floa
     return statistics.median(c for c, _ in runs), statistics.median(w for _, w in runs)
 
 
-class TimedEmbedder:
-    """The identity guard's embedder, its CPU time kept."""
+class OnnxRunTimer:
+    """The CPU time of every onnxruntime session's run calls in this process while installed (`with`)."""
 
-    def __init__(self, embed):
-        self.embed, self.cpu_seconds = embed, 0.0
+    def __init__(self):
+        self.cpu_seconds = 0.0
 
-    def __call__(self, crops):
+    def __enter__(self):
+        self.original = onnxruntime.InferenceSession.run
+        timer = self
+
+        def run(session, *args, **kwargs):
+            started = time.process_time()
+            try:
+                return timer.original(session, *args, **kwargs)
+            finally:
+                timer.cpu_seconds += time.process_time() - started
+
+        onnxruntime.InferenceSession.run = run
+        return self
+
+    def __exit__(self, *exc):
+        onnxruntime.InferenceSession.run = self.original
+
+    def measured(self, work) -> tuple[float, float, object]:
+        """measured(work), with the onnxruntime run calls' CPU seconds during it as a fourth value."""
+        before = self.cpu_seconds
+        cpu, wall, result = measured(work)
+        return cpu, wall, result, self.cpu_seconds - before
+
+
+class Timed:
+    """A function, its CPU time kept (summed over its calls)."""
+
+    def __init__(self, function):
+        self.function, self.cpu_seconds = function, 0.0
+
+    def __call__(self, *args, **kwargs):
         started = time.process_time()
-        embeddings = self.embed(crops)
-        self.cpu_seconds += time.process_time() - started
-        return embeddings
+        try:
+            return self.function(*args, **kwargs)
+        finally:
+            self.cpu_seconds += time.process_time() - started
 
 
 class StandInRestorer:
@@ -113,6 +156,30 @@ class StandInRestorer:
         return restored
 
 
+def decoded(film: Path) -> list:
+    """(picture, its RGB, pts) of every frame, decoded and converted as a compose task does."""
+    return [(frame.picture, frame.picture.rgb(), frame.pts) for frame in read_frames(film)]
+
+
+def make_master(pictures: list, path: Path) -> None:
+    """The decoded film as an archive master would hold it (MASTER_ENCODER, MASTER_PIX_FMT)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(MASTER_ENCODER, rate=RATE)
+        stream.width, stream.height, stream.pix_fmt = SIZE[0], SIZE[1], MASTER_PIX_FMT
+        for _, rgb, _ in pictures:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def encode(path: Path, info, codec: str, pictures: list) -> None:
+    """The decoded pictures encoded as a compose task encodes its chunk (ChunkWriter), with this codec."""
+    with ChunkWriter(path, info, codec) as writer:
+        for picture, _, pts in pictures:
+            writer.write(picture, pts)
+
+
 def main() -> None:
     arguments = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     arguments.add_argument("--frames", type=int, default=24)
@@ -126,7 +193,7 @@ def main() -> None:
     torch.set_num_threads(1)
     models = ASSETS / "models"
     load_before = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, OnnxRunTimer() as onnx:
         film = Path(folder) / "film1080.mp4"
         make_two_face_film(film, args.frames)
         info = probe(film)
@@ -134,49 +201,64 @@ def main() -> None:
         chunk = scan.chunks[0]
         count = len(scan.frame_pts)
 
-        decode_cpu, _, pictures = measured(lambda: [(frame.picture, frame.picture.rgb(), frame.pts)
-                                                    for frame in read_frames(film, chunk.first_frame, chunk.last_frame, scan.frame_pts)])
+        decode_cpu, _, pictures = measured(lambda: decoded(film))
         analyzer = FaceAnalyzer.from_models_dir(models)
         first = sorted(analyzer.analyze(pictures[0][1]), key=lambda face: face.box[0])
         if len(first) != FACES_PER_FRAME:
             raise SystemExit(f"the test film's first frame shows {len(first)} faces, expected {FACES_PER_FRAME}")
         identifier = Identifier({"Left": first[0].embedding[None], "Right": first[1].embedding[None]}, 0.45)
         tracker = FaceTracker(models, identifier)
-        analyse_cpu, _, tracks = measured(lambda: tracker(film, chunk, scan.frame_pts))
+        analyse_cpu, _, tracks, analyse_onnx = onnx.measured(lambda: tracker(film, chunk, scan.frame_pts))
         faces = sum(len(track.faces) for track in tracks)
 
         settings = ComposeSettings("auto", 512, references=dict(zip(identifier.names, identifier.centroids)),
                                    models_dir=str(models))
         restorer = StandInRestorer()
         composer = Composer(info, settings, restorer)
-        embedding = TimedEmbedder(steps.embedder_of(str(models)))
+        embedding = Timed(steps.embedder_of(str(models)))
         steps.embedder_of = lambda models_dir: embedding  # the identity guard's embeddings timed apart
-        compose_cpu, compose_wall, _ = measured(lambda: composer(chunk, tracks, scan.frame_pts, Path(folder) / "composed.mp4"))
+        # The track's flow brought into frame pixels (numpy, for GrainModels and HoldStill) stays on a GPU node's CPU.
+        flows_in_frame = Timed(PairFlow.in_frame)
+        PairFlow.in_frame = lambda flow, *args, **kwargs: flows_in_frame(flow, *args, **kwargs)
+        compose_cpu, compose_wall, _, compose_onnx = onnx.measured(
+            lambda: composer(chunk, tracks, scan.frame_pts, Path(folder) / "composed.mp4"))
         steps_cpu = dict(composer.cpu_seconds)
         steps_cpu["Restore"] -= restorer.cpu_seconds
 
-        def encode():
-            with ChunkWriter(Path(folder) / "encoded.mp4", info, "auto") as writer:
-                for picture, _, pts in pictures:
-                    writer.write(picture, pts)
-
-        encode_cpu, _, _ = measured(encode)
+        encode_cpu = {codec: measured(lambda: encode(Path(folder) / f"{codec}.mkv", info, codec, pictures))[0]
+                      for codec in ("auto", "ffv1")}
+        master = Path(folder) / "master.mov"
+        make_master(pictures, master)
+        master_decode_cpu, _, master_pictures = measured(lambda: decoded(master))
+        master_encode_cpu = measured(lambda: encode(Path(folder) / "master.mkv", probe(master), "auto", master_pictures))[0]
 
     cpu_node = sum(steps_cpu.values()) / faces
     # On a GPU node the finishing steps run beside the restorer, on its GPU, but for their CPU parts: the
-    # flows (OpenCV's DIS), each track's grain estimate and the identity guard's embeddings (the face
+    # flows (OpenCV's DIS, and brought into frame pixels) and the identity guard's embeddings (the face
     # models run on the CPU unless onnxruntime-gpu is installed).
-    gpu_node = (steps_cpu["Align"] + steps_cpu["Blend"] + steps_cpu["Follow"] + steps_cpu["GrainModels"]
+    gpu_node = (steps_cpu["Align"] + steps_cpu["Blend"] + steps_cpu["Follow"] + flows_in_frame.cpu_seconds
                 + embedding.cpu_seconds) / faces
-    per_frame = (decode_cpu + encode_cpu + analyse_cpu) / count
+    gpu_node_face_models = gpu_node - compose_onnx / faces
+    per_frame = (decode_cpu + encode_cpu["auto"] + analyse_cpu) / count
+    per_frame_face_models = (decode_cpu + encode_cpu["auto"] + analyse_cpu - analyse_onnx) / count
+    per_frame_master = (master_decode_cpu + master_encode_cpu + analyse_cpu - analyse_onnx) / count
     rows = {
         "decode CPU ms per frame": decode_cpu / count * 1e3,
         "analyse CPU ms per frame": analyse_cpu / count * 1e3,
-        "encode CPU ms per frame": encode_cpu / count * 1e3,
+        "encode CPU ms per frame": encode_cpu["auto"] / count * 1e3,
         "compose CPU ms per face, CPU node": cpu_node * 1e3,
         "compose CPU ms per face, GPU node": gpu_node * 1e3,
         "CPUs per GPU at 250 faces/s, CPU node": GOAL_FACES_PER_S * (cpu_node + per_frame / FACES_PER_FRAME),
         "CPUs per GPU at 250 faces/s, GPU node": GOAL_FACES_PER_S * (gpu_node + per_frame / FACES_PER_FRAME),
+        "encode CPU ms per frame, ffv1": encode_cpu["ffv1"] / count * 1e3,
+        "decode CPU ms per frame, ProRes master": master_decode_cpu / count * 1e3,
+        "encode CPU ms per frame, ProRes master": master_encode_cpu / count * 1e3,
+        "analyse CPU ms per frame, face models on the GPU": (analyse_cpu - analyse_onnx) / count * 1e3,
+        "compose CPU ms per face, GPU node, face models on the GPU": gpu_node_face_models * 1e3,
+        "CPUs per GPU at 250 faces/s, GPU node, face models on the GPU":
+            GOAL_FACES_PER_S * (gpu_node_face_models + per_frame_face_models / FACES_PER_FRAME),
+        "CPUs per GPU at 250 faces/s, GPU node, face models on the GPU, ProRes master":
+            GOAL_FACES_PER_S * (gpu_node_face_models + per_frame_master / FACES_PER_FRAME),
     }
     if args.json:
         print(json.dumps({name: round(value, 1) for name, value in rows.items()}))
@@ -193,6 +275,7 @@ def main() -> None:
     for name, seconds in steps_cpu.items():
         print(f"| {name} | {seconds / faces * 1e3:.1f} |")
     print(f"| (of Guard: the identity embeddings) | {embedding.cpu_seconds / faces * 1e3:.1f} |")
+    print(f"| (of GrainModels and HoldStill: the flows in frame pixels) | {flows_in_frame.cpu_seconds / faces * 1e3:.1f} |")
     names = [name for name in args.engines.split(",") if name]
     if names:
         torch.manual_seed(0)

@@ -15,7 +15,7 @@ MONOCHROME_CHROMA_STD = 2.0
 
 def luma(rgb):
     """BT.601 luma (float32 ... x H x W) of RGB on the 0..255 scale (numpy array or torch tensor)."""
-    if isinstance(rgb, np.ndarray) or not hasattr(rgb, "device"):
+    if _is_numpy(rgb):
         return np.asarray(rgb, dtype=np.float32) @ LUMA_WEIGHTS
     import torch
 
@@ -23,12 +23,22 @@ def luma(rgb):
 
 
 def chroma_std(rgb) -> float:
-    """The larger standard deviation of the two YCrCb chroma channels (0..255 levels) of RGB pixels (... x 3)."""
-    rgb = np.asarray(rgb, dtype=np.float32).reshape(-1, 3)
+    """The larger standard deviation of the two YCrCb chroma channels (0..255 levels) of RGB pixels
+    (... x 3; numpy, or a torch tensor)."""
+    rgb = (np.asarray(rgb, dtype=np.float32) if _is_numpy(rgb) else rgb.float()).reshape(-1, 3)
     if not len(rgb):
         return 0.0
-    grey = rgb @ LUMA_WEIGHTS
-    return float(max((CR_SCALE * (rgb[:, 0] - grey)).std(), (CB_SCALE * (rgb[:, 2] - grey)).std()))
+    grey = luma(rgb)
+    return float(max(_std(CR_SCALE * (rgb[:, 0] - grey)), _std(CB_SCALE * (rgb[:, 2] - grey))))
+
+
+def _is_numpy(array) -> bool:
+    return isinstance(array, np.ndarray) or not hasattr(array, "device")
+
+
+def _std(values) -> float:
+    """The population standard deviation (numpy's), for either kind of array."""
+    return float(values.std() if _is_numpy(values) else values.std(correction=0))
 
 
 def is_monochrome(rgb) -> bool:

@@ -13,10 +13,11 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, replace
 
+import array_api_compat
 import numpy as np
 
 from film_restore.finish import ops
-from film_restore.finish.colour import LUMA_WEIGHTS, MONOCHROME_CHROMA_STD, chroma_std
+from film_restore.finish.colour import LUMA_WEIGHTS, MONOCHROME_CHROMA_STD, chroma_std, luma
 from film_restore.finish.landmarks import face_width
 from film_restore.finish.measures import HIGH_PASS_SIGMA, fine_detail
 
@@ -28,6 +29,9 @@ from film_restore.finish.measures import HIGH_PASS_SIGMA, fine_detail
 # within 8% at 12), a larger one finds fewer flat blocks on small faces.
 GRAIN_BLOCK = 12
 FLAT_ANISOTROPY = 1.6
+# A block whose residual's gradients carry less than this (squared levels) holds no grain at all
+# (digital black, padding): what is left of it after the plane is float rounding, with no direction.
+FLAT_MIN_GRADIENT = 1e-3
 UNCLIPPED_LUMA = (8.0, 247.0)
 # Luma bins of the grain's amplitude (the luma scaling function); a bin needs this many
 # flat blocks, else its amplitude is interpolated from its neighbours.
@@ -159,48 +163,56 @@ class GrainModel:
                        + diagonal * top_left * bottom_right + anti_diagonal * top_right * bottom_left))
 
 
-def _blocks(image: np.ndarray) -> np.ndarray:
+def _blocks(image):
     """N x B x B (x C) blocks tiling the image (the remainder at the right and bottom dropped)."""
     b = GRAIN_BLOCK
     rows, columns = image.shape[0] // b, image.shape[1] // b
     tiles = image[:rows * b, :columns * b].reshape(rows, b, columns, b, *image.shape[2:])
-    return np.moveaxis(tiles, 2, 1).reshape(rows * columns, b, b, *image.shape[2:])
+    return tiles.swapaxes(1, 2).reshape(rows * columns, b, b, *image.shape[2:])
 
 
 _CENTRED = np.arange(GRAIN_BLOCK, dtype=np.float32) - (GRAIN_BLOCK - 1) / 2
 
 
-def plane_residuals(blocks: np.ndarray) -> np.ndarray:
+def plane_residuals(blocks):
     """Blocks (N x B x B x C) less their least-squares plane, per channel (1, x and y centred are
     orthogonal on the block, so the fit is three projections)."""
-    x = _CENTRED[None, None, :, None]
-    y = _CENTRED[None, :, None, None]
+    xp = ops.namespace(blocks)
+    centred = _CENTRED if ops.is_numpy(blocks) else ops.like(blocks, _CENTRED)
+    x = centred[None, None, :, None]
+    y = centred[None, :, None, None]
     norm = np.float32(GRAIN_BLOCK * (_CENTRED ** 2).sum())
-    mean = blocks.mean(axis=(1, 2), keepdims=True)
-    slope_x = (blocks * x).sum(axis=(1, 2), keepdims=True) / norm
-    slope_y = (blocks * y).sum(axis=(1, 2), keepdims=True) / norm
+    mean = xp.mean(blocks, axis=(1, 2), keepdims=True)
+    slope_x = xp.sum(blocks * x, axis=(1, 2), keepdims=True) / norm
+    slope_y = xp.sum(blocks * y, axis=(1, 2), keepdims=True) / norm
     return blocks - mean - slope_x * x - slope_y * y
 
 
-def _flat_selection(rgb: np.ndarray, mask: np.ndarray):
-    """(flat: bool per tile of the image, mean luma, luma residual, RGB residual of the flat tiles)."""
-    rgb = np.asarray(rgb, dtype=np.float32)
-    inside = _blocks(mask.astype(bool)).all(axis=(1, 2))
-    colour = _blocks(rgb)[inside]
-    flat = np.zeros(len(inside), bool)
+def _flat_selection(rgb, mask: np.ndarray | None = None):
+    """(flat: bool per tile of the image, mean luma, luma residual, RGB residual of the flat tiles) of an
+    RGB image (numpy, or a tensor on its device); mask: where blocks may lie (None: everywhere)."""
+    xp = ops.namespace(rgb)
+    rgb = ops.as_float(rgb)
+    colour = _blocks(rgb)
+    inside = None
+    if mask is not None:
+        inside = _blocks(mask.astype(bool)).all(axis=(1, 2))
+        colour = colour[inside]
+    flat = xp.zeros(len(_blocks(rgb[..., 0])), dtype=xp.bool, device=array_api_compat.device(rgb))
     if not len(colour):
-        return flat, np.zeros(0), np.zeros((0, GRAIN_BLOCK, GRAIN_BLOCK)), np.zeros((0, GRAIN_BLOCK, GRAIN_BLOCK, 3))
-    grey = colour @ LUMA_WEIGHTS
+        empty = ops.like(rgb, np.zeros((0, GRAIN_BLOCK, GRAIN_BLOCK, 3)))
+        return flat, empty[:, 0, 0, 0], empty[..., 0], empty
+    grey = colour @ (LUMA_WEIGHTS if ops.is_numpy(colour) else ops.like(colour, LUMA_WEIGHTS))
     residual = plane_residuals(grey[..., None])[..., 0]
     # Central differences at the same pixels: uncorrelated for white noise, unlike forward ones.
     dx = residual[:, 1:-1, 2:] - residual[:, 1:-1, :-2]
     dy = residual[:, 2:, 1:-1] - residual[:, :-2, 1:-1]
-    gxx, gyy, gxy = (dx * dx).mean(axis=(1, 2)), (dy * dy).mean(axis=(1, 2)), (dx * dy).mean(axis=(1, 2))
-    half_trace, spread = (gxx + gyy) / 2, np.sqrt(((gxx - gyy) / 2) ** 2 + gxy ** 2)
-    anisotropy = (half_trace + spread) / np.maximum(half_trace - spread, 1e-9)
-    mean = grey.mean(axis=(1, 2))
-    chosen = (anisotropy < FLAT_ANISOTROPY) & (mean > UNCLIPPED_LUMA[0]) & (mean < UNCLIPPED_LUMA[1]) & (half_trace > 0)
-    flat[np.flatnonzero(inside)[chosen]] = True
+    gxx, gyy, gxy = (xp.mean(product, axis=(1, 2)) for product in (dx * dx, dy * dy, dx * dy))
+    half_trace, spread = (gxx + gyy) / 2, xp.sqrt(((gxx - gyy) / 2) ** 2 + gxy ** 2)
+    anisotropy = (half_trace + spread) / xp.clip(half_trace - spread, 1e-9, None)
+    mean = xp.mean(grey, axis=(1, 2))
+    chosen = (anisotropy < FLAT_ANISOTROPY) & (mean > UNCLIPPED_LUMA[0]) & (mean < UNCLIPPED_LUMA[1]) & (half_trace > FLAT_MIN_GRADIENT)
+    flat[chosen if inside is None else xp.nonzero(inside)[0][chosen]] = True
     return flat, mean[chosen], residual[chosen], plane_residuals(colour[chosen])
 
 
@@ -209,11 +221,11 @@ def flat_blocks(rgb: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return _flat_selection(rgb, mask)[1:]
 
 
-def grain_amplitude(mean_luma: np.ndarray, residual: np.ndarray) -> np.ndarray | None:
+def grain_amplitude(mean_luma, residual) -> np.ndarray | None:
     """Luma grain std per luma bin from flat blocks' residuals: the median block std in each
     bin with enough blocks, interpolated between them; None without any such bin."""
-    stds = residual.std(axis=(1, 2))
-    bins = np.clip(np.digitize(mean_luma, LUMA_BIN_EDGES) - 1, 0, LUMA_BINS - 1)
+    stds = ops.to_numpy(ops.namespace(residual).std(residual, axis=(1, 2)))
+    bins = np.clip(np.digitize(ops.to_numpy(mean_luma), LUMA_BIN_EDGES) - 1, 0, LUMA_BINS - 1)
     known = [(centre, float(np.median(stds[bins == k]))) for k, centre in enumerate(LUMA_BIN_CENTRES)
              if np.count_nonzero(bins == k) >= MIN_BLOCKS_PER_BIN]
     if not known:
@@ -222,14 +234,17 @@ def grain_amplitude(mean_luma: np.ndarray, residual: np.ndarray) -> np.ndarray |
     return np.interp(LUMA_BIN_CENTRES, centres, values)
 
 
-def _fit_ar(residual: np.ndarray) -> np.ndarray:
+def _fit_ar(residual) -> np.ndarray:
     """Least-squares causal AR coefficients (GRAIN_OFFSETS) over residual blocks N x B x B."""
+    xp = ops.namespace(residual)
     lag, b = GRAIN_LAG, GRAIN_BLOCK
-    target = residual[:, lag:, lag:b - lag]
-    neighbours = np.stack([residual[:, lag + dy:b + dy, lag + dx:b - lag + dx] for dy, dx in GRAIN_OFFSETS], axis=-1)
-    neighbours = neighbours.reshape(-1, len(GRAIN_OFFSETS)).astype(np.float64)
+    # One row per neighbour and one for the target, each a contiguous copy of its shifted view: the
+    # products then run as one matrix product over rows, in the precision of the solve.
+    samples = xp.astype(xp.stack([residual[:, lag + dy:b + dy, lag + dx:b - lag + dx].reshape(-1)
+                                  for dy, dx in ((0, 0), *GRAIN_OFFSETS)]), xp.float64)
+    products = ops.to_numpy(samples[1:] @ samples.T)
     # The normal equations: the same least-squares solution as lstsq, at the cost of a 10 x 10 system.
-    return np.linalg.solve(neighbours.T @ neighbours, neighbours.T @ target.ravel().astype(np.float64))
+    return np.linalg.solve(products[:, 1:], products[:, 0])
 
 
 def _plane_fit_share(ar: np.ndarray) -> float:
@@ -252,19 +267,23 @@ def estimate_grain(samples) -> GrainModel | None:
 
 
 def _model_of(selections) -> GrainModel | None:
-    """estimate_grain from each sample's (_flat_selection, chroma std)."""
-    mean, residual, colour = (np.concatenate([selection[part] for selection, _ in selections]) for part in (1, 2, 3))
+    """estimate_grain from each sample's (_flat_selection, chroma std); the selections' arrays are
+    numpy, or tensors on one device (the per-pixel sums run there, the small solves in numpy)."""
+    xp = ops.namespace(selections[0][0][1])
+    mean, residual, colour = (xp.concat([selection[part] for selection, _ in selections]) for part in (1, 2, 3))
     chroma = [value for _, value in selections]
     amplitude = grain_amplitude(mean, residual) if len(mean) else None
     if amplitude is None or not amplitude.any():
         return None
     ar = _fit_ar(residual)
     amplitude = amplitude / np.sqrt(_plane_fit_share(ar))  # the blocks' residuals lack the slowest part of the grain
-    covariance = np.cov(colour.reshape(-1, 3), rowvar=False)
-    luma_std = max(float(residual.std()), 1e-6)
+    pixels = colour.reshape(-1, 3)
+    centred = xp.astype(pixels, xp.float64) - xp.mean(xp.astype(pixels, xp.float64), axis=0)
+    covariance = ops.to_numpy(centred.T @ centred) / (len(pixels) - 1)
+    luma_std = max(float(xp.std(residual)), 1e-6)
     channel_std = np.sqrt(np.maximum(np.diag(covariance), 0.0))
-    chroma_residual = colour.reshape(-1, 3) - (colour.reshape(-1, 3) @ LUMA_WEIGHTS)[:, None]
-    if max(chroma) < MONOCHROME_CHROMA_STD or chroma_residual.std(axis=0).max() < MONOCHROME_GRAIN_CHROMA * luma_std:
+    chroma_residual = pixels - (pixels @ ops.like(pixels, LUMA_WEIGHTS))[:, None]
+    if max(chroma) < MONOCHROME_CHROMA_STD or float(xp.max(xp.std(chroma_residual, axis=0))) < MONOCHROME_GRAIN_CHROMA * luma_std:
         return GrainModel(amplitude, ar, np.ones(3), None)
     correlation = covariance / np.maximum(np.outer(channel_std, channel_std), 1e-12)
     # A little on the diagonal keeps the factor defined for nearly grey colour grain.
@@ -300,56 +319,73 @@ class TemporalDetail:
                          else np.nan for k in range(LUMA_BINS)])
 
 
-def temporal_detail(pictures: list[np.ndarray], flows: list[tuple[np.ndarray, np.ndarray]], flats=None) -> TemporalDetail | None:
+def temporal_detail(pictures: list, flows: list[tuple], flats=None) -> TemporalDetail | None:
     """The TemporalDetail of consecutive same-size RGB pictures of a face, with each later picture's
     (flow to the one before, valid) in its pixels; None for fewer than two pictures or no flat
     block the flow follows. Within each block the flow is refined by one Lucas-Kanade step on the
     fine detail (a shift of at most MAX_REFINEMENT pixels), so detail that moves with the face is
     not taken for new where the flow is a little off: fresh grain cannot be shifted away.
+    Pictures and flows: numpy, or tensors on one device (valid: bool, or 0/1 floats).
     flats: the later pictures' flat blocks (_flat_selection's first part), where known."""
     columns = ([], [], [], [])
-    flats = flats or [_flat_selection(after, np.ones(after.shape[:2], bool))[0] for after in pictures[1:]]
-    for before, after, (flow, valid), flat in zip(pictures, pictures[1:], flows, flats):
-        now = fine_detail(after)
-        then = ops.warp(fine_detail(before)[None, ..., None], flow[None])[0, ..., 0]
-        block_valid = _blocks(valid.astype(np.float32))
-        followed = flat & (block_valid.sum(axis=(1, 2)) >= FOLLOWED_SHARE * GRAIN_BLOCK ** 2)
-        if not followed.any():
+    flats = flats or [_flat_selection(after)[0] for after in pictures[1:]]
+    details = [fine_detail(picture) for picture in pictures]
+    for before, after, now, (flow, valid), flat in zip(details, pictures[1:], details[1:], flows, flats):
+        xp = ops.namespace(now)
+        then = ops.warp(before[None, ..., None], flow[None])[0, ..., 0]
+        block_valid = _blocks(xp.astype(valid, xp.float32))
+        followed = flat & (xp.sum(block_valid, axis=(1, 2)) >= FOLLOWED_SHARE * GRAIN_BLOCK ** 2)
+        if not bool(xp.any(followed)):
             continue
         weights = block_valid[followed]
         now_blocks, then_blocks = _blocks(now)[followed], _refined(_blocks(now)[followed], _blocks(then)[followed], weights)
-        mean = lambda values: (values * weights).sum(axis=(1, 2)) / weights.sum(axis=(1, 2))  # noqa: E731
-        for column, values in zip(columns, (_blocks(np.asarray(after, np.float32) @ LUMA_WEIGHTS)[followed],
-                                            (now_blocks - then_blocks) ** 2, now_blocks ** 2 + then_blocks ** 2, now_blocks ** 2)):
-            column.append(mean(values))
+        mean = lambda values: xp.sum(values * weights, axis=(1, 2)) / xp.sum(weights, axis=(1, 2))  # noqa: E731
+        for column, values in zip(columns, (_blocks(luma(after))[followed], (now_blocks - then_blocks) ** 2,
+                                            now_blocks ** 2 + then_blocks ** 2, now_blocks ** 2)):
+            column.append(ops.to_numpy(mean(values)))
     if not columns[0]:
         return None
     return TemporalDetail(*(np.concatenate(column) for column in columns))
 
 
-def _refined(now: np.ndarray, then: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def _gradient(values, axis: int):
+    """np.gradient along one axis (central differences inside, one-sided at the two ends), for either kind of array."""
+    xp = ops.namespace(values)
+    inner = [slice(None)] * values.ndim
+
+    def cut(start, stop):
+        inner[axis] = slice(start, stop)
+        return values[tuple(inner)]
+
+    return xp.concat([cut(1, 2) - cut(0, 1), (cut(2, None) - cut(None, -2)) / 2.0, cut(-1, None) - cut(-2, -1)], axis=axis)
+
+
+def _refined(now, then, weights):
     """Blocks of `then` (N x B x B) shifted by the sub-pixel step that best matches `now` (one
     weighted Lucas-Kanade step, at most MAX_REFINEMENT pixels)."""
-    gy, gx = np.gradient(then, axis=(1, 2))
+    xp = ops.namespace(then)
+    gy, gx = _gradient(then, 1), _gradient(then, 2)
     difference = now - then
-    sums = lambda values: (values * weights).sum(axis=(1, 2))  # noqa: E731
+    sums = lambda values: xp.sum(values * weights, axis=(1, 2))  # noqa: E731
     xx, xy, yy = sums(gx * gx), sums(gx * gy), sums(gy * gy)
     bx, by = sums(gx * difference), sums(gy * difference)
     determinant = xx * yy - xy * xy
-    solvable = determinant > 1e-6 * np.maximum(xx * yy, 1e-12)
-    safe = np.where(solvable, determinant, 1.0)
-    dx = np.where(solvable, (yy * bx - xy * by) / safe, 0.0)
-    dy = np.where(solvable, (xx * by - xy * bx) / safe, 0.0)
-    length = np.maximum(np.hypot(dx, dy) / MAX_REFINEMENT, 1.0)
+    solvable = determinant > 1e-6 * xp.clip(xx * yy, 1e-12, None)
+    safe = xp.where(solvable, determinant, 1.0)
+    dx = xp.where(solvable, (yy * bx - xy * by) / safe, 0.0)
+    dy = xp.where(solvable, (xx * by - xy * bx) / safe, 0.0)
+    length = xp.clip(xp.hypot(dx, dy) / MAX_REFINEMENT, 1.0, None)
     return then + (dx / length)[:, None, None] * gx + (dy / length)[:, None, None] * gy
 
 
-def estimate_track_grain(pictures: list[np.ndarray], flows: list[tuple[np.ndarray, np.ndarray]]) -> GrainModel | None:
+def estimate_track_grain(pictures: list, flows: list[tuple]) -> GrainModel | None:
     """The grain of consecutive same-size RGB pictures of one face (frames of a track, cut to
     one window), flows as temporal_detail takes them: only its part new each frame, measured in
     the flat blocks, whose residuals hold fine texture that moves with the face too (so the grain
-    is at most their estimate). None where no flat block was found or fewer than two pictures were given."""
-    selections = [_flat_selection(picture, np.ones(picture.shape[:2], bool)) for picture in pictures]
+    is at most their estimate). None where no flat block was found or fewer than two pictures were given.
+    Pictures and flows: numpy, or tensors on one device, where the per-pixel work then runs."""
+    pictures = [ops.as_float(picture) for picture in pictures]
+    selections = [_flat_selection(picture) for picture in pictures]
     model = _model_of([(selection, chroma_std(picture)) for selection, picture in zip(selections, pictures)])
     detail = temporal_detail(pictures, flows, [selection[0] for selection in selections[1:]])
     if model is None or detail is None:

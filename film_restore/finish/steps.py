@@ -271,9 +271,11 @@ class GrainModels(Step):
             if len(run) < 2:
                 continue
             region = _common(grain_window(window.shape, np.concatenate([face.landmarks for face in run])), run)
-            flows = [face.flow.in_frame(region, face.aligned.transform, before.aligned.transform)
+            # The frame around the faces goes where their restored crops are (a GPU node's device), and the work with it.
+            there = lambda values: values if run[0].restored is None else ops.like(run[0].restored, values)  # noqa: E731
+            flows = [tuple(map(there, face.flow.in_frame(region, face.aligned.transform, before.aligned.transform)))
                      for before, face in zip(run, run[1:])]
-            model = estimate_track_grain([face.surround.read(region) for face in run], flows)
+            model = estimate_track_grain([there(face.surround.read(region)) for face in run], flows)
             self.tiles[number] = None if model is None else GrainTile(model, number)
 
     def model(self, number: int):

@@ -36,6 +36,15 @@ def test_torch_finishing_beside_the_restorer_gives_the_numpy_frames(talking_head
         kinds.update(type(face.region.face).__name__ for face in window.faces.values() if face.region is not None)
 
     monkeypatch.setattr(steps.Paste, "work", seen)
+    estimate = steps.estimate_track_grain
+    estimated_from = []
+
+    def estimated(pictures, flows):  # what each track's grain is estimated from
+        model = estimate(pictures, flows)
+        estimated_from.append((type(pictures[0]).__name__, model is not None))
+        return model
+
+    monkeypatch.setattr(steps, "estimate_track_grain", estimated)
     for name, restore in (("numpy", sharpened_with_noise), ("torch", LocalDevice(sharpened_with_noise, "cpu"))):
         result = ChunkResult(0, 0, 0)
         pictures = {}
@@ -50,6 +59,7 @@ def test_torch_finishing_beside_the_restorer_gives_the_numpy_frames(talking_head
     assert changed.sum() > 1000  # the faces were restored
     assert difference.max() <= 1, (difference.max(), (difference > 1).sum())
     assert kinds == {"Tensor"}  # the torch path ran in torch
+    assert estimated_from == [("ndarray", True), ("Tensor", True)]  # the grain too
     [numpy_track], [torch_track] = results["numpy"].tracks, results["torch"].tracks
     assert torch_track["series"] == numpy_track["series"]
     assert torch_track["flicker_ratio"] == pytest.approx(numpy_track["flicker_ratio"], abs=1e-3)

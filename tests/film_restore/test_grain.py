@@ -36,6 +36,41 @@ def test_grain_estimate_recovers_known_grain_on_a_real_frame():
     assert np.allclose(model.amplitude[populated], expected, rtol=0.1), (model.amplitude, expected)
 
 
+def test_a_digital_black_bar_is_no_grain_sample():
+    # A letterbox bar (digital black with a faint ramp, as padding or a digital fade) is flat but holds
+    # no grain: the film's estimate is the same with the bar above it as without (before, what float
+    # rounding left of the bar's planes was taken for grain and brought the darkest luma bin's to 0).
+    rgb = old_film().astype(np.float32)
+    noisy = rgb + 6.0 * correlated_noise(np.random.default_rng(3), rgb.shape[:2], 0.8)[..., None]
+    bar = 12 * (len(rgb) // 48)  # whole blocks: no block holds both bar and film
+    barred = noisy.copy()
+    barred[:bar] = (16.0 + 0.01 * np.arange(rgb.shape[1], dtype=np.float32))[None, :, None]
+    without = grain_model.estimate_grain([(noisy[bar:], np.ones(noisy[bar:].shape[:2], bool))])
+    with_bar = grain_model.estimate_grain([(barred, np.ones(barred.shape[:2], bool))])
+    assert without.amplitude[0] > 3
+    assert np.allclose(with_bar.amplitude, without.amplitude, rtol=1e-6), (with_bar.amplitude, without.amplitude)
+
+
+def test_the_grain_estimate_in_torch_is_the_numpy_one(analyzer):
+    # A GPU node estimates each track's grain on its device: the same model from torch tensors
+    # (here on the CPU) as from numpy, on a real noisy clip's face and its flows.
+    import torch
+
+    clean = [clip_frame("retalk_2", number) for number in range(3)]
+    frames = [np.clip(frame + np.random.default_rng(number).normal(0, 4, frame.shape), 0, 255).astype(np.uint8)
+              for number, frame in enumerate(clean)]
+    window = grain_model.grain_window(frames[0].shape, largest_face(analyzer, frames[0]).landmarks)
+    regions = [frame[window] for frame in frames]
+    flows = flows_of(regions)
+    numpy_model = grain_model.estimate_track_grain(regions, flows)
+    torch_model = grain_model.estimate_track_grain([torch.as_tensor(region) for region in regions],
+                                                   [(torch.as_tensor(flow), torch.as_tensor(valid)) for flow, valid in flows])
+    assert torch_model.monochrome == numpy_model.monochrome
+    assert np.allclose(torch_model.amplitude, numpy_model.amplitude, rtol=1e-3)
+    assert np.allclose(torch_model.ar, numpy_model.ar, atol=1e-5)
+    assert torch_model.new_each_frame == pytest.approx(numpy_model.new_each_frame, abs=1e-4)
+
+
 def autocorrelation(fields: np.ndarray, dy: int, dx: int) -> float:
     """Correlation of ... x H x W fields with themselves shifted by (dy, dx) (dy, dx >= 0), pooled."""
     height, width = fields.shape[-2:]
