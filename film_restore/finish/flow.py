@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import array_api_compat
 import cv2
 import numpy as np
 
@@ -152,26 +153,31 @@ class PairFlow:
         return self._grids[direction, size]
 
     def in_frame(self, region: tuple[slice, slice], later: AlignmentTransform, earlier: AlignmentTransform,
-                 stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                 stride: int = 1, like=None) -> tuple:
         """(flow, valid) over a rectangle of the later frame (every stride-th pixel each way), in
         frame pixels: where each of its pixels was in the earlier frame, through the two faces'
-        alignments and the crops' flow (valid: the check passes and the pixel lies inside the later crop)."""
+        alignments and the crops' flow (valid: the check passes and the pixel lies inside the later crop).
+        like: an array whose kind and device they are computed on (None: numpy)."""
+        on = np.zeros(0, np.float32) if like is None else like
+        xp = ops.namespace(on)
         rows, columns = region
-        grid_x, grid_y = np.meshgrid(np.arange(columns.start, columns.stop, stride, dtype=np.float64),
-                                     np.arange(rows.start, rows.stop, stride, dtype=np.float64))
-        later_x = later.matrix[0, 0] * grid_x + later.matrix[0, 1] * grid_y + later.matrix[0, 2]
-        later_y = later.matrix[1, 0] * grid_x + later.matrix[1, 1] * grid_y + later.matrix[1, 2]
+        device = array_api_compat.device(on)
+        grid_y, grid_x = xp.meshgrid(xp.arange(rows.start, rows.stop, stride, dtype=xp.float64, device=device),
+                                     xp.arange(columns.start, columns.stop, stride, dtype=xp.float64, device=device),
+                                     indexing="ij")
+        to, back = later.matrix.tolist(), earlier.inverse.tolist()
+        later_x = to[0][0] * grid_x + to[0][1] * grid_y + to[0][2]
+        later_y = to[1][0] * grid_x + to[1][1] * grid_y + to[1][2]
         shrink = self.side / self.crop_side
-        flow_x, flow_y = ((later_x + 0.5) * shrink - 0.5).astype(np.float32), ((later_y + 0.5) * shrink - 0.5).astype(np.float32)
-        step = cv2.remap(self.back, flow_x, flow_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) / shrink
-        valid = cv2.remap(self.back_valid.astype(np.uint8), flow_x, flow_y, cv2.INTER_NEAREST,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+        points = xp.stack([xp.astype((later_x + 0.5) * shrink - 0.5, xp.float32),
+                           xp.astype((later_y + 0.5) * shrink - 0.5, xp.float32)], axis=-1)[None]
+        step = ops.sample(ops.like(on, self.back)[None], points)[0] / shrink
+        valid = ops.sample(ops.like(on, self.back_valid)[None, ..., None], points, ops.CONSTANT, ops.NEAREST)[0, ..., 0] > 0.5
         valid &= (later_x >= 0) & (later_y >= 0) & (later_x <= self.crop_side - 1) & (later_y <= self.crop_side - 1)
         earlier_x, earlier_y = later_x + step[..., 0], later_y + step[..., 1]
-        inverse = earlier.inverse
-        frame_x = inverse[0, 0] * earlier_x + inverse[0, 1] * earlier_y + inverse[0, 2]
-        frame_y = inverse[1, 0] * earlier_x + inverse[1, 1] * earlier_y + inverse[1, 2]
-        return np.stack([frame_x - grid_x, frame_y - grid_y], axis=-1).astype(np.float32), valid
+        frame_x = back[0][0] * earlier_x + back[0][1] * earlier_y + back[0][2]
+        frame_y = back[1][0] * earlier_x + back[1][1] * earlier_y + back[1][2]
+        return xp.astype(xp.stack([frame_x - grid_x, frame_y - grid_y], axis=-1), xp.float32), valid
 
 
 def image_flow(earlier: np.ndarray, later: np.ndarray, side: int = FLOW_SIDE, method: str = "dis") -> tuple[np.ndarray, np.ndarray]:

@@ -133,21 +133,19 @@ class ChangeSamples:
 def change_samples(inputs, outputs, masks, flows, stride: int = 1) -> ChangeSamples | None:
     """The ChangeSamples of consecutive same-size RGB pictures of one face (numpy, or tensors), before
     and after restoration, where masks (bool) are set, on every stride-th pixel each way; flows: each
-    later picture's (flow to the one before, valid) on that grid (numpy; finish.flow.PairFlow.in_frame).
-    None for fewer than two pictures or no sample the flow follows."""
+    later picture's (flow to the one before, valid) on that grid, of the pictures' kind and device
+    (finish.flow.PairFlow.in_frame). None for fewer than two pictures or no sample the flow follows."""
     changes = ([], [], [])
     for t in range(1, len(inputs)):
         flow, valid = flows[t - 1]
-        counting = valid & ops.to_numpy(masks[t])[::stride, ::stride]
-        if not counting.any():
+        counting = valid & masks[t][::stride, ::stride]
+        if not bool(ops.namespace(counting).any(counting)):
             continue
-        grid_y, grid_x = np.mgrid[0:flow.shape[0], 0:flow.shape[1]].astype(np.float32) * stride
-        points = ops.like(inputs[t], flow + np.stack([grid_x, grid_y], axis=-1))[None]
-        device_counting = ops.like(inputs[t], counting) > 0
+        points = flow[None] + ops.grid(flow[None]) * np.float32(stride)
         for samples, pictures in zip(changes, (inputs, outputs)):
             now, then = ops.as_float(pictures[t][::stride, ::stride]), ops.as_float(pictures[t - 1])
-            samples.append(ops.to_numpy((now - ops.sample(then[None], points)[0])[device_counting]))
-        changes[2].append(flow[counting])
+            samples.append(ops.to_numpy((now - ops.sample(then[None], points)[0])[counting]))
+        changes[2].append(ops.to_numpy(flow[counting]))
     if not changes[0]:
         return None
     return ChangeSamples(*(np.concatenate(samples) for samples in changes))

@@ -25,8 +25,8 @@ REPLICATE = "replicate"
 CONSTANT = "constant"       # zeros
 _CV_BORDERS = {REFLECT101: cv2.BORDER_REFLECT_101, REFLECT: cv2.BORDER_REFLECT, REPLICATE: cv2.BORDER_REPLICATE,
                CONSTANT: cv2.BORDER_CONSTANT}
-LINEAR, CUBIC, AREA = "linear", "cubic", "area"
-_CV_INTERPOLATIONS = {LINEAR: cv2.INTER_LINEAR, CUBIC: cv2.INTER_CUBIC, AREA: cv2.INTER_AREA}
+LINEAR, CUBIC, AREA, NEAREST = "linear", "cubic", "area", "nearest"
+_CV_INTERPOLATIONS = {LINEAR: cv2.INTER_LINEAR, CUBIC: cv2.INTER_CUBIC, AREA: cv2.INTER_AREA, NEAREST: cv2.INTER_NEAREST}
 
 
 def namespace(*arrays):
@@ -94,19 +94,24 @@ def warp(images, flows, border: str = REPLICATE):
     return sample(images, flows + grid(flows), border)
 
 
-def sample(images, points, border: str = REPLICATE):
-    """Each image sampled (bilinear) at its points: N x h x w x 2 pixel coordinates (x, y) -> N x h x w x C
-    (one set of points, 1 x h x w x 2, serves every image)."""
+def sample(images, points, border: str = REPLICATE, interpolation: str = LINEAR):
+    """Each image sampled (bilinear, or nearest) at its points: N x h x w x 2 pixel coordinates (x, y) ->
+    N x h x w x C (one set of points, 1 x h x w x 2, serves every image)."""
     if is_numpy(images):
+        if images.shape[-1] == 2:
+            # OpenCV 5 interpolates two-channel float images in fixed point (1/32 pixel), one, three
+            # and four channels exactly: a third channel keeps a flow's samples exact, as torch's are.
+            padded = np.concatenate([images, np.zeros_like(images[..., :1])], axis=-1)
+            return sample(padded, points, border, interpolation)[..., :2]
         points = np.broadcast_to(points, (len(images), *points.shape[1:]))
         where = iter(np.ascontiguousarray(points, np.float32))
 
         def remap(image, border, out):
-            return cv2.remap(image, next(where), None, cv2.INTER_LINEAR, dst=out, borderMode=_CV_BORDERS[border])
+            return cv2.remap(image, next(where), None, _CV_INTERPOLATIONS[interpolation], dst=out, borderMode=_CV_BORDERS[border])
 
         return _each(images, points.shape[1:3], remap, border)
     points = points.expand(len(images), *points.shape[1:])
-    return _sample(images, points[..., 0], points[..., 1], LINEAR, border)
+    return _sample(images, points[..., 0], points[..., 1], interpolation, border)
 
 
 def grid(like_flows):
@@ -201,7 +206,7 @@ def _sample(images, source_x, source_y, interpolation: str, border: str):
 
     height, width = images.shape[1:3]
     grid = torch.stack([2 * source_x / max(width - 1, 1) - 1, 2 * source_y / max(height - 1, 1) - 1], dim=-1)
-    mode = {LINEAR: "bilinear", CUBIC: "bicubic"}[interpolation]
+    mode = {LINEAR: "bilinear", CUBIC: "bicubic", NEAREST: "nearest"}[interpolation]
     padding = {REPLICATE: "border", CONSTANT: "zeros"}[border]
     sampled = F.grid_sample(images.permute(0, 3, 1, 2), grid.to(images.dtype), mode=mode, padding_mode=padding,
                             align_corners=True)

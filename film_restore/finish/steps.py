@@ -271,11 +271,12 @@ class GrainModels(Step):
             if len(run) < 2:
                 continue
             region = _common(grain_window(window.shape, np.concatenate([face.landmarks for face in run])), run)
-            # The frame around the faces goes where their restored crops are (a GPU node's device), and the work with it.
-            there = lambda values: values if run[0].restored is None else ops.like(run[0].restored, values)  # noqa: E731
-            flows = [tuple(map(there, face.flow.in_frame(region, face.aligned.transform, before.aligned.transform)))
+            # Where the restored crops are (a GPU node's device), the frame around the faces goes, and the work with it.
+            on = run[0].restored
+            flows = [face.flow.in_frame(region, face.aligned.transform, before.aligned.transform, like=on)
                      for before, face in zip(run, run[1:])]
-            model = estimate_track_grain([there(face.surround.read(region)) for face in run], flows)
+            pictures = [face.surround.read(region) if on is None else ops.like(on, face.surround.read(region)) for face in run]
+            model = estimate_track_grain(pictures, flows)
             self.tiles[number] = None if model is None else GrainTile(model, number)
 
     def model(self, number: int):
@@ -343,7 +344,7 @@ class HoldStill(Step):
             layer = _placed(face.region.face, face.region.region, area, picture)
             outputs.append(picture + alpha[..., None] * (layer - picture))
             masks.append(alpha >= 1)
-        flows = [face.flow.in_frame(area, face.aligned.transform, before.aligned.transform, CHANGE_STRIDE)
+        flows = [face.flow.in_frame(area, face.aligned.transform, before.aligned.transform, CHANGE_STRIDE, like=inputs[0])
                  for before, face in zip(run, run[1:])]
         change = change_samples(inputs, outputs, masks, flows, CHANGE_STRIDE)
         if change is None:
