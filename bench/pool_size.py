@@ -13,8 +13,8 @@ seconds (process time) and wall seconds:
                 on a CPU node every step runs in the task; on a GPU node the steps from Follow to
                 AddGrain run beside the restorer on its GPU (finish.device), so the node's CPUs do
                 Align and Blend (and decode and encode) in the task, and the finishing's CPU parts
-                beside the restorer: Follow (DIS flows), the flows brought into frame pixels (for
-                GrainModels and HoldStill) and the identity embeddings
+                beside the restorer: Follow (DIS flows), the identity embeddings, and launching
+                the finishing's torch ops (counted on a torch run of the same chunk, at CUDA_LAUNCH_CPU_S each)
   restore       one 512 px face through the full-size network (width 64, 128 items) per CPU engine
 and prints them per frame and per face, then the sizing at 250 faces/s (the issue's goal for
 an H100/H200), 2 faces per frame:
@@ -41,12 +41,13 @@ import cv2
 import numpy as np
 import onnxruntime
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dmdnet import DMDNet, engines
 from dmdnet.export import example_inputs
 from film_restore.compose import ComposeSettings, Composer
 from film_restore.finish import steps
-from film_restore.finish.flow import PairFlow
+from film_restore.finish.device import LocalDevice
 from film_restore.faces import FaceAnalyzer
 from film_restore.faces.identity import Identifier
 from film_restore.stages import FaceTracker, Scanner
@@ -60,6 +61,9 @@ RATE = 24
 FACES_PER_FRAME = 2
 # Faces per second one H100/H200 restores (the goal of the pool's sizing).
 GOAL_FACES_PER_S = 250
+# CPU seconds each torch op costs its process on a CUDA device (the dispatcher and the kernel launch,
+# typically 5-20 us): an assumption, not measured here; the ops a face's finishing runs are counted.
+CUDA_LAUNCH_CPU_S = 10e-6
 # An archive's master (ProRes 422 HQ, 10-bit): made from the test film, decoded and encoded again as
 # codec auto keeps it, for the sizing of a GPU node restoring masters.
 MASTER_ENCODER, MASTER_PIX_FMT = "prores_ks", "yuv422p10le"
@@ -125,6 +129,18 @@ class OnnxRunTimer:
         before = self.cpu_seconds
         cpu, wall, result = measured(work)
         return cpu, wall, result, self.cpu_seconds - before
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the torch ops run while installed (`with`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, function, types, args=(), kwargs=None):
+        self.ops += 1
+        return function(*args, **(kwargs or {}))
 
 
 class Timed:
@@ -217,13 +233,15 @@ def main() -> None:
         composer = Composer(info, settings, restorer)
         embedding = Timed(steps.embedder_of(str(models)))
         steps.embedder_of = lambda models_dir: embedding  # the identity guard's embeddings timed apart
-        # The track's flow brought into frame pixels (numpy, for GrainModels and HoldStill) stays on a GPU node's CPU.
-        flows_in_frame = Timed(PairFlow.in_frame)
-        PairFlow.in_frame = lambda flow, *args, **kwargs: flows_in_frame(flow, *args, **kwargs)
         compose_cpu, compose_wall, _, compose_onnx = onnx.measured(
             lambda: composer(chunk, tracks, scan.frame_pts, Path(folder) / "composed.mp4"))
         steps_cpu = dict(composer.cpu_seconds)
         steps_cpu["Restore"] -= restorer.cpu_seconds
+        embedding_cpu = embedding.cpu_seconds
+        with OpCounter() as device_ops:  # the same chunk finished in torch (on the CPU here), its ops counted
+            Composer(info, settings, LocalDevice(StandInRestorer(), "cpu"))(chunk, tracks, scan.frame_pts,
+                                                                            Path(folder) / "composed-torch.mp4")
+        ops_per_face = device_ops.ops / faces
 
         encode_cpu = {codec: measured(lambda: encode(Path(folder) / f"{codec}.mkv", info, codec, pictures))[0]
                       for codec in ("auto", "ffv1")}
@@ -234,10 +252,10 @@ def main() -> None:
 
     cpu_node = sum(steps_cpu.values()) / faces
     # On a GPU node the finishing steps run beside the restorer, on its GPU, but for their CPU parts: the
-    # flows (OpenCV's DIS, and brought into frame pixels) and the identity guard's embeddings (the face
-    # models run on the CPU unless onnxruntime-gpu is installed).
-    gpu_node = (steps_cpu["Align"] + steps_cpu["Blend"] + steps_cpu["Follow"] + flows_in_frame.cpu_seconds
-                + embedding.cpu_seconds) / faces
+    # flows (OpenCV's DIS), the identity guard's embeddings (the face models run on the CPU unless
+    # onnxruntime-gpu is installed) and launching the torch ops.
+    gpu_node = ((steps_cpu["Align"] + steps_cpu["Blend"] + steps_cpu["Follow"] + embedding_cpu) / faces
+                + ops_per_face * CUDA_LAUNCH_CPU_S)
     gpu_node_face_models = gpu_node - compose_onnx / faces
     per_frame = (decode_cpu + encode_cpu["auto"] + analyse_cpu) / count
     per_frame_face_models = (decode_cpu + encode_cpu["auto"] + analyse_cpu - analyse_onnx) / count
@@ -250,6 +268,7 @@ def main() -> None:
         "compose CPU ms per face, GPU node": gpu_node * 1e3,
         "CPUs per GPU at 250 faces/s, CPU node": GOAL_FACES_PER_S * (cpu_node + per_frame / FACES_PER_FRAME),
         "CPUs per GPU at 250 faces/s, GPU node": GOAL_FACES_PER_S * (gpu_node + per_frame / FACES_PER_FRAME),
+        "torch ops per face on a GPU node": ops_per_face,
         "encode CPU ms per frame, ffv1": encode_cpu["ffv1"] / count * 1e3,
         "decode CPU ms per frame, ProRes master": master_decode_cpu / count * 1e3,
         "encode CPU ms per frame, ProRes master": master_encode_cpu / count * 1e3,
@@ -274,8 +293,7 @@ def main() -> None:
     print("| compose step | CPU ms / face |\n|---|---:|")
     for name, seconds in steps_cpu.items():
         print(f"| {name} | {seconds / faces * 1e3:.1f} |")
-    print(f"| (of Guard: the identity embeddings) | {embedding.cpu_seconds / faces * 1e3:.1f} |")
-    print(f"| (of GrainModels and HoldStill: the flows in frame pixels) | {flows_in_frame.cpu_seconds / faces * 1e3:.1f} |")
+    print(f"| (of Guard: the identity embeddings) | {embedding_cpu / faces * 1e3:.1f} |")
     names = [name for name in args.engines.split(",") if name]
     if names:
         torch.manual_seed(0)

@@ -165,9 +165,9 @@ class PairFlow:
         grid_y, grid_x = xp.meshgrid(xp.arange(rows.start, rows.stop, stride, dtype=xp.float64, device=device),
                                      xp.arange(columns.start, columns.stop, stride, dtype=xp.float64, device=device),
                                      indexing="ij")
-        to, back = later.matrix.tolist(), earlier.inverse.tolist()
-        later_x = to[0][0] * grid_x + to[0][1] * grid_y + to[0][2]
-        later_y = to[1][0] * grid_x + to[1][1] * grid_y + to[1][2]
+        to_crop, to_frame = later.matrix.tolist(), earlier.inverse.tolist()
+        later_x = to_crop[0][0] * grid_x + to_crop[0][1] * grid_y + to_crop[0][2]
+        later_y = to_crop[1][0] * grid_x + to_crop[1][1] * grid_y + to_crop[1][2]
         shrink = self.side / self.crop_side
         points = xp.stack([xp.astype((later_x + 0.5) * shrink - 0.5, xp.float32),
                            xp.astype((later_y + 0.5) * shrink - 0.5, xp.float32)], axis=-1)[None]
@@ -175,8 +175,8 @@ class PairFlow:
         valid = ops.sample(ops.like(on, self.back_valid)[None, ..., None], points, ops.CONSTANT, ops.NEAREST)[0, ..., 0] > 0.5
         valid &= (later_x >= 0) & (later_y >= 0) & (later_x <= self.crop_side - 1) & (later_y <= self.crop_side - 1)
         earlier_x, earlier_y = later_x + step[..., 0], later_y + step[..., 1]
-        frame_x = back[0][0] * earlier_x + back[0][1] * earlier_y + back[0][2]
-        frame_y = back[1][0] * earlier_x + back[1][1] * earlier_y + back[1][2]
+        frame_x = to_frame[0][0] * earlier_x + to_frame[0][1] * earlier_y + to_frame[0][2]
+        frame_y = to_frame[1][0] * earlier_x + to_frame[1][1] * earlier_y + to_frame[1][2]
         return xp.astype(xp.stack([frame_x - grid_x, frame_y - grid_y], axis=-1), xp.float32), valid
 
 

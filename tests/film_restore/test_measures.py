@@ -37,6 +37,24 @@ def test_the_track_flow_follows_a_real_face_on_crops_and_in_the_frame(talking_he
     assert inside.mean() > 0.7
     measured, _ = image_flow(frames[0][region], frames[3][region])
     assert np.median(np.abs(in_frame - measured)[inside]) < 1.0  # agrees with a flow of the frames themselves
+    # Where the faces are on a GPU node's device, the same in frame pixels there (torch; here on the CPU).
+    import torch
+
+    on_torch, inside_on_torch = pair.in_frame(region, aligned[1].transform, aligned[0].transform, like=torch.zeros(1))
+    assert np.abs(on_torch.numpy() - in_frame)[inside].max() < 1e-3
+    assert (inside_on_torch.numpy() != inside).mean() < 1e-3
+
+
+def test_a_flow_is_sampled_exactly_on_numpy_as_on_torch(talking_head):
+    # OpenCV 5 remaps two-channel float images in fixed point (1/32 pixel): a flow's samples would be
+    # off by up to 1/64 pixel times its gradient. ops.sample keeps them exact, as torch's are.
+    import torch
+
+    flow, _ = PairFlow.of_crops(talking_head["crops"][0], talking_head["crops"][3], 1.0).backward(128)
+    points = np.random.default_rng(0).uniform(0, 127, (1, 64, 64, 2)).astype(np.float32)
+    on_numpy = ops.sample(flow[None], points)[0]
+    on_torch = ops.sample(torch.as_tensor(flow)[None], torch.as_tensor(points))[0].numpy()
+    assert np.abs(on_numpy - on_torch).max() < 1e-4
 
 
 def test_flicker_is_one_for_the_input_and_rises_with_added_flicker(talking_head):
