@@ -14,7 +14,8 @@ seconds (process time) and wall seconds:
                 AddGrain run beside the restorer on its GPU (finish.device), so the node's CPUs do
                 Align and Blend (and decode and encode) in the task, and the finishing's CPU parts
                 beside the restorer: Follow (DIS flows), the identity embeddings, and launching
-                the finishing's torch ops (counted on a torch run of the same chunk, at CUDA_LAUNCH_CPU_S each)
+                the finishing's torch ops (counted on a torch run of the same chunk: CUDA_LAUNCH_CPU_S
+                for each that runs a kernel, and the dispatcher's CPU measured here for each view)
   restore       one 512 px face through the full-size network (width 64, 128 items) per CPU engine
 and prints them per frame and per face, then the sizing at 250 faces/s (the issue's goal for
 an H100/H200), 2 faces per frame:
@@ -61,8 +62,9 @@ RATE = 24
 FACES_PER_FRAME = 2
 # Faces per second one H100/H200 restores (the goal of the pool's sizing).
 GOAL_FACES_PER_S = 250
-# CPU seconds each torch op costs its process on a CUDA device (the dispatcher and the kernel launch,
-# typically 5-20 us): an assumption, not measured here; the ops a face's finishing runs are counted.
+# CPU seconds each torch op that runs a kernel costs its process on a CUDA device (the dispatcher and the
+# launch, typically 5-20 us): an assumption, not measured here. The ops a face's finishing runs are
+# counted; those that only view a tensor launch nothing, and their CPU is measured here.
 CUDA_LAUNCH_CPU_S = 10e-6
 # An archive's master (ProRes 422 HQ, 10-bit): made from the test film, decoded and encoded again as
 # codec auto keeps it, for the sizing of a GPU node restoring masters.
@@ -132,15 +134,24 @@ class OnnxRunTimer:
 
 
 class OpCounter(TorchDispatchMode):
-    """Counts the torch ops run while installed (`with`)."""
+    """Counts the torch ops run while installed (`with`): those that run a kernel, and views."""
 
     def __init__(self):
         super().__init__()
-        self.ops = 0
+        self.kernels = self.views = 0
 
     def __torch_dispatch__(self, function, types, args=(), kwargs=None):
-        self.ops += 1
+        if function.is_view:
+            self.views += 1
+        else:
+            self.kernels += 1
         return function(*args, **(kwargs or {}))
+
+
+def view_cpu_seconds(repeats: int = 20000) -> float:
+    """CPU seconds one torch view op (unsqueeze) costs here: the dispatcher alone."""
+    tensor = torch.zeros(4, 4)
+    return measured(lambda: [tensor.unsqueeze(0) for _ in range(repeats)])[0] / repeats
 
 
 class Timed:
@@ -241,7 +252,8 @@ def main() -> None:
         with OpCounter() as device_ops:  # the same chunk finished in torch (on the CPU here), its ops counted
             Composer(info, settings, LocalDevice(StandInRestorer(), "cpu"))(chunk, tracks, scan.frame_pts,
                                                                             Path(folder) / "composed-torch.mp4")
-        ops_per_face = device_ops.ops / faces
+        kernels_per_face, views_per_face = device_ops.kernels / faces, device_ops.views / faces
+        launch_cpu = kernels_per_face * CUDA_LAUNCH_CPU_S + views_per_face * view_cpu_seconds()
 
         encode_cpu = {codec: measured(lambda: encode(Path(folder) / f"{codec}.mkv", info, codec, pictures))[0]
                       for codec in ("auto", "ffv1")}
@@ -255,7 +267,7 @@ def main() -> None:
     # flows (OpenCV's DIS), the identity guard's embeddings (the face models run on the CPU unless
     # onnxruntime-gpu is installed) and launching the torch ops.
     gpu_node = ((steps_cpu["Align"] + steps_cpu["Blend"] + steps_cpu["Follow"] + embedding_cpu) / faces
-                + ops_per_face * CUDA_LAUNCH_CPU_S)
+                + launch_cpu)
     gpu_node_face_models = gpu_node - compose_onnx / faces
     per_frame = (decode_cpu + encode_cpu["auto"] + analyse_cpu) / count
     per_frame_face_models = (decode_cpu + encode_cpu["auto"] + analyse_cpu - analyse_onnx) / count
@@ -268,7 +280,9 @@ def main() -> None:
         "compose CPU ms per face, GPU node": gpu_node * 1e3,
         "CPUs per GPU at 250 faces/s, CPU node": GOAL_FACES_PER_S * (cpu_node + per_frame / FACES_PER_FRAME),
         "CPUs per GPU at 250 faces/s, GPU node": GOAL_FACES_PER_S * (gpu_node + per_frame / FACES_PER_FRAME),
-        "torch ops per face on a GPU node": ops_per_face,
+        "torch ops per face on a GPU node, kernels": kernels_per_face,
+        "torch ops per face on a GPU node, views": views_per_face,
+        "torch ops' CPU ms per face on a GPU node": launch_cpu * 1e3,
         "encode CPU ms per frame, ffv1": encode_cpu["ffv1"] / count * 1e3,
         "decode CPU ms per frame, ProRes master": master_decode_cpu / count * 1e3,
         "encode CPU ms per frame, ProRes master": master_encode_cpu / count * 1e3,
