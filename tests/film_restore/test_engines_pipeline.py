@@ -77,7 +77,9 @@ def test_each_engine_restores_the_film_like_eager_torch(case, eager, engine):
         return
     assert report["output_key"] != eager_report["output_key"]
     difference = np.abs(output - eager_frames).max()
-    assert difference <= (0 if described["engine"] == "torch" else MAX_CODE_DIFFERENCE), difference
+    # auto may pick torch channels-last (where it measures faster): its convolutions round otherwise than eager's.
+    exactly_eager = described["engine"] == "torch" and described.get("variant") == "eager"
+    assert difference <= (0 if exactly_eager else MAX_CODE_DIFFERENCE), difference
 
 
 def test_a_missing_engine_says_why_and_eager_torch_restores_instead(tmp_path, caplog):
