@@ -14,8 +14,10 @@ seconds (process time) and wall seconds:
                 AddGrain run beside the restorer on its GPU (finish.device), so the node's CPUs do
                 Align and Blend (and decode and encode) in the task, and the finishing's CPU parts
                 beside the restorer: Follow (DIS flows), the identity embeddings, and launching
-                the finishing's torch ops (counted on a torch run of the same chunk: CUDA_LAUNCH_CPU_S
-                for each that runs a kernel, and the dispatcher's CPU measured here for each view)
+                the finishing's torch ops (counted on a torch run of the same chunk: the dispatcher's
+                CPU measured here for each, and CUDA_LAUNCH_CPU_S for each that runs a kernel). Not in it:
+                the steps' own Python on that node, its waits for the GPU and its copies to it, so the
+                GPU-node rows are a lower bound
   restore       one 512 px face through the full-size network (width 64, 128 items) per CPU engine
 and prints them per frame and per face, then the sizing at 250 faces/s (the issue's goal for
 an H100/H200), 2 faces per frame:
@@ -62,10 +64,10 @@ RATE = 24
 FACES_PER_FRAME = 2
 # Faces per second one H100/H200 restores (the goal of the pool's sizing).
 GOAL_FACES_PER_S = 250
-# CPU seconds each torch op that runs a kernel costs its process on a CUDA device (the dispatcher and the
-# launch, typically 5-20 us): an assumption, not measured here. The ops a face's finishing runs are
-# counted; those that only view a tensor launch nothing, and their CPU is measured here.
-CUDA_LAUNCH_CPU_S = 10e-6
+# CPU seconds a kernel's launch on a CUDA device costs its process beyond the dispatcher's own work (an
+# assumption: no GPU was at hand). The ops a face's finishing runs are counted; each costs the
+# dispatcher's CPU (measured here), those that run a kernel a launch too.
+CUDA_LAUNCH_CPU_S = 5e-6
 # An archive's master (ProRes 422 HQ, 10-bit): made from the test film, decoded and encoded again as
 # codec auto keeps it, for the sizing of a GPU node restoring masters.
 MASTER_ENCODER, MASTER_PIX_FMT = "prores_ks", "yuv422p10le"
@@ -126,7 +128,7 @@ class OnnxRunTimer:
     def __exit__(self, *exc):
         onnxruntime.InferenceSession.run = self.original
 
-    def measured(self, work) -> tuple[float, float, object]:
+    def measured(self, work) -> tuple[float, float, object, float]:
         """measured(work), with the onnxruntime run calls' CPU seconds during it as a fourth value."""
         before = self.cpu_seconds
         cpu, wall, result = measured(work)
@@ -148,8 +150,8 @@ class OpCounter(TorchDispatchMode):
         return function(*args, **(kwargs or {}))
 
 
-def view_cpu_seconds(repeats: int = 20000) -> float:
-    """CPU seconds one torch view op (unsqueeze) costs here: the dispatcher alone."""
+def dispatch_cpu_seconds(repeats: int = 20000) -> float:
+    """CPU seconds one torch op costs here with no work to do (a view, unsqueeze): the dispatcher alone."""
     tensor = torch.zeros(4, 4)
     return measured(lambda: [tensor.unsqueeze(0) for _ in range(repeats)])[0] / repeats
 
@@ -253,14 +255,15 @@ def main() -> None:
             Composer(info, settings, LocalDevice(StandInRestorer(), "cpu"))(chunk, tracks, scan.frame_pts,
                                                                             Path(folder) / "composed-torch.mp4")
         kernels_per_face, views_per_face = device_ops.kernels / faces, device_ops.views / faces
-        launch_cpu = kernels_per_face * CUDA_LAUNCH_CPU_S + views_per_face * view_cpu_seconds()
+        launch_cpu = (kernels_per_face + views_per_face) * dispatch_cpu_seconds() + kernels_per_face * CUDA_LAUNCH_CPU_S
 
         encode_cpu = {codec: measured(lambda: encode(Path(folder) / f"{codec}.mkv", info, codec, pictures))[0]
                       for codec in ("auto", "ffv1")}
         master = Path(folder) / "master.mov"
         make_master(pictures, master)
         master_decode_cpu, _, master_pictures = measured(lambda: decoded(master))
-        master_encode_cpu = measured(lambda: encode(Path(folder) / "master.mkv", probe(master), "auto", master_pictures))[0]
+        master_info = probe(master)
+        master_encode_cpu = measured(lambda: encode(Path(folder) / "master.mkv", master_info, "auto", master_pictures))[0]
 
     cpu_node = sum(steps_cpu.values()) / faces
     # On a GPU node the finishing steps run beside the restorer, on its GPU, but for their CPU parts: the
@@ -271,7 +274,8 @@ def main() -> None:
     gpu_node_face_models = gpu_node - compose_onnx / faces
     per_frame = (decode_cpu + encode_cpu["auto"] + analyse_cpu) / count
     per_frame_face_models = (decode_cpu + encode_cpu["auto"] + analyse_cpu - analyse_onnx) / count
-    per_frame_master = (master_decode_cpu + master_encode_cpu + analyse_cpu - analyse_onnx) / count
+    # The analysis decodes the master too, in place of the H.264 film its run decoded.
+    per_frame_master = (2 * master_decode_cpu - decode_cpu + master_encode_cpu + analyse_cpu - analyse_onnx) / count
     rows = {
         "decode CPU ms per frame": decode_cpu / count * 1e3,
         "analyse CPU ms per frame": analyse_cpu / count * 1e3,

@@ -29,8 +29,9 @@ from film_restore.finish.measures import HIGH_PASS_SIGMA, fine_detail
 # within 8% at 12), a larger one finds fewer flat blocks on small faces.
 GRAIN_BLOCK = 12
 FLAT_ANISOTROPY = 1.6
-# A block whose residual's gradients carry less than this (squared levels) holds no grain at all
-# (digital black, padding): what is left of it after the plane is float rounding, with no direction.
+# A block whose residual's gradients carry less than this (squared levels) holds no grain at all (an
+# exact plane: a letterbox bar, grey padding, a digital fade or graphic): what is left of it after the
+# plane is float rounding, which has no direction and differs between numpy's sums and torch's.
 FLAT_MIN_GRADIENT = 1e-3
 UNCLIPPED_LUMA = (8.0, 247.0)
 # Luma bins of the grain's amplitude (the luma scaling function); a bin needs this many
@@ -190,7 +191,8 @@ def plane_residuals(blocks):
 
 def _flat_selection(rgb, mask: np.ndarray | None = None):
     """(flat: bool per tile of the image, mean luma, luma residual, RGB residual of the flat tiles) of an
-    RGB image (numpy, or a tensor on its device); mask: where blocks may lie (None: everywhere)."""
+    RGB image (numpy, or a tensor on its device); mask: where blocks may lie (numpy images only; None:
+    everywhere)."""
     xp = ops.namespace(rgb)
     rgb = ops.as_float(rgb)
     colour = _blocks(rgb)
@@ -198,7 +200,7 @@ def _flat_selection(rgb, mask: np.ndarray | None = None):
     if mask is not None:
         inside = _blocks(mask.astype(bool)).all(axis=(1, 2))
         colour = colour[inside]
-    flat = xp.zeros(len(_blocks(rgb[..., 0])), dtype=xp.bool, device=array_api_compat.device(rgb))
+    flat = xp.zeros((rgb.shape[0] // GRAIN_BLOCK) * (rgb.shape[1] // GRAIN_BLOCK), dtype=xp.bool, device=array_api_compat.device(rgb))
     if not len(colour):
         empty = ops.like(rgb, np.zeros((0, GRAIN_BLOCK, GRAIN_BLOCK, 3)))
         return flat, empty[:, 0, 0, 0], empty[..., 0], empty
@@ -338,7 +340,8 @@ def temporal_detail(pictures: list, flows: list[tuple], flats=None) -> TemporalD
         if not bool(xp.any(followed)):
             continue
         weights = block_valid[followed]
-        now_blocks, then_blocks = _blocks(now)[followed], _refined(_blocks(now)[followed], _blocks(then)[followed], weights)
+        now_blocks = _blocks(now)[followed]
+        then_blocks = _refined(now_blocks, _blocks(then)[followed], weights)
         mean = lambda values: xp.sum(values * weights, axis=(1, 2)) / xp.sum(weights, axis=(1, 2))  # noqa: E731
         for column, values in zip(columns, (_blocks(luma(after))[followed], (now_blocks - then_blocks) ** 2,
                                             now_blocks ** 2 + then_blocks ** 2, now_blocks ** 2)):
@@ -384,11 +387,15 @@ def estimate_track_grain(pictures: list, flows: list[tuple]) -> GrainModel | Non
     the flat blocks, whose residuals hold fine texture that moves with the face too (so the grain
     is at most their estimate). None where no flat block was found or fewer than two pictures were given.
     Pictures and flows: numpy, or tensors on one device, where the per-pixel work then runs."""
+    if len(pictures) < 2:
+        return None
     pictures = [ops.as_float(picture) for picture in pictures]
     selections = [_flat_selection(picture) for picture in pictures]
     model = _model_of([(selection, chroma_std(picture)) for selection, picture in zip(selections, pictures)])
+    if model is None:
+        return None
     detail = temporal_detail(pictures, flows, [selection[0] for selection in selections[1:]])
-    if model is None or detail is None:
+    if detail is None:
         return None
     # The fine detail holds this share of a grain's variance (its spectrum through the high-pass).
     temporal = np.sqrt(detail.new_energy() / band_share(model.ar, HIGH_PASS_SIGMA))

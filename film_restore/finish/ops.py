@@ -4,8 +4,9 @@ The finishing math is written once: element-wise work through the array's own na
 (`namespace`, the array API: numpy or torch), and the few primitives below, each implemented
 with OpenCV for numpy arrays and with torch for tensors, so a restore actor that holds a GPU runs
 the same steps there (film_restore.finish.device) and CPU nodes keep numpy and OpenCV. The two
-agree to float rounding: OpenCV 5 warps float32 images with exact bilinear and bicubic weights,
-as torch's grid_sample does, and its Gaussian kernels are reproduced here.
+agree to float rounding: OpenCV 5 warps float32 images of one, three or four channels with exact
+bilinear and bicubic weights, as torch's grid_sample does (two channels, a flow, in fixed point: `sample`
+gives them a third), and its Gaussian kernels are reproduced here.
 
 Images are batches, N x H x W x C float32 (channel last, as numpy and OpenCV keep them); a
 single image is N = 1. Flows are N x H x W x 2: (dx, dy) in pixels, the image sampled at x + flow(x).
