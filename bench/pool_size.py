@@ -12,12 +12,10 @@ seconds (process time) and wall seconds:
                 (sharpens, adds fresh noise; its own CPU is counted apart), timed step by step:
                 on a CPU node every step runs in the task; on a GPU node the steps from Follow to
                 AddGrain run beside the restorer on its GPU (finish.device), so the node's CPUs do
-                Align and Blend (and decode and encode) in the task, and the finishing's CPU parts
-                beside the restorer: Follow (DIS flows), the identity embeddings, and launching
-                the finishing's torch ops (counted on a torch run of the same chunk: the dispatcher's
-                CPU measured here for each, and CUDA_LAUNCH_CPU_S for each that runs a kernel). Not in it:
-                the steps' own Python on that node, its waits for the GPU and its copies to it, so the
-                GPU-node rows are a lower bound
+                Align and Blend (and decode and encode) in the task, and beside the restorer all but
+                the torch ops' own work: measured on a torch run of the same chunk (on the CPU here),
+                its CPU less the time inside the ops (a GPU's work there; OpCounter's hook stands
+                in for their dispatch and launch). Not in it: the GPU node's waits for its GPU
   restore       one 512 px face through the full-size network (width 64, 128 items) per CPU engine
 and prints them per frame and per face, then the sizing at 250 faces/s (the issue's goal for
 an H100/H200), 2 faces per frame:
@@ -64,10 +62,6 @@ RATE = 24
 FACES_PER_FRAME = 2
 # Faces per second one H100/H200 restores (the goal of the pool's sizing).
 GOAL_FACES_PER_S = 250
-# CPU seconds a kernel's launch on a CUDA device costs its process beyond the dispatcher's own work (an
-# assumption: no GPU was at hand). The ops a face's finishing runs are counted; each costs the
-# dispatcher's CPU (measured here), those that run a kernel a launch too.
-CUDA_LAUNCH_CPU_S = 5e-6
 # An archive's master (ProRes 422 HQ, 10-bit): made from the test film, decoded and encoded again as
 # codec auto keeps it, for the sizing of a GPU node restoring masters.
 MASTER_ENCODER, MASTER_PIX_FMT = "prores_ks", "yuv422p10le"
@@ -136,24 +130,25 @@ class OnnxRunTimer:
 
 
 class OpCounter(TorchDispatchMode):
-    """Counts the torch ops run while installed (`with`): those that run a kernel, and views."""
+    """While installed (`with`): the torch ops run (those that run a kernel, and views) and the CPU seconds
+    inside them (their work on a CPU device: a GPU's on a GPU node). The hook's own Python per op, outside
+    that time (~15 us here), stands in for what an op's dispatch and launch cost a process on CUDA."""
 
     def __init__(self):
         super().__init__()
         self.kernels = self.views = 0
+        self.cpu_seconds = 0.0
 
     def __torch_dispatch__(self, function, types, args=(), kwargs=None):
-        if function.is_view:
-            self.views += 1
-        else:
-            self.kernels += 1
-        return function(*args, **(kwargs or {}))
-
-
-def dispatch_cpu_seconds(repeats: int = 20000) -> float:
-    """CPU seconds one torch op costs here with no work to do (a view, unsqueeze): the dispatcher alone."""
-    tensor = torch.zeros(4, 4)
-    return measured(lambda: [tensor.unsqueeze(0) for _ in range(repeats)])[0] / repeats
+        started = time.process_time()
+        try:
+            return function(*args, **(kwargs or {}))
+        finally:
+            self.cpu_seconds += time.process_time() - started
+            if function.is_view:
+                self.views += 1
+            else:
+                self.kernels += 1
 
 
 class Timed:
@@ -246,16 +241,19 @@ def main() -> None:
         composer = Composer(info, settings, restorer)
         embedding = Timed(steps.embedder_of(str(models)))
         steps.embedder_of = lambda models_dir: embedding  # the identity guard's embeddings timed apart
-        compose_cpu, compose_wall, _, compose_onnx = onnx.measured(
+        compose_cpu, compose_wall, _, _ = onnx.measured(
             lambda: composer(chunk, tracks, scan.frame_pts, Path(folder) / "composed.mp4"))
         steps_cpu = dict(composer.cpu_seconds)
         steps_cpu["Restore"] -= restorer.cpu_seconds
         embedding_cpu = embedding.cpu_seconds
-        with OpCounter() as device_ops:  # the same chunk finished in torch (on the CPU here), its ops counted
-            Composer(info, settings, LocalDevice(StandInRestorer(), "cpu"))(chunk, tracks, scan.frame_pts,
-                                                                            Path(folder) / "composed-torch.mp4")
-        kernels_per_face, views_per_face = device_ops.kernels / faces, device_ops.views / faces
-        launch_cpu = (kernels_per_face + views_per_face) * dispatch_cpu_seconds() + kernels_per_face * CUDA_LAUNCH_CPU_S
+        # The same chunk finished as on a GPU node, in torch (on the CPU here), its ops counted: what its
+        # finishing costs the node's CPU is its time less the ops' own work (a GPU's there).
+        device_restorer = StandInRestorer()
+        device_composer = Composer(info, settings, LocalDevice(device_restorer, "cpu"))
+        with OpCounter() as device_ops:
+            device_onnx = onnx.measured(lambda: device_composer(chunk, tracks, scan.frame_pts, Path(folder) / "torch.mp4"))[3]
+        device_cpu = dict(device_composer.cpu_seconds)
+        beside_restorer = device_cpu["Finish"] - device_restorer.cpu_seconds - device_ops.cpu_seconds
 
         encode_cpu = {codec: measured(lambda: encode(Path(folder) / f"{codec}.mkv", info, codec, pictures))[0]
                       for codec in ("auto", "ffv1")}
@@ -269,9 +267,8 @@ def main() -> None:
     # On a GPU node the finishing steps run beside the restorer, on its GPU, but for their CPU parts: the
     # flows (OpenCV's DIS), the identity guard's embeddings (the face models run on the CPU unless
     # onnxruntime-gpu is installed) and launching the torch ops.
-    gpu_node = ((steps_cpu["Align"] + steps_cpu["Blend"] + steps_cpu["Follow"] + embedding_cpu) / faces
-                + launch_cpu)
-    gpu_node_face_models = gpu_node - compose_onnx / faces
+    gpu_node = (device_cpu["Align"] + beside_restorer + device_cpu["Blend"]) / faces
+    gpu_node_face_models = gpu_node - device_onnx / faces
     per_frame = (decode_cpu + encode_cpu["auto"] + analyse_cpu) / count
     per_frame_face_models = (decode_cpu + encode_cpu["auto"] + analyse_cpu - analyse_onnx) / count
     # The analysis decodes the master too, in place of the H.264 film its run decoded.
@@ -284,9 +281,9 @@ def main() -> None:
         "compose CPU ms per face, GPU node": gpu_node * 1e3,
         "CPUs per GPU at 250 faces/s, CPU node": GOAL_FACES_PER_S * (cpu_node + per_frame / FACES_PER_FRAME),
         "CPUs per GPU at 250 faces/s, GPU node": GOAL_FACES_PER_S * (gpu_node + per_frame / FACES_PER_FRAME),
-        "torch ops per face on a GPU node, kernels": kernels_per_face,
-        "torch ops per face on a GPU node, views": views_per_face,
-        "torch ops' CPU ms per face on a GPU node": launch_cpu * 1e3,
+        "torch ops per face on a GPU node, kernels": device_ops.kernels / faces,
+        "torch ops per face on a GPU node, views": device_ops.views / faces,
+        "CPU ms per face beside the restorer on a GPU node": beside_restorer / faces * 1e3,
         "encode CPU ms per frame, ffv1": encode_cpu["ffv1"] / count * 1e3,
         "decode CPU ms per frame, ProRes master": master_decode_cpu / count * 1e3,
         "encode CPU ms per frame, ProRes master": master_encode_cpu / count * 1e3,
