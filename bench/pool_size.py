@@ -99,24 +99,27 @@ def restore_seconds(name: str, model: DMDNet, repeats: int, cache) -> tuple[floa
     return statistics.median(c for c, _ in runs), statistics.median(w for _, w in runs)
 
 
+class Timed:
+    """A function, its CPU time kept (summed over its calls)."""
+
+    def __init__(self, function):
+        self.function, self.cpu_seconds = function, 0.0
+
+    def __call__(self, *args, **kwargs):
+        started = time.process_time()
+        try:
+            return self.function(*args, **kwargs)
+        finally:
+            self.cpu_seconds += time.process_time() - started
+
+
 class OnnxRunTimer:
     """The CPU time of every onnxruntime session's run calls in this process while installed (`with`)."""
 
-    def __init__(self):
-        self.cpu_seconds = 0.0
-
     def __enter__(self):
         self.original = onnxruntime.InferenceSession.run
-        timer = self
-
-        def run(session, *args, **kwargs):
-            started = time.process_time()
-            try:
-                return timer.original(session, *args, **kwargs)
-            finally:
-                timer.cpu_seconds += time.process_time() - started
-
-        onnxruntime.InferenceSession.run = run
+        self.runs = Timed(self.original)
+        onnxruntime.InferenceSession.run = lambda session, *args, **kwargs: self.runs(session, *args, **kwargs)
         return self
 
     def __exit__(self, *exc):
@@ -124,9 +127,9 @@ class OnnxRunTimer:
 
     def measured(self, work) -> tuple[float, float, object, float]:
         """measured(work), with the onnxruntime run calls' CPU seconds during it as a fourth value."""
-        before = self.cpu_seconds
+        before = self.runs.cpu_seconds
         cpu, wall, result = measured(work)
-        return cpu, wall, result, self.cpu_seconds - before
+        return cpu, wall, result, self.runs.cpu_seconds - before
 
 
 class OpCounter(TorchDispatchMode):
@@ -149,20 +152,6 @@ class OpCounter(TorchDispatchMode):
                 self.views += 1
             else:
                 self.kernels += 1
-
-
-class Timed:
-    """A function, its CPU time kept (summed over its calls)."""
-
-    def __init__(self, function):
-        self.function, self.cpu_seconds = function, 0.0
-
-    def __call__(self, *args, **kwargs):
-        started = time.process_time()
-        try:
-            return self.function(*args, **kwargs)
-        finally:
-            self.cpu_seconds += time.process_time() - started
 
 
 class StandInRestorer:

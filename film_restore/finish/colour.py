@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from film_restore.finish import ops
+
 # BT.601 luma weights (OpenCV's RGB2GRAY and YCrCb use them too).
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 # YCrCb chroma scales: Cr = 0.713 (R - Y), Cb = 0.564 (B - Y).
@@ -25,20 +27,17 @@ def luma(rgb):
 def chroma_std(rgb) -> float:
     """The larger standard deviation of the two YCrCb chroma channels (0..255 levels) of RGB pixels
     (... x 3; numpy, or a torch tensor)."""
-    rgb = (np.asarray(rgb, dtype=np.float32) if _is_numpy(rgb) else rgb.float()).reshape(-1, 3)
+    rgb = ops.as_float(np.asarray(rgb) if _is_numpy(rgb) else rgb).reshape(-1, 3)
     if not len(rgb):
         return 0.0
     grey = luma(rgb)
-    return float(max(_std(CR_SCALE * (rgb[:, 0] - grey)), _std(CB_SCALE * (rgb[:, 2] - grey))))
+    xp = ops.namespace(rgb)
+    return float(max(xp.std(CR_SCALE * (rgb[:, 0] - grey)), xp.std(CB_SCALE * (rgb[:, 2] - grey))))
 
 
 def _is_numpy(array) -> bool:
+    """Numpy, or what numpy takes (a list); not a tensor."""
     return isinstance(array, np.ndarray) or not hasattr(array, "device")
-
-
-def _std(values) -> float:
-    """The population standard deviation (numpy's), for either kind of array."""
-    return float(values.std() if _is_numpy(values) else values.std(correction=0))
 
 
 def is_monochrome(rgb) -> bool:

@@ -17,7 +17,7 @@ import array_api_compat
 import numpy as np
 
 from film_restore.finish import ops
-from film_restore.finish.colour import LUMA_WEIGHTS, MONOCHROME_CHROMA_STD, chroma_std, luma
+from film_restore.finish.colour import MONOCHROME_CHROMA_STD, chroma_std, luma
 from film_restore.finish.landmarks import face_width
 from film_restore.finish.measures import HIGH_PASS_SIGMA, fine_detail
 
@@ -179,7 +179,7 @@ def plane_residuals(blocks):
     """Blocks (N x B x B x C) less their least-squares plane, per channel (1, x and y centred are
     orthogonal on the block, so the fit is three projections)."""
     xp = ops.namespace(blocks)
-    centred = _CENTRED if ops.is_numpy(blocks) else ops.like(blocks, _CENTRED)
+    centred = ops.like(blocks, _CENTRED)
     x = centred[None, None, :, None]
     y = centred[None, :, None, None]
     norm = np.float32(GRAIN_BLOCK * (_CENTRED ** 2).sum())
@@ -204,7 +204,7 @@ def _flat_selection(rgb, mask: np.ndarray | None = None):
     if not len(colour):
         empty = ops.like(rgb, np.zeros((0, GRAIN_BLOCK, GRAIN_BLOCK, 3)))
         return flat, empty[:, 0, 0, 0], empty[..., 0], empty
-    grey = colour @ (LUMA_WEIGHTS if ops.is_numpy(colour) else ops.like(colour, LUMA_WEIGHTS))
+    grey = luma(colour)
     residual = plane_residuals(grey[..., None])[..., 0]
     # Central differences at the same pixels: uncorrelated for white noise, unlike forward ones.
     dx = residual[:, 1:-1, 2:] - residual[:, 1:-1, :-2]
@@ -280,11 +280,12 @@ def _model_of(selections) -> GrainModel | None:
     ar = _fit_ar(residual)
     amplitude = amplitude / np.sqrt(_plane_fit_share(ar))  # the blocks' residuals lack the slowest part of the grain
     pixels = colour.reshape(-1, 3)
-    centred = xp.astype(pixels, xp.float64) - xp.mean(xp.astype(pixels, xp.float64), axis=0)
+    wide = xp.astype(pixels, xp.float64)
+    centred = wide - xp.mean(wide, axis=0)
     covariance = ops.to_numpy(centred.T @ centred) / (len(pixels) - 1)
     luma_std = max(float(xp.std(residual)), 1e-6)
     channel_std = np.sqrt(np.maximum(np.diag(covariance), 0.0))
-    chroma_residual = pixels - (pixels @ ops.like(pixels, LUMA_WEIGHTS))[:, None]
+    chroma_residual = pixels - luma(pixels)[:, None]
     if max(chroma) < MONOCHROME_CHROMA_STD or float(xp.max(xp.std(chroma_residual, axis=0))) < MONOCHROME_GRAIN_CHROMA * luma_std:
         return GrainModel(amplitude, ar, np.ones(3), None)
     correlation = covariance / np.maximum(np.outer(channel_std, channel_std), 1e-12)
