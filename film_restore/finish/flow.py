@@ -143,14 +143,20 @@ class PairFlow:
         """(flow earlier -> later, valid) on a size x size grid over the crop, in that grid's pixels."""
         return self._on_grid("ahead", size)
 
-    def _on_grid(self, direction: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    def _on_grid(self, direction: str, size: int) -> tuple:
         if (direction, size) not in self._grids:
-            flow, valid = getattr(self, direction), getattr(self, f"{direction}_valid")
-            if size != self.side:
-                flow = cv2.resize(flow, (size, size), interpolation=cv2.INTER_LINEAR) * np.float32(size / self.side)
-                valid = cv2.resize(valid.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST).astype(bool)
-            self._grids[direction, size] = (flow, valid)
+            self._grids[direction, size] = on_grid((getattr(self, direction), getattr(self, f"{direction}_valid")), size)
         return self._grids[direction, size]
+
+    def to(self, like) -> "PairFlow":
+        """The same flow with its fields of `like`'s kind and device (a tensor: the restorer's device,
+        where the steps that read it run); numpy or None: itself."""
+        if like is None or ops.is_numpy(like):
+            return self
+        import torch
+
+        fields = [torch.as_tensor(array, device=like.device) for array in (self.back, self.back_valid, self.ahead, self.ahead_valid)]
+        return PairFlow(*fields, self.crop_side)
 
     def in_frame(self, region: tuple[slice, slice], later: AlignmentTransform, earlier: AlignmentTransform,
                  stride: int = 1, like=None) -> tuple:
@@ -195,10 +201,25 @@ def image_flow(earlier: np.ndarray, later: np.ndarray, side: int = FLOW_SIDE, me
             cv2.resize(valid.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool))
 
 
-def chained(first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def on_grid(flow: tuple, size: int) -> tuple:
+    """(flow, valid) of a side x side grid over the crop brought onto a size x size grid over it, in that
+    grid's pixels (numpy or tensors: as they come)."""
+    field, valid = flow
+    side = field.shape[0]
+    if side == size:
+        return flow
+    if ops.is_numpy(field):
+        return (cv2.resize(field, (size, size), interpolation=cv2.INTER_LINEAR) * np.float32(size / side),
+                cv2.resize(valid.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST).astype(bool))
+    field = ops.resize(field[None], (size, size), ops.LINEAR)[0] * np.float32(size / side)
+    return field, ops.resize(ops.like(field, valid)[None, ..., None], (size, size), ops.NEAREST)[0, ..., 0] > 0.5
+
+
+def chained(first: tuple, second: tuple) -> tuple:
     """Two flows followed one after the other, (flow a -> b, valid) then (flow b -> c, valid) on
-    one grid: (flow a -> c, valid where both are)."""
+    one grid: (flow a -> c, valid where both are); numpy or tensors."""
     flow_ab, valid_ab = first
     flow_bc, valid_bc = second
-    along = ops.warp(np.concatenate([flow_bc, valid_bc[..., None].astype(np.float32)], axis=-1)[None], flow_ab[None])[0]
+    xp = ops.namespace(flow_bc)
+    along = ops.warp(xp.concat([flow_bc, ops.like(flow_bc, valid_bc)[..., None]], axis=-1)[None], flow_ab[None])[0]
     return flow_ab + along[..., :2], valid_ab & (along[..., 2] > 0.5)

@@ -57,7 +57,7 @@ import numpy as np
 
 from film_restore.faces.align import ffhq_template
 from film_restore.finish import ops
-from film_restore.finish.flow import PairFlow, chained
+from film_restore.finish.flow import PairFlow, chained, on_grid
 from film_restore.finish.measures import CHANNEL_MEAN, channel_mean_change, identity
 from film_restore.settings import AUTO
 
@@ -286,8 +286,9 @@ class TrackGuard:
         for position in missing:
             self.residuals[position] = match_band((self.restored[position] - self._base(position))[None], self.resolution)[0]
 
-    def _step_flow(self, position: int, step: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """(flow from this face to the one `step` positions away, valid) on a size x size grid over the crop."""
+    def _step_flow(self, position: int, step: int, size: int) -> tuple:
+        """(flow from this face to the one `step` positions away, valid) on a size x size grid over the crop
+        (of the flows' kind: numpy, or tensors on the restorer's device)."""
         if step == -1:
             return self.flows[position].backward(size)
         if step == 1:
@@ -298,7 +299,7 @@ class TrackGuard:
         else:
             native = self.flows[position + 1].side
             flow = chained(self.flows[position + 1].forward(native), self.flows[position + 2].forward(native))
-        return _on_grid(flow, size)
+        return on_grid(flow, size)
 
     def _links(self, position: int) -> list:
         """The face's neighbours within TEMPORAL_RADIUS (kept): (neighbour, step, where each of this face's
@@ -320,7 +321,7 @@ class TrackGuard:
             coarse, valid = self._step_flow(position, step, half)
             warped_guide = ops.warp(self._guide(neighbour)[None], ops.like(picture, coarse)[None])[0]
             mismatch = abs(self._guide(position) - warped_guide) @ ops.like(picture, CHANNEL_MEAN)
-            agreement = ops.like(picture, valid.astype(np.float32)) * xp.exp(-0.5 * (mismatch / MATCH_TOLERANCE) ** 2)
+            agreement = ops.like(picture, valid) * xp.exp(-0.5 * (mismatch / MATCH_TOLERANCE) ** 2)
             if half != size:
                 agreement = ops.resize(agreement[None, ..., None], (size, size), ops.LINEAR)[0, ..., 0]
             flow = ops.like(picture, self._step_flow(position, step, size)[0])[None]
@@ -500,7 +501,7 @@ class TrackGuard:
                 continue
             flow, valid = self.flows[position].backward(size)
             points = ops.like(self.finals[position], (flow + ops.grid(flow[None])[0])[every])[None]
-            weight = ops.like(self.finals[position], valid[every] * face_mask(size)[every])
+            weight = ops.like(self.finals[position], valid[every]) * ops.like(self.finals[position], face_mask(size)[every])
             for row, pictures in enumerate((self._float_input, self.finals.__getitem__)):
                 change = channel_mean_change(pictures(position)[every], ops.sample(pictures(position - 1)[None], points)[0])
                 sums[row, index] = float(ops.to_numpy((change * weight).sum()))
@@ -540,14 +541,6 @@ def stabilise(inputs: np.ndarray, residuals, scale: float = 1.0):
         guard._stabilise(position)
     xp = ops.namespace(residuals)
     return xp.stack([guard.stabilised[position] for position in range(len(inputs))])
-
-
-def _on_grid(flow: tuple[np.ndarray, np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
-    field, valid = flow
-    if field.shape[0] == size:
-        return flow
-    return (cv2.resize(field, (size, size), interpolation=cv2.INTER_LINEAR) * np.float32(size / field.shape[0]),
-            cv2.resize(valid.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST).astype(bool))
 
 
 def guard_track(inputs: np.ndarray, restored, embed: Callable[[np.ndarray], np.ndarray], reference: np.ndarray | None,

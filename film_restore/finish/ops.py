@@ -44,12 +44,14 @@ def to_numpy(array) -> np.ndarray:
 
 
 def like(array, values) -> object:
-    """values (numpy or a number) as an array of `array`'s kind and device, float32 (for a tensor, sent
-    as they are and converted there: a uint8 picture crosses to a GPU at a quarter of the bytes)."""
+    """values (numpy, a tensor or a number) as an array of `array`'s kind and device, float32 (for a
+    tensor, sent as they are and converted there: a uint8 picture crosses to a GPU at a quarter of the bytes)."""
     if is_numpy(array):
-        return np.asarray(values, np.float32)
+        return np.asarray(to_numpy(values), np.float32)
     import torch
 
+    if isinstance(values, torch.Tensor):
+        return values.to(device=array.device, dtype=torch.float32)
     values = np.asarray(values)
     values = values if values.flags.c_contiguous else np.ascontiguousarray(values)  # torch takes no negative strides
     return torch.as_tensor(values, device=array.device).to(torch.float32)
@@ -159,7 +161,8 @@ def affine(images, matrices: np.ndarray, size: tuple[int, int], interpolation: s
 
 
 def resize(images, size: tuple[int, int], interpolation: str = LINEAR):
-    """Each image resized to height x width (cv2.resize; AREA only by whole factors on torch)."""
+    """Each image resized to height x width (cv2.resize; AREA only by whole factors on torch; NEAREST as
+    OpenCV's: the source pixel below dst x scale)."""
     height, width = size
     if is_numpy(images):
         return _each(images, size, lambda image, _, out: cv2.resize(
@@ -172,6 +175,8 @@ def resize(images, size: tuple[int, int], interpolation: str = LINEAR):
         if planes.shape[2] != factor * height or planes.shape[3] != factor * width:
             raise ValueError(f"area resize on torch by whole factors only, got {tuple(planes.shape[2:])} -> {size}")
         planes = F.avg_pool2d(planes, factor)
+    elif interpolation == NEAREST:
+        planes = F.interpolate(planes, size=size, mode="nearest")
     else:
         planes = F.interpolate(planes, size=size, mode="bilinear", align_corners=False)
     return planes.permute(0, 2, 3, 1)

@@ -176,7 +176,10 @@ class Restore:
 
 
 class Follow(Step):
-    def __init__(self):
+    """on: as Restore takes it: each flow is computed on the CPU (OpenCV's DIS) and put there, where the steps that read it run."""
+
+    def __init__(self, on=None):
+        self.on = on
         self.last: dict[int, WindowFace] = {}  # track number -> its face last seen
         self.pictures: dict[tuple[FaceKey, int], np.ndarray] = {}  # (face, side) -> its flow picture, while it is needed
 
@@ -187,7 +190,7 @@ class Follow(Step):
                 if before is not None and before.position == face.position - 1:
                     size = face.aligned.transform.size
                     side = flow_side(size, face.aligned.transform.scale)
-                    face.flow = PairFlow.between(self._picture(before, side), self._picture(face, side), size)
+                    face.flow = PairFlow.between(self._picture(before, side), self._picture(face, side), size).to(self.on)
                 if before is not None:
                     self.pictures = {key: picture for key, picture in self.pictures.items() if key[0] != before.key}
                 self.last[number] = face
@@ -393,7 +396,7 @@ def finishing(restore: Callable, plan: FacePlan, settings, result: ChunkResult, 
     embed = None if settings.models_dir is None else embedder_of(settings.models_dir)
     guard = Guard(plan, embed, settings.references, settings.fusion == "on")
     hold = HoldStill(plan, grain, result)
-    chain = [Restore(restore, result, on), Follow(), guard, grain, Paste(grain), hold]
+    chain = [Restore(restore, result, on), Follow(on), guard, grain, Paste(grain), hold]
     if settings.grain == AUTO:
         chain.append(AddGrain(grain, hold))
     return chain, guard

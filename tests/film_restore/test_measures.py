@@ -43,6 +43,14 @@ def test_the_track_flow_follows_a_real_face_on_crops_and_in_the_frame(talking_he
     on_torch, inside_on_torch = pair.in_frame(region, aligned[1].transform, aligned[0].transform, like=torch.zeros(1))
     assert np.abs(on_torch.numpy() - in_frame)[inside].max() < 1e-3
     assert (inside_on_torch.numpy() != inside).mean() < 1e-3
+    # A pair kept on the device is read on other grids and chained there as on numpy.
+    on_device = [pair.to(torch.zeros(1)) for pair in pairs]
+    assert isinstance(on_device[0].back, torch.Tensor)
+    for numpy_flow, torch_flow in ((pairs[2].backward(200), on_device[2].backward(200)),
+                                   (chained(pairs[2].forward(200), pairs[1].forward(200)),
+                                    chained(on_device[2].forward(200), on_device[1].forward(200)))):
+        assert np.abs(torch_flow[0].numpy() - numpy_flow[0]).max() < 1e-3
+        assert (torch_flow[1].numpy() != numpy_flow[1]).mean() < 1e-3
 
 
 def test_a_flow_is_sampled_exactly_on_numpy_as_on_torch(talking_head):
