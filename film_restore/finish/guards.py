@@ -224,6 +224,20 @@ def wide_blur(planes, sigma: float):
     return ops.resize(ops.blur(quarter, sigma / 4), (size, size), ops.LINEAR)
 
 
+@dataclass
+class Links:
+    """A face's neighbours along its track (positions, and steps from it), each neighbour's place for
+    each of the face's pixels (points: K x S x S x 2, where the neighbour is sampled), how far each pixel
+    is to be trusted there (agreement: K x S x S x 1, the flow's check and how well the two blurred
+    inputs agree) and, fused, how alike the two inputs are there (likeness: K x S x S x 1, FUSION_TOLERANCE)."""
+
+    neighbours: list[int]
+    steps: list[int]
+    points: object = None
+    agreement: object = None
+    likeness: object = None
+
+
 def _step_weight(step: int, sigma: float) -> np.float32:
     """A neighbour's weight by how many faces away along the track it is (Gaussian)."""
     return np.float32(np.exp(-0.5 * (step / sigma) ** 2))
@@ -301,50 +315,49 @@ class TrackGuard:
             flow = chained(self.flows[position + 1].forward(native), self.flows[position + 2].forward(native))
         return on_grid(flow, size)
 
-    def _links(self, position: int) -> list:
-        """The face's neighbours within TEMPORAL_RADIUS (kept): (neighbour, step, where each of this face's
-        pixels lies in it, 1 x S x S x 2, how far that pixel is to be trusted there, S x S x 1: the
-        flow's check and how well the two blurred inputs agree, and how alike the two inputs are
-        there for fusion, S x S x 1: see FUSION_TOLERANCE)."""
+    def _links(self, position: int) -> "Links":
+        """The face's neighbours within TEMPORAL_RADIUS and how far to trust each pixel of them (kept).
+        Each neighbour's work is done for all of them at once; its sums run in a fixed order."""
         if position in self.links:
             return self.links[position]
         picture = self._float_input(position)
         xp = ops.namespace(picture)
         size = picture.shape[0]
         half = self._guide(position).shape[0]
-        links = []
+        steps = [step for step in range(-TEMPORAL_RADIUS, TEMPORAL_RADIUS + 1) if step and 0 <= position + step < self.length]
+        neighbours = [position + step for step in steps]
+        links = Links(neighbours, steps)
         fused_sum, fused_total = picture, 1.0  # the face fused with its neighbours (_base)
-        for step in range(-TEMPORAL_RADIUS, TEMPORAL_RADIUS + 1):
-            neighbour = position + step
-            if step == 0 or not 0 <= neighbour < self.length:
-                continue
-            coarse, valid = self._step_flow(position, step, half)
-            warped_guide = ops.warp(self._guide(neighbour)[None], ops.like(picture, coarse)[None])[0]
-            mismatch = abs(self._guide(position) - warped_guide) @ ops.like(picture, CHANNEL_MEAN)
-            agreement = ops.like(picture, valid) * xp.exp(-0.5 * (mismatch / MATCH_TOLERANCE) ** 2)
+        if steps:
+            coarse = [self._step_flow(position, step, half) for step in steps]
+            guides = ops.warp(xp.stack([self._guide(n) for n in neighbours]), xp.stack([ops.like(picture, f) for f, _ in coarse]))
+            mismatch = abs(self._guide(position)[None] - guides) @ ops.like(picture, CHANNEL_MEAN)
+            valid = xp.stack([ops.like(picture, v) for _, v in coarse])
+            agreement = valid * xp.exp(-0.5 * (mismatch / MATCH_TOLERANCE) ** 2)
             if half != size:
-                agreement = ops.resize(agreement[None, ..., None], (size, size), ops.LINEAR)[0, ..., 0]
-            flow = ops.like(picture, self._step_flow(position, step, size)[0])[None]
-            points = flow + ops.grid(flow)
-            likeness = None
+                agreement = ops.resize(agreement[..., None], (size, size), ops.LINEAR)[..., 0]
+            flows = xp.stack([ops.like(picture, self._step_flow(position, step, size)[0]) for step in steps])
+            links.points, links.agreement = flows + ops.grid(flows), agreement[..., None]
             if self.fusion:
-                there = ops.sample(self._float_input(neighbour)[None], points)[0]
-                likeness = self._likeness(picture, there, agreement)
-                weight = agreement[..., None] * likeness * _step_weight(step, FUSION_SIGMA)
-                fused_sum, fused_total = fused_sum + weight * there, fused_total + weight
-            links.append((neighbour, step, points, agreement[..., None], likeness))
+                there = ops.sample(xp.stack([self._float_input(n) for n in neighbours]), links.points)
+                links.likeness = self._likeness(picture, there, agreement)
+                for k, step in enumerate(steps):
+                    weight = agreement[k][..., None] * links.likeness[k] * _step_weight(step, FUSION_SIGMA)
+                    fused_sum, fused_total = fused_sum + weight * there[k], fused_total + weight
         self.links[position] = links
         if self.fusion:
             self.fused[position] = fused_sum / fused_total
         return links
 
     def _likeness(self, picture, there, agreement):
-        """How alike (0..1, S x S x 1) a face's input and its neighbour's warped onto it (there) are,
-        pixel by pixel, against their mean difference where the flow holds (FUSION_TOLERANCE)."""
-        difference = abs(picture - there) @ ops.like(there, CHANNEL_MEAN)
-        difference = ops.blur(difference[None, ..., None], FUSION_BLUR)[0]
-        typical = (difference[..., 0] * agreement).sum() / (agreement.sum() + 1e-6) + 1e-3
-        return ops.namespace(there).exp(-0.5 * (difference / (FUSION_TOLERANCE * typical)) ** 2)
+        """How alike (0..1, K x S x S x 1) a face's input and its K neighbours' warped onto it (there) are,
+        pixel by pixel, against their mean difference where the flow holds (agreement, K x S x S: FUSION_TOLERANCE)."""
+        xp = ops.namespace(there)
+        difference = abs(picture[None] - there) @ ops.like(there, CHANNEL_MEAN)
+        difference = ops.blur(difference[..., None], FUSION_BLUR)
+        typical = xp.stack([(difference[k, ..., 0] * agreement[k]).sum() / (agreement[k].sum() + 1e-6) + 1e-3
+                            for k in range(len(there))])
+        return xp.exp(-0.5 * (difference / (FUSION_TOLERANCE * typical[:, None, None, None])) ** 2)
 
     def _base(self, position: int):
         """The face's base (kept): its input fused with its neighbours' along the track (see the module
@@ -369,14 +382,16 @@ class TrackGuard:
         residual, picture = self.residuals[position], self._base(position)
         xp = ops.namespace(residual)
         sum_residual, sum_input, total = residual, picture, None
-        for neighbour, step, points, agreement, likeness in self._links(position):
+        links = self._links(position)
+        if links.neighbours:
+            residuals_there = ops.sample(xp.stack([self.residuals[n] for n in links.neighbours]), links.points)
+            inputs_there = ops.sample(xp.stack([self._base(n) for n in links.neighbours]), links.points)
+        for k, step in enumerate(links.steps):
             # Fused, the residual holds the noise the base lost: a neighbour's pixel unlike this one's must not bring its noise.
-            trusted = agreement if likeness is None else agreement * likeness
+            trusted = links.agreement[k] if links.likeness is None else links.agreement[k] * links.likeness[k]
             weight = trusted * _step_weight(step, TEMPORAL_SIGMA)
-            residual_there = ops.sample(self.residuals[neighbour][None], points)[0]
-            input_there = ops.sample(self._base(neighbour)[None], points)[0]
-            residual_there *= weight
-            input_there *= weight
+            residual_there = residuals_there[k] * weight
+            input_there = inputs_there[k] * weight
             if total is None:
                 sum_residual, sum_input, total = residual + residual_there, picture + input_there, 1.0 + weight
             else:
