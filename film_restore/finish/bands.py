@@ -66,7 +66,7 @@ def keep_frame_detail(face, original, scale: float, round_trip=None, grain_std=N
     detail = difference - ops.blur(difference[None], sigma, ops.REFLECT)[0]
     if grain_std is not None:
         energy = ops.blur((luma(detail) ** 2)[None, ..., None], CORING_REACH * sigma, ops.REFLECT)[0, ..., 0]
-        kept = 1 - CORING_MARGIN * grain_std(sigma) ** 2 / xp.maximum(energy, ops.like(energy, 1e-6))
+        kept = 1 - CORING_MARGIN * grain_std(sigma) ** 2 / xp.maximum(energy, ops.constant(energy, 1e-6))
         detail = detail * xp.sqrt(xp.clip(kept, 0.0, 1.0))[..., None]
     if round_trip is not None:
         detail = detail + ops.blur((original - round_trip)[None], sigma, ops.REFLECT)[0]

@@ -21,7 +21,7 @@ def luma(rgb):
         return np.asarray(rgb, dtype=np.float32) @ LUMA_WEIGHTS
     import torch
 
-    return rgb.to(torch.float32) @ torch.as_tensor(LUMA_WEIGHTS, device=rgb.device)
+    return rgb.to(torch.float32) @ ops.constant(rgb, LUMA_WEIGHTS)
 
 
 def chroma_std(rgb) -> float:

@@ -69,14 +69,15 @@ class GrainTile:
         """H x W x (1 or 3) unit grain read from the tile at an offset drawn from seed (a frame and track),
         an array of `like`'s kind and device (numpy by default)."""
         height, width = shape
-        dy, dx = np.random.default_rng(seed).integers(0, GRAIN_TILE, 2)
-        rows, columns = (dy + np.arange(height)) % GRAIN_TILE, (dx + np.arange(width)) % GRAIN_TILE
+        dy, dx = (int(offset) for offset in np.random.default_rng(seed).integers(0, GRAIN_TILE, 2))
         fields = self.fields if like is None or ops.is_numpy(like) else self._on(like)
         if ops.is_numpy(fields):
+            rows, columns = (dy + np.arange(height)) % GRAIN_TILE, (dx + np.arange(width)) % GRAIN_TILE
             return np.moveaxis(fields[:, rows][:, :, columns], 0, -1)
         import torch
 
-        rows, columns = torch.as_tensor(rows, device=fields.device), torch.as_tensor(columns, device=fields.device)
+        rows = (torch.arange(height, device=fields.device) + dy) % GRAIN_TILE
+        columns = (torch.arange(width, device=fields.device) + dx) % GRAIN_TILE
         return fields[:, rows][:, :, columns].permute(1, 2, 0)
 
     def _on(self, like):
@@ -94,7 +95,7 @@ def synthesise_grain(tile: GrainTile, luma_values, seed):
     unit = tile.field(luma_values.shape, seed, luma_values)
     if model.monochrome:
         return xp.concat([unit * scale] * 3, axis=-1)
-    mix = ops.like(luma_values, (model.channel_mix.T * model.channel_gain[None, :]).astype(np.float32))
+    mix = ops.constant(luma_values, model.channel_mix.T * model.channel_gain[None, :])
     return (unit @ mix) * scale
 
 

@@ -123,7 +123,7 @@ class GrainModel:
         """The luma scaling function at these luma values (numpy, or a tensor): linear between bin
         centres, read from a table of quarter levels (both kinds of array read the same values)."""
         xp = ops.namespace(luma_values)
-        table = ops.like(luma_values, self._table)
+        table = ops.constant(luma_values, self._table)
         index = xp.astype(xp.clip(xp.round(luma_values * AMPLITUDE_STEPS), 0, len(self._table) - 1), xp.int64)
         return xp.reshape(xp.take(table, xp.reshape(index, (-1,)), axis=0), luma_values.shape)
 
@@ -179,7 +179,7 @@ def plane_residuals(blocks):
     """Blocks (N x B x B x C) less their least-squares plane, per channel (1, x and y centred are
     orthogonal on the block, so the fit is three projections)."""
     xp = ops.namespace(blocks)
-    centred = ops.like(blocks, _CENTRED)
+    centred = ops.constant(blocks, _CENTRED)
     x = centred[None, None, :, None]
     y = centred[None, :, None, None]
     norm = np.float32(GRAIN_BLOCK * (_CENTRED ** 2).sum())

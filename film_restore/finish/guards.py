@@ -139,9 +139,14 @@ def aligned_embedder(recogniser) -> Callable[[np.ndarray], np.ndarray]:
     film_restore Recogniser: each crop is brought to the recogniser's template (bilinear, in float, then rounded
     to 8 bits: a float crop equal to a uint8 one gets its embedding)."""
 
+    matrices = {}  # crop side -> the alignment to the recogniser's template
+
     def embed(crops: np.ndarray) -> np.ndarray:
         size = recogniser.crop_size
-        matrix = recogniser.alignment(ffhq_template(crops.shape[1]))
+        side = crops.shape[1]
+        if side not in matrices:
+            matrices[side] = recogniser.alignment(ffhq_template(side))
+        matrix = matrices[side]
         embeddings = []
         for crop in crops:
             small = cv2.warpAffine(np.asarray(crop, np.float32), matrix, (size, size), borderValue=0.0)
@@ -238,6 +243,7 @@ class Links:
     likeness: object = None
 
 
+@functools.lru_cache(maxsize=16)
 def _step_weight(step: int, sigma: float) -> np.float32:
     """A neighbour's weight by how many faces away along the track it is (Gaussian)."""
     return np.float32(np.exp(-0.5 * (step / sigma) ** 2))
@@ -331,7 +337,7 @@ class TrackGuard:
         if steps:
             coarse = [self._step_flow(position, step, half) for step in steps]
             guides = ops.warp(xp.stack([self._guide(n) for n in neighbours]), xp.stack([ops.like(picture, f) for f, _ in coarse]))
-            mismatch = abs(self._guide(position)[None] - guides) @ ops.like(picture, CHANNEL_MEAN)
+            mismatch = abs(self._guide(position)[None] - guides) @ ops.constant(picture, CHANNEL_MEAN)
             valid = xp.stack([ops.like(picture, v) for _, v in coarse])
             agreement = valid * xp.exp(-0.5 * (mismatch / MATCH_TOLERANCE) ** 2)
             if half != size:
@@ -353,7 +359,7 @@ class TrackGuard:
         """How alike (0..1, K x S x S x 1) a face's input and its K neighbours' warped onto it (there) are,
         pixel by pixel, against their mean difference where the flow holds (agreement, K x S x S: FUSION_TOLERANCE)."""
         xp = ops.namespace(there)
-        difference = abs(picture[None] - there) @ ops.like(there, CHANNEL_MEAN)
+        difference = abs(picture[None] - there) @ ops.constant(there, CHANNEL_MEAN)
         difference = ops.blur(difference[..., None], FUSION_BLUR)
         typical = xp.stack([(difference[k, ..., 0] * agreement[k]).sum() / (agreement[k].sum() + 1e-6) + 1e-3
                             for k in range(len(there))])
@@ -406,7 +412,7 @@ class TrackGuard:
         residual_change = residual - smooth_residual
         # The share of the residual's own frame-to-frame change that best cancels the input's
         # (least squares, locally): 1 where the restorer removed noise, 0 where it added flicker.
-        ones = ops.like(residual, np.ones((3, 1), np.float32))
+        ones = ops.constant(residual, np.ones((3, 1)))
         sums = xp.concat([-(input_change * residual_change) @ ones, (residual_change ** 2) @ ones], axis=-1)
         blurred = wide_blur(sums[None], CANCEL_BLUR * picture.shape[0])[0]
         keep = xp.clip(blurred[..., 0] / (blurred[..., 1] + 1.0), 0.0, 1.0)
@@ -508,20 +514,27 @@ class TrackGuard:
 
     def _changes(self, positions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per face, the frame-to-frame change from the face before it, input and output (temporal_changes), inside face_mask."""
-        sums = np.zeros((3, len(positions)))
         size = self.inputs[positions[0]].shape[0]
         every = np.s_[::MEASURE_STRIDE, ::MEASURE_STRIDE]
+        sums = [[], [], []]
+        measured = []
         for index, position in enumerate(positions):
             if position - 1 not in self.finals or position not in self.flows:
                 continue
             flow, valid = self.flows[position].backward(size)
-            points = ops.like(self.finals[position], (flow + ops.grid(flow[None])[0])[every])[None]
-            weight = ops.like(self.finals[position], valid[every]) * ops.like(self.finals[position], face_mask(size)[every])
+            final = self.finals[position]
+            points = ops.like(final, (flow + ops.grid(flow[None])[0])[every])[None]
+            weight = ops.like(final, valid[every]) * ops.constant(final, face_mask(size)[every])
             for row, pictures in enumerate((self._float_input, self.finals.__getitem__)):
                 change = channel_mean_change(pictures(position)[every], ops.sample(pictures(position - 1)[None], points)[0])
-                sums[row, index] = float(ops.to_numpy((change * weight).sum()))
-            sums[2, index] = float(ops.to_numpy(weight.sum()))
-        return sums[0], sums[1], sums[2]
+                sums[row].append((change * weight).sum())
+            sums[2].append(weight.sum())
+            measured.append(index)
+        out = np.zeros((3, len(positions)))
+        if measured:  # one transfer for the window's sums
+            xp = ops.namespace(self.finals[positions[0]])
+            out[:, measured] = ops.to_numpy(xp.stack([xp.stack(row) for row in sums]))
+        return out[0], out[1], out[2]
 
     def _reason(self, position: int, strength: float) -> str:
         if self.strength != AUTO or strength >= STRENGTH_STEPS[0]:

@@ -69,7 +69,7 @@ class Flicker:
 
 def channel_mean_change(now, then):
     """|now - then| averaged over the three channels (... x H x W x 3 -> ... x H x W)."""
-    return abs(now - then) @ ops.like(now, CHANNEL_MEAN)
+    return abs(now - then) @ ops.constant(now, CHANNEL_MEAN)
 
 
 def temporal_changes(inputs, outputs, mask=None, backward_flows=None, stride: int = 1, flow: str = "dis"

@@ -57,6 +57,22 @@ def like(array, values) -> object:
     return torch.as_tensor(values, device=array.device).to(torch.float32)
 
 
+def constant(array, values) -> object:
+    """Values that never change (weights, a kernel, a number) as float32 of `array`'s kind and device:
+    sent to a device once and kept there, so they must never be written to."""
+    values = np.asarray(values, np.float32)
+    if is_numpy(array):
+        return values
+    return _constant(values.tobytes(), values.shape, array.device)
+
+
+@functools.lru_cache(maxsize=256)
+def _constant(data: bytes, shape: tuple, device):
+    import torch
+
+    return torch.frombuffer(bytearray(data), dtype=torch.float32).reshape(shape).to(device)
+
+
 def copy(array):
     """A copy of the array, of its own kind and device."""
     return array.copy() if is_numpy(array) else array.clone()
@@ -86,12 +102,12 @@ def blur(images, sigma: float, border: str = REFLECT101):
             image, (0, 0), sigma, dst=out, borderType=_CV_BORDERS[border]), border)
     import torch.nn.functional as F
 
-    kernel = like(images, gaussian_kernel(sigma))
+    kernel = gaussian_kernel(sigma)
     reach = len(kernel) // 2
     channels = images.shape[-1]
     planes = _pad(images.permute(0, 3, 1, 2), reach, border)
-    planes = F.conv2d(planes, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
-    planes = F.conv2d(planes, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    planes = F.conv2d(planes, constant(images, np.tile(kernel, (channels, 1, 1, 1))), groups=channels)
+    planes = F.conv2d(planes, constant(images, np.tile(kernel[:, None], (channels, 1, 1, 1))), groups=channels)
     return planes.permute(0, 2, 3, 1)
 
 
@@ -116,20 +132,13 @@ def sample(images, points, border: str = REPLICATE, interpolation: str = LINEAR)
             return cv2.remap(image, next(where), None, _CV_INTERPOLATIONS[interpolation], dst=out, borderMode=_CV_BORDERS[border])
 
         return _each(images, points.shape[1:3], remap, border)
-    points = points.expand(len(images), *points.shape[1:])
-    return _sample(images, points[..., 0], points[..., 1], interpolation, border)
+    return _sample(images, points.expand(len(images), *points.shape[1:]), interpolation, border)
 
 
 def grid(like_flows):
     """The pixel coordinates (x, y) of a flow field's own grid (1 x h x w x 2), of its kind and device."""
     height, width = like_flows.shape[1:3]
-    if is_numpy(like_flows):
-        return _grid(height, width)
-    import torch
-
-    grid_y, grid_x = torch.meshgrid(torch.arange(height, device=like_flows.device, dtype=torch.float32),
-                                    torch.arange(width, device=like_flows.device, dtype=torch.float32), indexing="ij")
-    return torch.stack([grid_x, grid_y], dim=-1)[None]
+    return _grid(height, width) if is_numpy(like_flows) else _device_grid(height, width, like_flows.device)
 
 
 @functools.lru_cache(maxsize=16)
@@ -152,12 +161,22 @@ def affine(images, matrices: np.ndarray, size: tuple[int, int], interpolation: s
     import torch
 
     inverse = np.stack([cv2.invertAffineTransform(matrix) for matrix in matrices])
-    grid_y, grid_x = torch.meshgrid(torch.arange(height, device=images.device, dtype=torch.float64),
-                                    torch.arange(width, device=images.device, dtype=torch.float64), indexing="ij")
-    inverse = torch.as_tensor(inverse, device=images.device)[:, :, :, None, None]
-    source_x = inverse[:, 0, 0] * grid_x + inverse[:, 0, 1] * grid_y + inverse[:, 0, 2]
-    source_y = inverse[:, 1, 0] * grid_x + inverse[:, 1, 1] * grid_y + inverse[:, 1, 2]
-    return _sample(images, source_x, source_y, interpolation, border)
+    # Each destination pixel (x, y, 1) times the inverse: its source, in float64 as OpenCV computes it.
+    points = _device_grid(height, width, images.device, "float64", True) @ torch.as_tensor(inverse, device=images.device).transpose(1, 2)[:, None]
+    return _sample(images, points, interpolation, border)
+
+
+@functools.lru_cache(maxsize=16)
+def _device_grid(height: int, width: int, device, dtype_name: str = "float32", homogeneous: bool = False):
+    """_grid on a device (kept: never written to); homogeneous: (x, y, 1) per pixel, without the batch axis."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    grid_y, grid_x = torch.meshgrid(torch.arange(height, dtype=dtype, device=device),
+                                    torch.arange(width, dtype=dtype, device=device), indexing="ij")
+    if homogeneous:
+        return torch.stack([grid_x, grid_y, torch.ones_like(grid_x)], dim=-1)
+    return torch.stack([grid_x, grid_y], dim=-1)[None]
 
 
 def resize(images, size: tuple[int, int], interpolation: str = LINEAR):
@@ -175,8 +194,9 @@ def resize(images, size: tuple[int, int], interpolation: str = LINEAR):
         if planes.shape[2] != factor * height or planes.shape[3] != factor * width:
             raise ValueError(f"area resize on torch by whole factors only, got {tuple(planes.shape[2:])} -> {size}")
         planes = F.avg_pool2d(planes, factor)
-    elif interpolation == NEAREST:
-        planes = F.interpolate(planes, size=size, mode="nearest")
+    elif interpolation == NEAREST:  # OpenCV's source rows and columns (torch's own are rounded otherwise)
+        rows, columns = (_nearest_index(source, target, images.device) for source, target in zip(planes.shape[2:], size))
+        planes = planes.index_select(2, rows).index_select(3, columns)
     else:
         planes = F.interpolate(planes, size=size, mode="bilinear", align_corners=False)
     return planes.permute(0, 2, 3, 1)
@@ -196,25 +216,39 @@ def _each(images: np.ndarray, size: tuple[int, int], work, border) -> np.ndarray
 
 
 def _pad(planes, reach: int, border: str):
-    import torch
     import torch.nn.functional as F
 
-    if border == REFLECT:  # torch has no edge-repeating reflection: mirror by hand
-        left, right = planes[..., :, :reach].flip(-1), planes[..., :, -reach:].flip(-1)
-        planes = torch.cat([left, planes, right], dim=-1)
-        top, bottom = planes[..., :reach, :].flip(-2), planes[..., -reach:, :].flip(-2)
-        return torch.cat([top, planes, bottom], dim=-2)
+    if border == REFLECT:  # torch has no edge-repeating reflection: OpenCV's rows and columns, gathered
+        rows, columns = (_border_index(n, reach, planes.device) for n in planes.shape[-2:])
+        return planes.index_select(-2, rows).index_select(-1, columns)
     mode = {REFLECT101: "reflect", REPLICATE: "replicate", CONSTANT: "constant"}[border]
     return F.pad(planes, (reach, reach, reach, reach), mode=mode)
 
 
-def _sample(images, source_x, source_y, interpolation: str, border: str):
-    """images (N x H x W x C tensor) sampled at source pixel coordinates (N x h x w each)."""
+@functools.lru_cache(maxsize=64)
+def _nearest_index(source: int, target: int, device):
+    """The source pixels cv2.resize's INTER_NEAREST reads for `target` pixels from `source`: floor(x / (target / source))."""
     import torch
+
+    scale = 1 / (target / source)
+    return torch.as_tensor(np.minimum(np.floor(np.arange(target) * scale).astype(np.int64), source - 1), device=device)
+
+
+@functools.lru_cache(maxsize=64)
+def _border_index(size: int, reach: int, device):
+    """The rows (or columns) of a side of `size` padded by reach either side, as OpenCV's BORDER_REFLECT reads them."""
+    import torch
+
+    period = torch.arange(-reach, size + reach, device=device) % (2 * size)
+    return torch.where(period < size, period, 2 * size - 1 - period)
+
+
+def _sample(images, points, interpolation: str, border: str):
+    """images (N x H x W x C tensor) sampled at source pixel coordinates (N x h x w x 2: x, y)."""
     import torch.nn.functional as F
 
     height, width = images.shape[1:3]
-    grid = torch.stack([2 * source_x / max(width - 1, 1) - 1, 2 * source_y / max(height - 1, 1) - 1], dim=-1)
+    grid = points * constant(images, [2 / max(width - 1, 1), 2 / max(height - 1, 1)]) - 1
     mode = {LINEAR: "bilinear", CUBIC: "bicubic", NEAREST: "nearest"}[interpolation]
     padding = {REPLICATE: "border", CONSTANT: "zeros"}[border]
     sampled = F.grid_sample(images.permute(0, 3, 1, 2), grid.to(images.dtype), mode=mode, padding_mode=padding,

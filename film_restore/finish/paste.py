@@ -79,7 +79,7 @@ def match_colour(restored, original, matte: np.ndarray, monochrome: bool):
     results = []
     for index, face in enumerate(face_widths):
         sigma = max(COLOUR_SCALE * face * reduced / size, 0.5)
-        weight = xp.maximum(ops.blur(small_weights[index:index + 1], sigma), ops.like(restored, 1e-6))
+        weight = xp.maximum(ops.blur(small_weights[index:index + 1], sigma), ops.constant(restored, 1e-6))
 
         def low_pass(image):
             return ops.blur(ops.resize(image[index:index + 1] * weights[index:index + 1], (reduced, reduced), ops.AREA), sigma) / weight
@@ -114,7 +114,7 @@ class FaceRegion:
 
 def matte_region(matte: np.ndarray, aligned: AlignedFace, frame_shape: tuple) -> tuple[tuple[slice, slice], np.ndarray] | None:
     """(frame rectangle the matte reaches, crop-to-rectangle matrix), or None if it reaches none."""
-    rows, columns = np.nonzero(matte)
+    rows, columns = np.flatnonzero(matte.any(axis=1)), np.flatnonzero(matte.any(axis=0))
     if rows.size == 0:
         return None
     corners = np.array([[columns.min() - 1, rows.min() - 1], [columns.max() + 1, rows.min() - 1],
@@ -237,7 +237,7 @@ def _laid(regions: list[FaceRegion]) -> tuple[tuple[slice, slice], object, objec
         premultiplied[inside] = premultiplied[inside] * (1 - alpha[..., None]) + alpha[..., None] * face.face
         alpha_total[inside] = alpha_total[inside] * (1 - alpha) + alpha
     covered = alpha_total > 0
-    layer = premultiplied / xp.where(covered, alpha_total, ops.like(alpha_total, 1.0))[..., None]
+    layer = premultiplied / xp.where(covered, alpha_total, ops.constant(alpha_total, 1.0))[..., None]
     return np.s_[y0:y1, x0:x1], layer, alpha_total
 
 

@@ -63,3 +63,28 @@ def test_torch_finishing_beside_the_restorer_gives_the_numpy_frames(talking_head
     [numpy_track], [torch_track] = results["numpy"].tracks, results["torch"].tracks
     assert torch_track["series"] == numpy_track["series"]
     assert torch_track["flicker_ratio"] == pytest.approx(numpy_track["flicker_ratio"], abs=1e-3)
+
+
+def test_each_image_primitive_gives_on_torch_what_it_gives_on_numpy(talking_head):
+    # The primitives the finishing is written with (finish.ops), on a real face crop: torch's kernels, grids and
+    # constants are built on the device and kept, and must read the pixels OpenCV reads (borders, odd sizes, batches).
+    import torch
+
+    from film_restore.finish import ops
+
+    crops = talking_head["crops"][:2].astype(np.float32)[:, :, 3:]  # 2 x 128 x 125: not square, odd side
+    on_torch = torch.as_tensor(crops)
+    close = lambda numpy_result, torch_result: np.abs(numpy_result - torch_result.numpy()).max()  # noqa: E731
+    for border in (ops.REFLECT101, ops.REFLECT, ops.REPLICATE, ops.CONSTANT):
+        for sigma in (0.8, 3.0, 40.0):  # 40: a reach wider than the crop
+            if border == ops.REFLECT101 and sigma == 40.0:
+                continue  # torch's reflection pads less than the side only
+            assert close(ops.blur(crops, sigma, border), ops.blur(on_torch, sigma, border)) < 1e-3, (border, sigma)
+    matrices = np.array([[[0.7, 0.1, 5.0], [-0.1, 0.7, 9.0]], [[1.3, 0.0, -20.0], [0.0, 1.3, -11.5]]])
+    for interpolation in (ops.LINEAR, ops.CUBIC):
+        assert close(ops.affine(crops, matrices, (97, 61), interpolation), ops.affine(on_torch, matrices, (97, 61), interpolation)) < 1e-2
+    assert close(ops.resize(crops, (200, 170), ops.LINEAR), ops.resize(on_torch, (200, 170), ops.LINEAR)) < 1e-3
+    assert close(ops.resize(crops, (200, 170), ops.NEAREST), ops.resize(on_torch, (200, 170), ops.NEAREST)) == 0
+    points = np.random.default_rng(1).uniform(-3, 130, (1, 40, 30, 2)).astype(np.float32)
+    assert close(ops.sample(crops, points), ops.sample(on_torch, torch.as_tensor(points))) < 1e-3
+    assert close(ops.warp(crops, points - ops.grid(points)), ops.warp(on_torch, torch.as_tensor(points) - ops.grid(torch.as_tensor(points)))) < 1e-3
