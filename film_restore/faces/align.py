@@ -137,13 +137,21 @@ def warp_to_crop(frame: np.ndarray, transform: AlignmentTransform, interpolation
     )
 
 
-def _shrunk_source(frame: np.ndarray, transform: AlignmentTransform) -> tuple[np.ndarray, np.ndarray]:
-    """The frame rectangle the crop covers, shrunk to about crop scale, and the matrix from it to the crop."""
-    height, width = frame.shape[:2]
+def crop_source(transform: AlignmentTransform, frame_shape: tuple) -> tuple[slice, slice]:
+    """The frame rectangle warp_to_crop reads for this face: its crop's footprint, with the reach of
+    the shrink or of the cubic kernel either side, cut to the frame."""
+    height, width = frame_shape[:2]
     size = transform.size
     reach = transform.to_frame(np.array([[0, 0], [size, 0], [0, size], [size, size]], dtype=np.float64))
     x0, y0 = np.clip(np.floor(reach.min(axis=0)).astype(int) - 2, 0, (width - 1, height - 1))
     x1, y1 = np.clip(np.ceil(reach.max(axis=0)).astype(int) + 2, (x0 + 1, y0 + 1), (width, height))
+    return np.s_[int(y0):int(y1), int(x0):int(x1)]
+
+
+def _shrunk_source(frame: np.ndarray, transform: AlignmentTransform) -> tuple[np.ndarray, np.ndarray]:
+    """The frame rectangle the crop covers, shrunk to about crop scale, and the matrix from it to the crop."""
+    rows, columns = crop_source(transform, frame.shape)
+    y0, y1, x0, x1 = rows.start, rows.stop, columns.start, columns.stop
     region = frame[y0:y1, x0:x1]
     new_width = max(round(region.shape[1] * transform.scale), 1)
     new_height = max(round(region.shape[0] * transform.scale), 1)

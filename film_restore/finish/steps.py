@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from film_restore.faces import align_face
+from film_restore.faces.align import align_face, alignment_transform, crop_source
 from film_restore.finish import ops
 from film_restore.finish.flow import PairFlow, flow_picture, flow_side
 from film_restore.finish.grain import GrainTile, add_missing_grain, grain_allowed
@@ -128,7 +128,12 @@ class Align(Step):
             faces = self.plan.by_frame.get(frame.index)
             if not faces:
                 continue
-            rgb = frame.picture.rgb()
+            picture = frame.picture
+            shape = (picture.height, picture.width)
+            transforms = [alignment_transform(face.keypoints, self.face_size) for _, face, _ in faces]
+            # Only what the faces' crops and surroundings read of the frame is converted to RGB.
+            rgb = picture.rgb_in([_union([crop_source(transform, shape), Surround.rectangle(shape, transform, face.landmarks)])
+                                  for transform, (_, face, _) in zip(transforms, faces)])
             for number, face, actor in faces:
                 aligned = align_face(rgb, face, self.face_size)
                 key = (frame.index, number)

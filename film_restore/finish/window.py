@@ -25,15 +25,21 @@ class Surround:
 
     @classmethod
     def around(cls, frame_rgb: np.ndarray, aligned: AlignedFace, landmarks: np.ndarray) -> "Surround":
-        height, width = frame_rgb.shape[:2]
-        size = aligned.transform.size
-        corners = aligned.transform.to_frame(np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64))
-        rows, columns = grain_window(frame_rgb.shape, landmarks)
+        rows, columns = cls.rectangle(frame_rgb.shape, aligned.transform, landmarks)
+        return cls((rows.start, columns.start), frame_rgb[rows, columns])
+
+    @staticmethod
+    def rectangle(frame_shape: tuple, transform: AlignmentTransform, landmarks: np.ndarray) -> tuple[slice, slice]:
+        """The frame rectangle a face's surround holds: its crop's footprint and its grain window."""
+        height, width = frame_shape[:2]
+        size = transform.size
+        corners = transform.to_frame(np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64))
+        rows, columns = grain_window(frame_shape, landmarks)
         x0 = max(min(int(np.floor(corners[:, 0].min())) - 1, columns.start), 0)
         y0 = max(min(int(np.floor(corners[:, 1].min())) - 1, rows.start), 0)
         x1 = min(max(int(np.ceil(corners[:, 0].max())) + 2, columns.stop), width)
         y1 = min(max(int(np.ceil(corners[:, 1].max())) + 2, rows.stop), height)
-        return cls((y0, x0), frame_rgb[y0:y1, x0:x1])
+        return np.s_[y0:y1, x0:x1]
 
     def aligned(self, transform: AlignmentTransform) -> AlignmentTransform:
         """The face's alignment (frame to crop) for this surround's pixels instead of the frame's."""

@@ -223,6 +223,14 @@ class Picture:
             return cv2.transform(yuv, model.to_rgb)  # saturating, rounded
         return np.minimum(cv2.transform(yuv, model.to_rgb), 255).astype(np.uint8)
 
+    def rgb_in(self, rectangles: list[tuple[slice, slice]]) -> np.ndarray:
+        """uint8 H x W x 3 RGB (as rgb()) inside these frame rectangles (rows, columns) and zeros elsewhere:
+        only the pixels a reader of those rectangles needs are converted."""
+        out = np.zeros((self.height, self.width, 3), np.uint8)  # untouched pages cost nothing
+        for rows, columns in rectangles:
+            out[rows, columns] = self.rgb((columns.start, rows.start, columns.stop, rows.stop))
+        return out
+
     def blended(self, rgb_float: np.ndarray, alpha: np.ndarray, origin: tuple[int, int] | None = None) -> "Picture":
         """A new Picture with restored RGB blended in with alpha, in this picture's own format.
 
@@ -348,6 +356,10 @@ class RGBPicture:
         return self.pixels.shape[1]
 
     def rgb(self) -> np.ndarray:
+        return self.pixels
+
+    def rgb_in(self, rectangles: list[tuple[slice, slice]]) -> np.ndarray:
+        """As Picture.rgb_in; held as RGB, the whole picture is at hand."""
         return self.pixels
 
     def blended(self, rgb_float: np.ndarray, alpha: np.ndarray, origin: tuple[int, int] | None = None) -> "RGBPicture":

@@ -88,3 +88,31 @@ def test_each_image_primitive_gives_on_torch_what_it_gives_on_numpy(talking_head
     points = np.random.default_rng(1).uniform(-3, 130, (1, 40, 30, 2)).astype(np.float32)
     assert close(ops.sample(crops, points), ops.sample(on_torch, torch.as_tensor(points))) < 1e-3
     assert close(ops.warp(crops, points - ops.grid(points)), ops.warp(on_torch, torch.as_tensor(points) - ops.grid(torch.as_tensor(points)))) < 1e-3
+
+
+def test_align_converts_only_what_the_faces_read_and_gives_the_whole_frames_crops(talking_head):
+    # A film's frames are converted to RGB only around their faces (the crop's source, the surround):
+    # the crops and surroundings are those the whole frame's RGB gives, whether the crop shrinks the frame or enlarges it.
+    import av
+
+    from film_restore.faces.align import align_face
+    from film_restore.finish.window import Surround, Window
+    from film_restore.video.picture import Picture
+
+    rgb = np.ascontiguousarray(talking_head["frames"][0][:, 5:])  # odd offsets: half chroma samples at the edges
+    picture = Picture.from_frame(av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p"))
+    whole = picture.rgb()
+    from dataclasses import replace
+
+    tracked = talking_head["faces"][0]
+    x1, y1, x2, y2 = tracked.face.box
+    face = replace(tracked.face, box=(x1 - 5, y1, x2 - 5, y2), keypoints=tracked.face.keypoints - [5, 0],
+                   landmarks=tracked.face.landmarks - [5, 0])
+    for size in (64, 512):
+        plan = steps.FacePlan.of([Track(0, [replace(tracked, face=face)])], 0)
+        window = Window([Frame(0, 0, picture)], (picture.height, picture.width))
+        steps.Align(plan, size).work(window)
+        aligned, expected = window.faces[0, 0], align_face(whole, face, size)
+        assert np.array_equal(aligned.aligned.crop, expected.crop) and np.array_equal(aligned.aligned.transform.matrix, expected.transform.matrix)
+        surround = Surround.around(whole, expected, face.landmarks)
+        assert aligned.surround.origin == surround.origin and np.array_equal(aligned.surround.rgb, surround.rgb)

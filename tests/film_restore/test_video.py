@@ -211,6 +211,13 @@ def test_blend_on_real_8_and_10_bit_frames(film10):
         assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for a, b in zip(picture.planes, back.planes))
         assert picture.blended(rgb + 50, np.zeros((height, width), np.float32)).same_pixels(picture)
         assert np.abs(picture.rgb().astype(float) - np.clip(rgb, 0, 255)).max() <= 1
+        # RGB converted only inside some rectangles (odd edges: half a chroma sample) is the picture's own there.
+        rectangles = [np.s_[3:101, 7:60], np.s_[41:height, width - 33:width]]
+        partial, whole = picture.rgb_in(rectangles), picture.rgb()
+        inside = np.zeros((height, width), bool)
+        for rectangle in rectangles:
+            inside[rectangle] = True
+        assert np.array_equal(partial[inside], whole[inside]) and not partial[~inside].any()
     # 10-bit precision survives rgb_float: the codes come back exactly, not in steps of 4.
     assert np.array_equal(ten.blended(ten.rgb_float(), np.ones(ten.planes[0].shape, np.float32)).planes[0], ten.planes[0])
 
