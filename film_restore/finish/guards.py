@@ -105,6 +105,8 @@ MEASURE_STRIDE = 2
 LESS_LIKE_THE_ACTOR = "identity: restored face less like the actor than the input"
 UNLIKE_ITSELF = "identity: restored face unlike its own input"
 WITH_NEIGHBOURS = "identity: held back with neighbouring faces (strengths smoothed along the track)"
+# Faces whose guards' work is done at once on a device (one op for all of them), at most.
+DEVICE_GROUP = 8
 # Faces either side a face's result depends on (fusion, stabilisation, then the strengths' reach).
 GUARD_HORIZON = 2 * TEMPORAL_RADIUS + STRENGTH_REACH
 
@@ -272,6 +274,7 @@ class TrackGuard:
         self.inputs, self.restored, self.flows = {}, {}, {}  # position -> uint8 crop, float32 crop, PairFlow from the one before
         self.float_inputs, self.guides, self.residuals, self.stabilised, self.finals = {}, {}, {}, {}, {}
         self.links, self.fused, self.bases = {}, {}, {}  # position -> its neighbours along the flow (_links), its fused input, its base
+        self.chains = {}  # (position, +-2) -> the flow to the face two positions away (_step_flow)
         self.limits, self.input_embeddings, self.candidates = {}, {}, {}  # candidates: (position, strength) -> embedding
 
     def add(self, position: int, input_crop: np.ndarray, restored, flow: PairFlow | None) -> None:
@@ -290,11 +293,21 @@ class TrackGuard:
                 del store[position]
         for key in [key for key in self.candidates if key[0] < before]:
             del self.candidates[key]
+        for key in [key for key in self.chains if key[0] < before - GUARD_HORIZON - TEMPORAL_RADIUS]:
+            del self.chains[key]
 
     # ---- per face, once
 
     def _existing(self, positions) -> list[int]:
         return sorted({p for p in positions if 0 <= p < self.length})
+
+    def _groups(self, positions: list[int]) -> list[list[int]]:
+        """The positions in the groups whose faces are worked on together: on a device, DEVICE_GROUP at a
+        time (one op for many faces); numpy one by one (nothing to gain, and a face's memory at a time)."""
+        if not positions:
+            return []
+        size = 1 if ops.is_numpy(self.restored[positions[0]]) else DEVICE_GROUP
+        return [positions[start:start + size] for start in range(0, len(positions), size)]
 
     def _residuals(self, positions: list[int]) -> None:
         missing = [p for p in positions if p not in self.residuals]
@@ -303,8 +316,12 @@ class TrackGuard:
         if self.resolution is None:
             first = [self.inputs[p] for p in range(min(RESOLUTION_FACES, self.length)) if p in self.inputs]
             self.resolution = effective_resolution(np.stack(first))
-        for position in missing:
-            self.residuals[position] = match_band((self.restored[position] - self._base(position))[None], self.resolution)[0]
+        self._bases(missing)
+        for group in self._groups(missing):
+            xp = ops.namespace(self.restored[group[0]])
+            residuals = xp.stack([self.restored[p] - self._base(p) for p in group])
+            for position, residual in zip(group, match_band(residuals, self.resolution)):
+                self.residuals[position] = residual
 
     def _step_flow(self, position: int, step: int, size: int) -> tuple:
         """(flow from this face to the one `step` positions away, valid) on a size x size grid over the crop
@@ -313,53 +330,66 @@ class TrackGuard:
             return self.flows[position].backward(size)
         if step == 1:
             return self.flows[position + 1].forward(size)
-        if step == -2:
-            native = self.flows[position].side
-            flow = chained(self.flows[position].backward(native), self.flows[position - 1].backward(native))
-        else:
-            native = self.flows[position + 1].side
-            flow = chained(self.flows[position + 1].forward(native), self.flows[position + 2].forward(native))
-        return on_grid(flow, size)
+        if (position, step) not in self.chains:  # two frames apart: two pairs chained, on the nearer pair's grid
+            if step == -2:
+                native = self.flows[position].side
+                flow = chained(self.flows[position].backward(native), self.flows[position - 1].backward(native))
+            else:
+                native = self.flows[position + 1].side
+                flow = chained(self.flows[position + 1].forward(native), self.flows[position + 2].forward(native))
+            self.chains[position, step] = flow
+        return on_grid(self.chains[position, step], size)
 
     def _links(self, position: int) -> "Links":
-        """The face's neighbours within TEMPORAL_RADIUS and how far to trust each pixel of them (kept).
-        Each neighbour's work is done for all of them at once; its sums run in a fixed order."""
-        if position in self.links:
-            return self.links[position]
-        picture = self._float_input(position)
+        """The face's neighbours within TEMPORAL_RADIUS and how far to trust each pixel of them (kept)."""
+        if position not in self.links:
+            self._link([position])
+        return self.links[position]
+
+    def _link(self, positions: list[int]) -> None:
+        """The Links of these faces (and, fused, their inputs fused with their neighbours'): each pair of a
+        face and a neighbour is worked on with the others at once, each face's sums in a fixed order."""
+        picture = self._float_input(positions[0])
         xp = ops.namespace(picture)
         size = picture.shape[0]
-        half = self._guide(position).shape[0]
-        steps = [step for step in range(-TEMPORAL_RADIUS, TEMPORAL_RADIUS + 1) if step and 0 <= position + step < self.length]
-        neighbours = [position + step for step in steps]
-        links = Links(neighbours, steps)
-        fused_sum, fused_total = picture, 1.0  # the face fused with its neighbours (_base)
-        if steps:
-            coarse = [self._step_flow(position, step, half) for step in steps]
-            guides = ops.warp(xp.stack([self._guide(n) for n in neighbours]), xp.stack([ops.like(picture, f) for f, _ in coarse]))
-            mismatch = abs(self._guide(position)[None] - guides) @ ops.constant(picture, CHANNEL_MEAN)
+        half = self._guide(positions[0]).shape[0]
+        pairs = [(position, step) for position in positions for step in range(-TEMPORAL_RADIUS, TEMPORAL_RADIUS + 1)
+                 if step and 0 <= position + step < self.length]
+        if pairs:
+            coarse = [self._step_flow(position, step, half) for position, step in pairs]
+            guides = ops.warp(xp.stack([self._guide(p + step) for p, step in pairs]), xp.stack([ops.like(picture, f) for f, _ in coarse]))
+            mismatch = abs(xp.stack([self._guide(p) for p, _ in pairs]) - guides) @ ops.constant(picture, CHANNEL_MEAN)
             valid = xp.stack([ops.like(picture, v) for _, v in coarse])
             agreement = valid * xp.exp(-0.5 * (mismatch / MATCH_TOLERANCE) ** 2)
             if half != size:
                 agreement = ops.resize(agreement[..., None], (size, size), ops.LINEAR)[..., 0]
-            flows = xp.stack([ops.like(picture, self._step_flow(position, step, size)[0]) for step in steps])
-            links.points, links.agreement = flows + ops.grid(flows), agreement[..., None]
+            flows = xp.stack([ops.like(picture, self._step_flow(p, step, size)[0]) for p, step in pairs])
+            points = flows + ops.grid(flows)
             if self.fusion:
-                there = ops.sample(xp.stack([self._float_input(n) for n in neighbours]), links.points)
-                links.likeness = self._likeness(picture, there, agreement)
-                for k, step in enumerate(steps):
-                    weight = agreement[k][..., None] * links.likeness[k] * _step_weight(step, FUSION_SIGMA)
-                    fused_sum, fused_total = fused_sum + weight * there[k], fused_total + weight
-        self.links[position] = links
-        if self.fusion:
-            self.fused[position] = fused_sum / fused_total
-        return links
+                there = ops.sample(xp.stack([self._float_input(p + step) for p, step in pairs]), points)
+                likeness = self._likeness(xp.stack([self._float_input(p) for p, _ in pairs]), there, agreement)
+        for position in positions:
+            ours = [k for k, (p, _) in enumerate(pairs) if p == position]
+            steps = [pairs[k][1] for k in ours]
+            links = Links([position + step for step in steps], steps)
+            fused_sum, fused_total = self._float_input(position), 1.0  # the face fused with its neighbours (_base)
+            if ours:
+                kept = np.s_[ours[0]:ours[-1] + 1]
+                links.points, links.agreement = points[kept], agreement[kept][..., None]
+                if self.fusion:
+                    links.likeness = likeness[kept]
+                    for k, step in zip(ours, steps):
+                        weight = agreement[k][..., None] * likeness[k] * _step_weight(step, FUSION_SIGMA)
+                        fused_sum, fused_total = fused_sum + weight * there[k], fused_total + weight
+            self.links[position] = links
+            if self.fusion:
+                self.fused[position] = fused_sum / fused_total
 
-    def _likeness(self, picture, there, agreement):
-        """How alike (0..1, K x S x S x 1) a face's input and its K neighbours' warped onto it (there) are,
+    def _likeness(self, pictures, there, agreement):
+        """How alike (0..1, K x S x S x 1) K faces' inputs and their neighbours' warped onto them (there) are,
         pixel by pixel, against their mean difference where the flow holds (agreement, K x S x S: FUSION_TOLERANCE)."""
         xp = ops.namespace(there)
-        difference = abs(picture[None] - there) @ ops.constant(there, CHANNEL_MEAN)
+        difference = abs(pictures - there) @ ops.constant(there, CHANNEL_MEAN)
         difference = ops.blur(difference[..., None], FUSION_BLUR)
         typical = xp.stack([(difference[k, ..., 0] * agreement[k]).sum() / (agreement[k].sum() + 1e-6) + 1e-3
                             for k in range(len(there))])
@@ -371,11 +401,20 @@ class TrackGuard:
         if not self.fusion:
             return self._float_input(position)
         if position not in self.bases:
-            self._links(position)
-            fused = self.fused[position]
-            self.bases[position] = fused if self._as_like_as_input(position, fused) else self._float_input(position)
-            del self.fused[position]
+            self._bases([position])
         return self.bases[position]
+
+    def _bases(self, positions: list[int]) -> None:
+        if not self.fusion:
+            return
+        missing = [p for p in positions if p not in self.bases and p not in self.links]
+        for group in self._groups(missing):
+            self._link(group)
+        for position in positions:
+            if position not in self.bases:
+                self._links(position)
+                fused = self.fused.pop(position)
+                self.bases[position] = fused if self._as_like_as_input(position, fused) else self._float_input(position)
 
     def _as_like_as_input(self, position: int, face) -> bool:
         """Whether a face in this position's place is as like the actor as its input (the identity guard's test)."""
@@ -383,30 +422,44 @@ class TrackGuard:
             self.input_embeddings[position] = self.embed(self.inputs[position][None])[0]
         return float(identity(self._embed(face[None])[0][None], self._reference_for(position))[0]) >= self._floor(position)
 
-    def _stabilise(self, position: int) -> None:
-        """The face's residual filtered along its neighbours (see the module notes)."""
-        residual, picture = self.residuals[position], self._base(position)
-        xp = ops.namespace(residual)
-        sum_residual, sum_input, total = residual, picture, None
-        links = self._links(position)
-        if links.neighbours:
-            residuals_there = ops.sample(xp.stack([self.residuals[n] for n in links.neighbours]), links.points)
-            inputs_there = ops.sample(xp.stack([self._base(n) for n in links.neighbours]), links.points)
-        for k, step in enumerate(links.steps):
-            # Fused, the residual holds the noise the base lost: a neighbour's pixel unlike this one's must not bring its noise.
-            trusted = links.agreement[k] if links.likeness is None else links.agreement[k] * links.likeness[k]
-            weight = trusted * _step_weight(step, TEMPORAL_SIGMA)
-            residual_there = residuals_there[k] * weight
-            input_there = inputs_there[k] * weight
-            if total is None:
-                sum_residual, sum_input, total = residual + residual_there, picture + input_there, 1.0 + weight
-            else:
-                sum_residual += residual_there
-                sum_input += input_there
-                total += weight
-        if total is None:  # a track of one face
-            self.stabilised[position] = residual
+    def _stabilise(self, positions: list[int]) -> None:
+        """These faces' residuals filtered along their neighbours (see the module notes); each group's
+        neighbours sampled at once, each face's sums in a fixed order."""
+        for group in self._groups(positions):
+            self._stabilise_group(group)
+
+    def _stabilise_group(self, positions: list[int]) -> None:
+        xp = ops.namespace(self.residuals[positions[0]])
+        pairs = [(position, k, neighbour) for position in positions
+                 for k, neighbour in enumerate(self._links(position).neighbours)]
+        if pairs:
+            points = xp.concat([self._links(position).points for position in positions if self._links(position).neighbours])
+            residuals_there = ops.sample(xp.stack([self.residuals[n] for _, _, n in pairs]), points)
+            inputs_there = ops.sample(xp.stack([self._base(n) for _, _, n in pairs]), points)
+        filtered = []  # (position, its residual, its base, the sums over it and its neighbours)
+        for position in positions:
+            residual, picture, links = self.residuals[position], self._base(position), self._links(position)
+            if not links.neighbours:  # a track of one face
+                self.stabilised[position] = residual
+                continue
+            first = next(index for index, pair in enumerate(pairs) if pair[0] == position)
+            total = None
+            for k, step in enumerate(links.steps):
+                # Fused, the residual holds the noise the base lost: a neighbour's pixel unlike this one's must not bring its noise.
+                trusted = links.agreement[k] if links.likeness is None else links.agreement[k] * links.likeness[k]
+                weight = trusted * _step_weight(step, TEMPORAL_SIGMA)
+                residual_there = residuals_there[first + k] * weight
+                input_there = inputs_there[first + k] * weight
+                if total is None:
+                    sum_residual, sum_input, total = residual + residual_there, picture + input_there, 1.0 + weight
+                else:
+                    sum_residual += residual_there
+                    sum_input += input_there
+                    total += weight
+            filtered.append((position, residual, picture, sum_residual, sum_input, total))
+        if not filtered:
             return
+        residual, picture, sum_residual, sum_input, total = (xp.stack(parts) for parts in list(zip(*filtered))[1:])
         smooth_residual = sum_residual / total
         input_change = picture - sum_input / total
         residual_change = residual - smooth_residual
@@ -414,9 +467,10 @@ class TrackGuard:
         # (least squares, locally): 1 where the restorer removed noise, 0 where it added flicker.
         ones = ops.constant(residual, np.ones((3, 1)))
         sums = xp.concat([-(input_change * residual_change) @ ones, (residual_change ** 2) @ ones], axis=-1)
-        blurred = wide_blur(sums[None], CANCEL_BLUR * picture.shape[0])[0]
+        blurred = wide_blur(sums, CANCEL_BLUR * picture.shape[1])
         keep = xp.clip(blurred[..., 0] / (blurred[..., 1] + 1.0), 0.0, 1.0)
-        self.stabilised[position] = smooth_residual + keep[..., None] * residual_change
+        for (position, *_), stabilised in zip(filtered, smooth_residual + keep[..., None] * residual_change):
+            self.stabilised[position] = stabilised
 
     def _float_input(self, position: int):
         """The face's input crop as float32, of the restored crops' kind (kept: its neighbours read it too)."""
@@ -489,9 +543,7 @@ class TrackGuard:
             if self.strength == AUTO else list(positions)
         stabilised = self._existing(limited + list(positions))
         self._residuals(self._existing(range(stabilised[0] - TEMPORAL_RADIUS, stabilised[-1] + TEMPORAL_RADIUS + 1)))
-        for position in stabilised:
-            if position not in self.stabilised:
-                self._stabilise(position)
+        self._stabilise([position for position in stabilised if position not in self.stabilised])
         self._identity(limited)
         strengths = np.array([self._strength(p) for p in positions], np.float32)
         for position, strength in zip(positions, strengths):
@@ -565,8 +617,7 @@ def stabilise(inputs: np.ndarray, residuals, scale: float = 1.0):
         flow = PairFlow.of_crops(inputs[position - 1], inputs[position], scale) if position else None
         guard.add(position, inputs[position], ops.as_float(residuals[position]), flow)
         guard.residuals[position] = ops.as_float(residuals[position])
-    for position in range(len(inputs)):
-        guard._stabilise(position)
+    guard._stabilise(list(range(len(inputs))))
     xp = ops.namespace(residuals)
     return xp.stack([guard.stabilised[position] for position in range(len(inputs))])
 
