@@ -255,7 +255,8 @@ class TrackGuard:
     """The guards of one track (its faces that are restored, in order: positions 0..length-1),
     fed face by face (`add`) and asked for the final faces of some positions (`guard`) once the
     faces GUARD_HORIZON positions beyond them are added (or the track ends). Each face's band
-    match, stabilisation, identity limit and embeddings are computed once and kept until `forget`.
+    match, stabilisation, identity limit and embeddings are computed once and kept until `forget`; on a
+    device the faces a window needs are worked on DEVICE_GROUP at a time, numpy one at a time (the same values).
 
     embed: uint8 crops -> unit embeddings (aligned_embedder); reference: the actor's unit
     centroid, None for a face of nobody; strength: AUTO or 0..1; resolution: the input's
