@@ -71,6 +71,10 @@ class FieldPicture:
         return cv2.warpAffine(self.field.rgb(), to_field, (self.width, self.height),
                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
 
+    def rgb_in(self, rectangles: list) -> np.ndarray:
+        """As Picture.rgb_in: here the whole of rgb() (the field is stretched to the frame in one warp)."""
+        return self.rgb()
+
     def blended(self, rgb_float: np.ndarray, alpha: np.ndarray, origin: tuple[int, int] | None = None) -> "FieldPicture":
         """rgb_float and alpha over the frame (as Picture.blended: the full frame, or a rectangle of it at origin),
         taken on the field's rows and blended into it."""
