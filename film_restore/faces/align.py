@@ -111,6 +111,11 @@ class AlignmentTransform:
         points = np.asarray(points, dtype=np.float64)
         return points @ inverse[:, :2].T + inverse[:, 2]
 
+    def corners_in_frame(self) -> np.ndarray:
+        """The crop's four corners (4 x 2) in frame pixels, float64: its footprint in the frame."""
+        size = self.size
+        return self.to_frame(np.array([[0, 0], [size, 0], [0, size], [size, size]], dtype=np.float64))
+
 
 def alignment_transform(keypoints, size: int = TEMPLATE_SIZE) -> AlignmentTransform:
     """The transform that aligns a face with these 5 keypoints (frame pixels) to a size x size crop."""
@@ -141,8 +146,7 @@ def crop_source(transform: AlignmentTransform, frame_shape: tuple) -> tuple[slic
     """The frame rectangle warp_to_crop reads for this face: its crop's footprint, with the reach of
     the shrink or of the cubic kernel either side, cut to the frame."""
     height, width = frame_shape[:2]
-    size = transform.size
-    reach = transform.to_frame(np.array([[0, 0], [size, 0], [0, size], [size, size]], dtype=np.float64))
+    reach = transform.corners_in_frame()
     x0, y0 = np.clip(np.floor(reach.min(axis=0)).astype(int) - 2, 0, (width - 1, height - 1))
     x1, y1 = np.clip(np.ceil(reach.max(axis=0)).astype(int) + 2, (x0 + 1, y0 + 1), (width, height))
     return np.s_[int(y0):int(y1), int(x0):int(x1)]
@@ -166,8 +170,9 @@ def _shrunk_source(frame: np.ndarray, transform: AlignmentTransform) -> tuple[np
     return shrunk, transform.matrix @ shrunk_to_frame
 
 
-def align_face(frame: np.ndarray, face: Face, size: int = TEMPLATE_SIZE) -> AlignedFace:
-    """The face warped to the FFHQ template at size x size, with its landmarks, DMDNet boxes and transform.
+def align_face(frame: np.ndarray, face: Face, size: int = TEMPLATE_SIZE, transform: AlignmentTransform | None = None) -> AlignedFace:
+    """The face warped to the FFHQ template at size x size, with its landmarks, DMDNet boxes and transform
+    (transform: alignment_transform(face.keypoints, size) where the caller has it already).
 
     DMDNet's boxes are defined on the 512 template; for other sizes they are computed
     there and scaled to the crop.
@@ -175,7 +180,7 @@ def align_face(frame: np.ndarray, face: Face, size: int = TEMPLATE_SIZE) -> Alig
     check_rgb_image(frame, "frame")
     if not isinstance(face, Face):
         raise ValueError(f"align needs a Face from FaceAnalyzer.analyze, got {type(face).__name__}")
-    transform = alignment_transform(face.keypoints, size)
+    transform = alignment_transform(face.keypoints, size) if transform is None else transform
     crop_landmarks = transform.to_crop(face.landmarks)
     boxes = component_boxes(crop_landmarks, size)
     return AlignedFace(warp_to_crop(frame, transform), crop_landmarks.astype(np.float32), boxes, transform)

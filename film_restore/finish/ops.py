@@ -162,21 +162,28 @@ def affine(images, matrices: np.ndarray, size: tuple[int, int], interpolation: s
 
     inverse = np.stack([cv2.invertAffineTransform(matrix) for matrix in matrices])
     # Each destination pixel (x, y, 1) times the inverse: its source, in float64 as OpenCV computes it.
-    points = _device_grid(height, width, images.device, "float64", True) @ torch.as_tensor(inverse, device=images.device).transpose(1, 2)[:, None]
+    points = _homogeneous_grid(height, width, images.device) @ torch.as_tensor(inverse, device=images.device).transpose(1, 2)[:, None]
     return _sample(images, points, interpolation, border)
 
 
 @functools.lru_cache(maxsize=16)
-def _device_grid(height: int, width: int, device, dtype_name: str = "float32", homogeneous: bool = False):
-    """_grid on a device (kept: never written to); homogeneous: (x, y, 1) per pixel, without the batch axis."""
+def _device_grid(height: int, width: int, device):
+    """_grid made on a device and kept there (never written to)."""
     import torch
 
-    dtype = getattr(torch, dtype_name)
-    grid_y, grid_x = torch.meshgrid(torch.arange(height, dtype=dtype, device=device),
-                                    torch.arange(width, dtype=dtype, device=device), indexing="ij")
-    if homogeneous:
-        return torch.stack([grid_x, grid_y, torch.ones_like(grid_x)], dim=-1)
+    grid_y, grid_x = torch.meshgrid(torch.arange(height, dtype=torch.float32, device=device),
+                                    torch.arange(width, dtype=torch.float32, device=device), indexing="ij")
     return torch.stack([grid_x, grid_y], dim=-1)[None]
+
+
+@functools.lru_cache(maxsize=16)
+def _homogeneous_grid(height: int, width: int, device):
+    """Each pixel's (x, y, 1), float64 (h x w x 3), made on a device and kept there (never written to)."""
+    import torch
+
+    grid_y, grid_x = torch.meshgrid(torch.arange(height, dtype=torch.float64, device=device),
+                                    torch.arange(width, dtype=torch.float64, device=device), indexing="ij")
+    return torch.stack([grid_x, grid_y, torch.ones_like(grid_x)], dim=-1)
 
 
 def resize(images, size: tuple[int, int], interpolation: str = LINEAR):

@@ -134,8 +134,8 @@ class Align(Step):
             # Only what the faces' crops and surroundings read of the frame is converted to RGB.
             rgb = picture.rgb_in([_union([crop_source(transform, shape), Surround.rectangle(shape, transform, face.landmarks)])
                                   for transform, (_, face, _) in zip(transforms, faces)])
-            for number, face, actor in faces:
-                aligned = align_face(rgb, face, self.face_size)
+            for (number, face, actor), transform in zip(faces, transforms):
+                aligned = align_face(rgb, face, self.face_size, transform)
                 key = (frame.index, number)
                 window.faces[key] = WindowFace(key, self.plan.positions[key], aligned, actor, face.landmarks,
                                                Surround.around(rgb, aligned, face.landmarks))

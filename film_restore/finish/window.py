@@ -32,8 +32,7 @@ class Surround:
     def rectangle(frame_shape: tuple, transform: AlignmentTransform, landmarks: np.ndarray) -> tuple[slice, slice]:
         """The frame rectangle a face's surround holds: its crop's footprint and its grain window."""
         height, width = frame_shape[:2]
-        size = transform.size
-        corners = transform.to_frame(np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64))
+        corners = transform.corners_in_frame()
         rows, columns = grain_window(frame_shape, landmarks)
         x0 = max(min(int(np.floor(corners[:, 0].min())) - 1, columns.start), 0)
         y0 = max(min(int(np.floor(corners[:, 1].min())) - 1, rows.start), 0)
