@@ -84,6 +84,21 @@ class Head:
         self.headers = {"Authorization": f"Bearer {token}"}
         self.client = JobSubmissionClient(self.address, headers=self.headers)
 
+    def wait_for_job_agent(self, deadline: float) -> None:
+        """Returns once the head's job agent runs a job. The dashboard answers before its agent has
+        registered, and refuses a job meanwhile ("No available agent to submit job") after waiting only
+        10 s: on a busy machine the agent can take longer than that to start."""
+        while True:
+            try:
+                job_id = self.client.submit_job(entrypoint="true")
+                break
+            except RuntimeError as refused:
+                assert time.monotonic() < deadline, f"the head's job agent did not start in 120 s: {refused}"
+                time.sleep(1)
+        while not self.client.get_job_status(job_id).is_terminal():
+            assert time.monotonic() < deadline, "the head's first job (`true`) did not end in 120 s"
+            time.sleep(0.5)
+
     def ray(self, *arguments, check=True) -> subprocess.CompletedProcess:
         result = subprocess.run(["ray", *arguments], env=self.env, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0 or not check, result.stdout[-2000:] + result.stderr[-2000:]
@@ -147,6 +162,7 @@ def started_head(cpus: int = 2):
             except Exception:
                 head = None
                 time.sleep(1)
+        head.wait_for_job_agent(time.monotonic() + 120)
         yield head
     finally:
         if head is not None:
