@@ -87,22 +87,23 @@ def as_float(array):
     return array.to(torch.float32)
 
 
-def gaussian_kernel(sigma: float) -> np.ndarray:
-    """OpenCV's Gaussian kernel for float images and this sigma (its size rule: 8 sigma + 1, odd)."""
-    size = int(round(sigma * 8 + 1)) | 1
+def gaussian_kernel(sigma: float, size: int = 0) -> np.ndarray:
+    """OpenCV's Gaussian kernel for float images, this sigma and size (0: its size rule, 8 sigma + 1, odd)."""
+    size = size or int(round(sigma * 8 + 1)) | 1
     return cv2.getGaussianKernel(size, sigma, cv2.CV_32F)[:, 0]
 
 
-def blur(images, sigma: float, border: str = REFLECT101):
-    """Gaussian blur of each image (N x H x W x C), as cv2.GaussianBlur(image, (0, 0), sigma)."""
+def blur(images, sigma: float, border: str = REFLECT101, size: int = 0):
+    """Gaussian blur of each image (N x H x W x C), as cv2.GaussianBlur(image, (size, size), sigma)
+    (size: odd, 0 for OpenCV's rule)."""
     if sigma <= 0:
         return images
     if is_numpy(images):
         return _each(images, images.shape[1:3], lambda image, border, out: cv2.GaussianBlur(
-            image, (0, 0), sigma, dst=out, borderType=_CV_BORDERS[border]), border)
+            image, (size, size), sigma, dst=out, borderType=_CV_BORDERS[border]), border)
     import torch.nn.functional as F
 
-    kernel = gaussian_kernel(sigma)
+    kernel = gaussian_kernel(sigma, size)
     reach = len(kernel) // 2
     channels = images.shape[-1]
     planes = _pad(images.permute(0, 3, 1, 2), reach, border)

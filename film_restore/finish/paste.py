@@ -36,30 +36,75 @@ COLOUR_REDUCTION = 8
 _WARP = {cv2.INTER_CUBIC: ops.CUBIC, cv2.INTER_LINEAR: ops.LINEAR}[WARP_INTERPOLATION]
 
 
-def face_matte(landmarks, size: int) -> np.ndarray:
-    """Soft face matte (float32 size x size, 0..1) in the aligned crop from its 68 crop landmarks.
+def face_matte(landmarks, size: int, like=None):
+    """Soft face matte (float32 size x size, 0..1) in the aligned crop from its 68 crop landmarks,
+    made where `like` is (an array of that kind and device; None: numpy).
 
     The matte is 0 outside the convex hull of the jaw and raised brows, and 1 inside it
     more than two edge widths from the hull.
     """
+    return _matte(landmarks, size, like)[0]
+
+
+def _matte(landmarks, size: int, like=None) -> tuple[object, tuple[slice, slice] | None]:
+    """(face_matte, the crop rectangle where it is above 0: None where nowhere)."""
     points = check_points(landmarks, 68, "landmarks")
     hull = np.zeros((size, size), dtype=np.uint8)
     subpixel_bits = 4
     cv2.fillConvexPoly(hull, np.round(face_outline(points, FOREHEAD_LIFT) * (1 << subpixel_bits)).astype(np.int32), 1,
                        cv2.LINE_8, subpixel_bits)
     edge = max(int(round(MATTE_EDGE * face_width(points))), 1)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * edge + 1, 2 * edge + 1))
-    eroded = cv2.erode(hull, kernel).astype(np.float32)
-    # The blur window is no wider than the erosion, so the matte stays inside the hull.
-    matte = cv2.GaussianBlur(eroded, (2 * edge + 1, 2 * edge + 1), edge / 2, borderType=cv2.BORDER_CONSTANT)
-    # The blur's float32 sums stop a hair short of 1 inside the face; there it must be 1.
-    matte[matte > 1 - 1e-5] = 1.0
-    return matte
+    eroded = _eroded(hull, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * edge + 1, 2 * edge + 1)))
+    # The blur window is no wider than the erosion, so the matte stays inside the hull; each of its
+    # weights is above 0, so the matte is above 0 exactly within `edge` of the eroded hull.
+    rows, columns = np.flatnonzero(eroded.any(axis=1)), np.flatnonzero(eroded.any(axis=0))
+    reach = None if rows.size == 0 else np.s_[max(rows[0] - edge, 0):min(rows[-1] + edge + 1, size),
+                                              max(columns[0] - edge, 0):min(columns[-1] + edge + 1, size)]
+    if like is None or ops.is_numpy(like):
+        matte = cv2.GaussianBlur(eroded.astype(np.float32), (2 * edge + 1, 2 * edge + 1), edge / 2, borderType=cv2.BORDER_CONSTANT)
+        # The blur's float32 sums stop a hair short of 1 inside the face; there it must be 1.
+        matte[matte > 1 - 1e-5] = 1.0
+        return matte, reach
+    matte = ops.blur(ops.like(like, eroded)[None, ..., None], edge / 2, ops.CONSTANT, 2 * edge + 1)[0, ..., 0]
+    return ops.namespace(matte).where(matte > 1 - 1e-5, ops.constant(matte, 1.0), matte), reach
 
 
-def match_colour(restored, original, matte: np.ndarray, monochrome: bool):
+def _eroded(hull: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """cv2.erode(hull, kernel) (its border: no erosion) of a hull whose rows are each one run of 1s or
+    none, by a kernel whose rows are runs too (an ellipse's): from the runs' ends, each output row
+    the span its kernel rows' runs leave, without visiting every pixel under the kernel."""
+    height, width = hull.shape
+    inside = hull.view(bool)  # the hull's 0s and 1s as they are
+    starts, stops = inside.argmax(axis=1), width - inside[:, ::-1].argmax(axis=1)  # each row's run: [start, stop)
+    filled = inside[np.arange(height), starts]
+    if np.any(np.count_nonzero(inside, axis=1) != np.where(filled, stops - starts, 0)):
+        return cv2.erode(hull, kernel)  # a row holds several runs: the general erosion
+    # A run reaching the crop's edge goes on past it, as cv2.erode's border does; rows past the crop's
+    # top and bottom hold runs without end.
+    starts = np.where(filled, np.where(starts == 0, -width, starts), 2 * width)
+    stops = np.where(filled, np.where(stops == width, 2 * width, stops), -width)
+    reach_y, reach_x = kernel.shape[0] // 2, kernel.shape[1] // 2
+    ones = kernel.astype(bool)
+    spans = [(row - reach_y, np.flatnonzero(ones[row])) for row in range(kernel.shape[0]) if ones[row].any()]
+    offsets = np.array([offset for offset, _ in spans])
+    left = np.array([columns[0] - reach_x for _, columns in spans])
+    right = np.array([columns[-1] - reach_x for _, columns in spans])
+    source = np.arange(height) + offsets[:, None] + reach_y  # kernel row x output row -> a row of the padded runs
+    starts, stops = (np.pad(ends, reach_y, constant_values=outside) for ends, outside in ((starts, -width), (stops, 2 * width)))
+    low = np.maximum((starts[source] - left[:, None]).max(axis=0), 0)
+    high = np.minimum((stops[source] - right[:, None]).min(axis=0), width)
+    eroded = np.zeros_like(hull)
+    rows = np.flatnonzero(low < high)
+    if rows.size:  # filled over the eroded runs' bounding box only
+        top, bottom, left_end, right_end = rows[0], rows[-1] + 1, low[rows].min(), high[rows].max()
+        columns = np.arange(left_end, right_end)
+        eroded[top:bottom, left_end:right_end] = (columns >= low[top:bottom, None]) & (columns < high[top:bottom, None])
+    return eroded
+
+
+def match_colour(restored, original, matte, monochrome: bool, face_widths: Sequence[int]):
     """The restored crops (N x S x S x 3 float32; numpy or tensors) with the originals' low-frequency
-    colour inside the mattes (N x S x S numpy).
+    colour inside the mattes (N x S x S, of their kind), each face's width (the mattes' columns above 0).
 
     Large-scale brightness and colour come from the original, detail from the restored crop; a
     monochrome original (black-and-white film, toned or not) gives its chroma to the result, so a
@@ -72,7 +117,6 @@ def match_colour(restored, original, matte: np.ndarray, monochrome: bool):
     # keeps the background out of the face's colour.
     size = matte.shape[1]
     reduced = max(size // COLOUR_REDUCTION, COLOUR_REDUCTION)
-    face_widths = [np.count_nonzero((m > 0).any(axis=0)) for m in matte]
     xp = ops.namespace(restored)
     weights = ops.like(restored, matte)[..., None]
     small_weights = ops.resize(weights, (reduced, reduced), ops.AREA)
@@ -112,13 +156,14 @@ class FaceRegion:
         return self.region[0].start, self.region[1].start
 
 
-def matte_region(matte: np.ndarray, aligned: AlignedFace, frame_shape: tuple) -> tuple[tuple[slice, slice], np.ndarray] | None:
-    """(frame rectangle the matte reaches, crop-to-rectangle matrix), or None if it reaches none."""
-    rows, columns = np.flatnonzero(matte.any(axis=1)), np.flatnonzero(matte.any(axis=0))
-    if rows.size == 0:
+def matte_region(reach: tuple[slice, slice] | None, aligned: AlignedFace, frame_shape: tuple
+                 ) -> tuple[tuple[slice, slice], np.ndarray] | None:
+    """(frame rectangle a matte reaches, crop-to-rectangle matrix), or None if it reaches none (reach:
+    the crop rectangle where the matte is above 0, as _matte gives it)."""
+    if reach is None:
         return None
-    corners = np.array([[columns.min() - 1, rows.min() - 1], [columns.max() + 1, rows.min() - 1],
-                        [columns.min() - 1, rows.max() + 1], [columns.max() + 1, rows.max() + 1]], dtype=np.float64)
+    (top, bottom), (left, right) = (reach[0].start - 1, reach[0].stop), (reach[1].start - 1, reach[1].stop)
+    corners = np.array([[left, top], [right, top], [left, bottom], [right, bottom]], dtype=np.float64)
     reach = aligned.transform.to_frame(corners)
     height, width = frame_shape[:2]
     x0, y0 = np.maximum(np.floor(reach.min(axis=0)).astype(int), 0)
@@ -160,23 +205,24 @@ def face_regions(frame_shape: tuple, restored_faces: Sequence[tuple[AlignedFace,
     placed = []
     for number in order:
         aligned, restored = restored_faces[number]
-        matte = face_matte(aligned.landmarks, aligned.transform.size)
-        where = matte_region(matte, aligned, frame_shape)
+        matte, reach = _matte(aligned.landmarks, aligned.transform.size, like=restored)  # where the restored face is
+        where = matte_region(reach, aligned, frame_shape)
         if where is not None:
-            placed.append((number, matte, *where))
+            placed.append((number, matte, reach[1].stop - reach[1].start, *where))
     if not placed:
         return []
     first = restored_faces[placed[0][0]][1]
     xp = ops.namespace(first)
     restored = xp.stack([ops.as_float(restored_faces[number][1]) for number, *_ in placed])
     crops = np.stack([restored_faces[number][0].crop for number, *_ in placed])
-    mattes = np.stack([matte for _, matte, *_ in placed])
-    monochrome = [is_monochrome(crop[matte > 0]) for crop, matte in zip(crops, mattes)]
+    mattes = xp.stack([matte for _, matte, *_ in placed])
     device_crops = ops.like(first, crops)
-    matched = xp.concat([match_colour(restored[i:i + 1], device_crops[i:i + 1], mattes[i:i + 1], monochrome[i])
-                         for i in range(len(placed))], axis=0)
+    # The test reads the crops where they are: on a device, there (the uint8 crops of numpy as they are).
+    monochrome = [is_monochrome((crops if ops.is_numpy(first) else device_crops)[i][mattes[i] > 0]) for i in range(len(placed))]
+    matched = xp.concat([match_colour(restored[i:i + 1], device_crops[i:i + 1], mattes[i:i + 1], monochrome[i], [width])
+                         for i, (_, _, width, *_) in enumerate(placed)], axis=0)
     regions = []
-    for index, (number, matte, region, to_region) in enumerate(placed):
+    for index, (number, matte, _, region, to_region) in enumerate(placed):
         aligned = restored_faces[number][0]
         size = (region[0].stop - region[0].start, region[1].stop - region[1].start)
         alpha = ops.affine(ops.like(first, matte)[None, ..., None], to_region, size, ops.LINEAR, ops.CONSTANT)[0, ..., 0]
@@ -266,8 +312,8 @@ def paste_back(frame: np.ndarray, restored_faces: Sequence[tuple[AlignedFace, np
 def frame_matte(frame_shape: tuple, aligned: AlignedFace) -> np.ndarray:
     """The face's matte warped into a frame of this shape (float32 H x W, 0..1); paste-back changes no pixel where it is 0."""
     full = np.zeros(frame_shape[:2], dtype=np.float32)
-    matte = face_matte(aligned.landmarks, aligned.transform.size)
-    where = matte_region(matte, aligned, frame_shape)
+    matte, reach = _matte(aligned.landmarks, aligned.transform.size)
+    where = matte_region(reach, aligned, frame_shape)
     if where is not None:
         region, to_region = where
         size = (region[0].stop - region[0].start, region[1].stop - region[1].start)

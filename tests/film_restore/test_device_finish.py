@@ -8,6 +8,7 @@ from film_restore.compose import ComposeSettings, Composer
 from film_restore.finish.device import LocalDevice
 from film_restore.faces.identity import Identifier
 from film_restore.finish import steps
+from film_restore.finish.paste import face_matte
 from film_restore.records import ChunkResult, Frame, Track
 from film_restore.tracking import identify_tracks
 from film_restore.video import RGBPicture
@@ -88,6 +89,9 @@ def test_each_image_primitive_gives_on_torch_what_it_gives_on_numpy(talking_head
     points = np.random.default_rng(1).uniform(-3, 130, (1, 40, 30, 2)).astype(np.float32)
     assert close(ops.sample(crops, points), ops.sample(on_torch, torch.as_tensor(points))) < 1e-3
     assert close(ops.warp(crops, points - ops.grid(points)), ops.warp(on_torch, torch.as_tensor(points) - ops.grid(torch.as_tensor(points)))) < 1e-3
+    assert close(ops.blur(crops, 2.5, ops.CONSTANT, 11), ops.blur(on_torch, 2.5, ops.CONSTANT, 11)) < 1e-3  # a kernel of a given size
+    landmarks = np.loadtxt(asset("media/dmdnet_testset/RefsLandmark/00005/0.png.txt"))
+    assert close(face_matte(landmarks, 512), face_matte(landmarks, 512, like=on_torch)) < 1e-5  # the matte made on the device
 
 
 def test_align_converts_only_what_the_faces_read_and_gives_the_whole_frames_crops(talking_head):

@@ -120,6 +120,32 @@ def test_faces_larger_than_the_crop_are_shrunk_without_aliasing():
     assert abs(crop.mean() - 127.5) < 2 and crop.std() < 10
 
 
+def test_matte_erodes_its_hull_as_opencv_from_the_runs_of_its_rows():
+    # The matte's erosion works on each row's run of the hull: the same pixels as cv2.erode, for real faces
+    # whole, enlarged past the crop's edges and shrunk; its reach (the rectangle above 0) is the matte's.
+    from film_restore.finish.landmarks import face_outline, face_width
+    from film_restore.finish.paste import FOREHEAD_LIFT, MATTE_EDGE, _eroded, _matte
+
+    labels = sorted((asset("media/dmdnet_testset/RefsLandmark")).glob("*/*.txt"))[::4]
+    assert len(labels) >= 8
+    for label in labels:
+        landmarks = np.loadtxt(label)
+        for size, scale, shift in ((512, 1.0, (0, 0)), (512, 1.6, (-150, 40)), (384, 0.6, (5, 5)), (512, 1.3, (200, -160))):
+            points = (landmarks - 256) * scale + size / 2 + np.array(shift)
+            hull = np.zeros((size, size), np.uint8)
+            cv2.fillConvexPoly(hull, np.round(face_outline(points, FOREHEAD_LIFT) * 16).astype(np.int32), 1, cv2.LINE_8, 4)
+            edge = max(int(round(MATTE_EDGE * face_width(points))), 1)
+            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * edge + 1, 2 * edge + 1))
+            assert np.array_equal(_eroded(hull, kernel), cv2.erode(hull, kernel)), (label, size, scale, shift)
+            matte, reach = _matte(points, size)
+            rows, columns = np.flatnonzero(matte.any(axis=1)), np.flatnonzero(matte.any(axis=0))
+            assert reach == np.s_[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1]
+    two_runs = np.zeros((64, 64), np.uint8)
+    two_runs[10:50, 5:25] = two_runs[10:50, 35:60] = 1
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
+    assert np.array_equal(_eroded(two_runs, kernel), cv2.erode(two_runs, kernel))
+
+
 def test_matte_is_inside_the_crop_and_soft():
     template_face = np.loadtxt(asset("media/dmdnet_testset/RefsLandmark/00005/0.png.txt"))
     matte = face_matte(template_face, 512)
