@@ -59,8 +59,8 @@ def _dis(tuned: bool):
     return dis
 
 
-def _round_trip_valid(there: np.ndarray, back: np.ndarray) -> np.ndarray:
-    """Where the flow `there` and the flow `back` from where it lands agree (forward-backward check)."""
+def _round_trip_valid(there, back):
+    """Where the flow `there` and the flow `back` from where it lands agree (forward-backward check; numpy or tensors)."""
     back_there = ops.warp(back[None], there[None])[0]
     squared = lambda flow: flow[..., 0] ** 2 + flow[..., 1] ** 2  # noqa: E731 (not .sum(-1): slow over two values)
     return squared(there + back_there) <= FB_RELATIVE * (squared(there) + squared(back_there)) + FB_ABSOLUTE
@@ -88,19 +88,27 @@ def _farneback(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return cv2.calcOpticalFlowFarneback(first, second, None, 0.5, FARNEBACK_LEVELS, FARNEBACK_WINDOW, 3, 5, 1.1, 0)
 
 
-def dense_flow(earlier: np.ndarray, later: np.ndarray, size: tuple[int, int], tuned: bool = True, method: str = "dis"
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def dense_flow(earlier: np.ndarray, later: np.ndarray, size: tuple[int, int], tuned: bool = True, method: str = "dis",
+               like=None) -> tuple:
     """(flow later -> earlier, valid, flow earlier -> later, valid) of two same-size RGB images,
     computed on their luma shrunk to size (height, width), in that grid's pixels (method: one of
-    FLOW_METHODS; tuned: DIS with the track flow's settings, else DIS's medium preset)."""
+    FLOW_METHODS; tuned: DIS with the track flow's settings, else DIS's medium preset). like: an
+    array whose kind and device the flows are sent to, and checked there (None: numpy)."""
+    back, ahead = _flows(earlier, later, size, tuned, method)
+    if like is not None and not ops.is_numpy(like):
+        back, ahead = ops.like(like, back), ops.like(like, ahead)
+    return back, _round_trip_valid(back, ahead), ahead, _round_trip_valid(ahead, back)
+
+
+def _flows(earlier: np.ndarray, later: np.ndarray, size: tuple[int, int], tuned: bool, method: str
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """(flow later -> earlier, flow earlier -> later), as dense_flow, unchecked."""
     if method not in FLOW_METHODS:
         raise ValueError(f"flow method must be one of {', '.join(FLOW_METHODS)}, got {method!r}")
     later_gray, earlier_gray = (cv2.resize(gray(image), size[::-1], interpolation=cv2.INTER_AREA)
                                 if image.shape[:2] != size else gray(image) for image in (later, earlier))
     calc = _dis(tuned).calc if method == "dis" else lambda first, second, _: _farneback(first, second)
-    back = calc(later_gray, earlier_gray, None)
-    ahead = calc(earlier_gray, later_gray, None)
-    return back, _round_trip_valid(back, ahead), ahead, _round_trip_valid(ahead, back)
+    return calc(later_gray, earlier_gray, None), calc(earlier_gray, later_gray, None)
 
 
 @dataclass(eq=False)
@@ -117,19 +125,20 @@ class PairFlow:
     _grids: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def between(cls, earlier: np.ndarray, later: np.ndarray, crop_side: int) -> "PairFlow":
+    def between(cls, earlier: np.ndarray, later: np.ndarray, crop_side: int, like=None) -> "PairFlow":
         """The pair's flow from two pictures of the faces aligned as their crops are, at the flow's side
-        (flow_picture: from the frames, at the face's own size), for crops of crop_side."""
+        (flow_picture: from the frames, at the face's own size), for crops of crop_side; like: as
+        dense_flow takes it (a GPU node's restored crops: the flow is sent there, checked there and read there)."""
         side = later.shape[0]
-        return cls(*dense_flow(earlier, later, (side, side)), crop_side)
+        return cls(*dense_flow(earlier, later, (side, side), like=like), crop_side)
 
     @classmethod
-    def of_crops(cls, earlier_crop: np.ndarray, later_crop: np.ndarray, scale: float) -> "PairFlow":
+    def of_crops(cls, earlier_crop: np.ndarray, later_crop: np.ndarray, scale: float, like=None) -> "PairFlow":
         """The pair's flow from the two aligned crops themselves, shrunk to the flow's side (where the
-        frames are not at hand); scale: crop pixels per frame pixel."""
+        frames are not at hand); scale: crop pixels per frame pixel; like: as dense_flow takes it."""
         crop_side = later_crop.shape[0]
         side = flow_side(crop_side, scale)
-        return cls(*dense_flow(earlier_crop, later_crop, (side, side)), crop_side)
+        return cls(*dense_flow(earlier_crop, later_crop, (side, side), like=like), crop_side)
 
     @property
     def side(self) -> int:
@@ -147,16 +156,6 @@ class PairFlow:
         if (direction, size) not in self._grids:
             self._grids[direction, size] = on_grid((getattr(self, direction), getattr(self, f"{direction}_valid")), size)
         return self._grids[direction, size]
-
-    def to(self, like) -> "PairFlow":
-        """The same flow with its fields of `like`'s kind and device (a tensor: the restorer's device,
-        where the steps that read it run); numpy or None: itself."""
-        if like is None or ops.is_numpy(like):
-            return self
-        import torch
-
-        fields = [torch.as_tensor(array, device=like.device) for array in (self.back, self.back_valid, self.ahead, self.ahead_valid)]
-        return PairFlow(*fields, self.crop_side)
 
     def in_frame(self, region: tuple[slice, slice], later: AlignmentTransform, earlier: AlignmentTransform,
                  stride: int = 1, like=None) -> tuple:

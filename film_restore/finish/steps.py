@@ -181,7 +181,8 @@ class Restore:
 
 
 class Follow(Step):
-    """on: as Restore takes it: each flow is computed on the CPU (OpenCV's DIS) and put there, where the steps that read it run."""
+    """on: as Restore takes it: each flow is computed on the CPU (OpenCV's DIS) and put there, where its
+    forward-backward check runs and the steps that read it run."""
 
     def __init__(self, on=None):
         self.on = on
@@ -195,7 +196,7 @@ class Follow(Step):
                 if before is not None and before.position == face.position - 1:
                     size = face.aligned.transform.size
                     side = flow_side(size, face.aligned.transform.scale)
-                    face.flow = PairFlow.between(self._picture(before, side), self._picture(face, side), size).to(self.on)
+                    face.flow = PairFlow.between(self._picture(before, side), self._picture(face, side), size, like=self.on)
                 if before is not None:
                     self.pictures = {key: picture for key, picture in self.pictures.items() if key[0] != before.key}
                 self.last[number] = face

@@ -43,9 +43,12 @@ def test_the_track_flow_follows_a_real_face_on_crops_and_in_the_frame(talking_he
     on_torch, inside_on_torch = pair.in_frame(region, aligned[1].transform, aligned[0].transform, like=torch.zeros(1))
     assert np.abs(on_torch.numpy() - in_frame)[inside].max() < 1e-3
     assert (inside_on_torch.numpy() != inside).mean() < 1e-3
-    # A pair kept on the device is read on other grids and chained there as on numpy.
-    on_device = [pair.to(torch.zeros(1)) for pair in pairs]
-    assert isinstance(on_device[0].back, torch.Tensor)
+    # A pair sent to the device and checked there (forward-backward) is read on other grids and chained there as on numpy.
+    on_device = [PairFlow.of_crops(talking_head["crops"][t], talking_head["crops"][t + 1], 1.0, like=torch.zeros(1)) for t in range(3)]
+    assert isinstance(on_device[0].back, torch.Tensor) and isinstance(on_device[0].ahead_valid, torch.Tensor)
+    for numpy_pair, torch_pair in zip(pairs, on_device):
+        assert (torch_pair.back_valid.numpy() != numpy_pair.back_valid).mean() < 1e-3
+        assert (torch_pair.ahead_valid.numpy() != numpy_pair.ahead_valid).mean() < 1e-3
     for numpy_flow, torch_flow in ((pairs[2].backward(200), on_device[2].backward(200)),
                                    (chained(pairs[2].forward(200), pairs[1].forward(200)),
                                     chained(on_device[2].forward(200), on_device[1].forward(200)))):
