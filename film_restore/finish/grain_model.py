@@ -70,11 +70,12 @@ SPECTRUM_SIDE = 64
 
 def ar_transfer(ar: np.ndarray, height: int, width: int) -> np.ndarray:
     """The AR model's transfer function 1 / (1 - sum a_k e^{-i w.d_k}) on the rfft2 grid of height x width."""
-    fy = np.fft.fftfreq(height)[:, None]
-    fx = np.fft.rfftfreq(width)[None, :]
-    denominator = np.ones((height, width // 2 + 1), np.complex128)
-    for coefficient, (dy, dx) in zip(ar, GRAIN_OFFSETS):
-        denominator -= coefficient * np.exp(-2j * np.pi * (fy * -dy + fx * -dx))
+    offsets = np.array(GRAIN_OFFSETS, np.float64)
+    # Each neighbour's term e^{2 pi i (fy dy + fx dx)} is a row's factor times a column's: the sum over
+    # the neighbours is one product of a rows x neighbours and a neighbours x columns matrix.
+    rows = np.exp(2j * np.pi * np.fft.fftfreq(height)[:, None] * offsets[:, 0])
+    columns = np.exp(2j * np.pi * np.fft.rfftfreq(width)[:, None] * offsets[:, 1])
+    denominator = 1 - (rows * np.asarray(ar, np.float64)) @ columns.T
     # Bounded away from 0 so an AR fit at the edge of stability cannot blow up a frequency.
     return 1.0 / np.maximum(np.abs(denominator), 0.1) * np.exp(-1j * np.angle(denominator))
 
