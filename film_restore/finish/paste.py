@@ -87,8 +87,8 @@ def _eroded(hull: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     ones = kernel.astype(bool)
     spans = [(row - reach_y, np.flatnonzero(ones[row])) for row in range(kernel.shape[0]) if ones[row].any()]
     offsets = np.array([offset for offset, _ in spans])
-    left = np.array([columns[0] - reach_x for _, columns in spans])
-    right = np.array([columns[-1] - reach_x for _, columns in spans])
+    left = np.array([run[0] - reach_x for _, run in spans])
+    right = np.array([run[-1] - reach_x for _, run in spans])
     source = np.arange(height) + offsets[:, None] + reach_y  # kernel row x output row -> a row of the padded runs
     starts, stops = (np.pad(ends, reach_y, constant_values=outside) for ends, outside in ((starts, -width), (stops, 2 * width)))
     low = np.maximum((starts[source] - left[:, None]).max(axis=0), 0)
@@ -164,10 +164,10 @@ def matte_region(reach: tuple[slice, slice] | None, aligned: AlignedFace, frame_
         return None
     (top, bottom), (left, right) = (reach[0].start - 1, reach[0].stop), (reach[1].start - 1, reach[1].stop)
     corners = np.array([[left, top], [right, top], [left, bottom], [right, bottom]], dtype=np.float64)
-    reach = aligned.transform.to_frame(corners)
+    footprint = aligned.transform.to_frame(corners)
     height, width = frame_shape[:2]
-    x0, y0 = np.maximum(np.floor(reach.min(axis=0)).astype(int), 0)
-    x1, y1 = np.minimum(np.ceil(reach.max(axis=0)).astype(int) + 1, (width, height))
+    x0, y0 = np.maximum(np.floor(footprint.min(axis=0)).astype(int), 0)
+    x1, y1 = np.minimum(np.ceil(footprint.max(axis=0)).astype(int) + 1, (width, height))
     if x1 <= x0 or y1 <= y0:
         return None
     to_region = aligned.transform.inverse.copy()
