@@ -95,7 +95,7 @@ def dense_flow(earlier: np.ndarray, later: np.ndarray, size: tuple[int, int], tu
     FLOW_METHODS; tuned: DIS with the track flow's settings, else DIS's medium preset). like: an
     array whose kind and device the flows are sent to, and checked there (None: numpy)."""
     back, ahead = _flows(earlier, later, size, tuned, method)
-    if like is not None and not ops.is_numpy(like):
+    if like is not None:
         back, ahead = ops.like(like, back), ops.like(like, ahead)
     return back, _round_trip_valid(back, ahead), ahead, _round_trip_valid(ahead, back)
 
