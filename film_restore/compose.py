@@ -110,13 +110,14 @@ class Composer:
         plan = steps.FacePlan.of(edited.tracks, settings.min_face, edited.strengths)
         result.faces_too_small = plan.too_small
         result.faces_left_by_edits = edited.faces_left
-        if hasattr(self.restore, "open_session"):  # the faces are finished beside the restorer, on its device
+        on_device = hasattr(self.restore, "open_session")  # the faces are finished beside the restorer, on its device
+        if on_device:
             finish = Finish(*self.restore.open_session(plan, settings), result)
             finishing, parts = [finish], lambda: finish.parts
         else:
             finishing, guard = steps.finishing(self.restore, plan, settings, result)
             parts = lambda: guard.parts  # noqa: E731
-        chain = [steps.Align(plan, settings.face_size), *finishing, steps.Blend(result)]
+        chain = [steps.Align(plan, settings.face_size, warp=not on_device), *finishing, steps.Blend(result)]
         chain = steps.Chain(chain)
         self.cpu_seconds = chain.cpu_seconds
         for window in _windows(frames):

@@ -71,7 +71,8 @@ class Frame(NamedTuple):
 class AlignedFace(NamedTuple):
     """One face warped to the FFHQ template, ready for DMDNet.
 
-    crop: uint8 RGB size x size x 3; landmarks: 68 x 2 float32 in crop pixels;
+    crop: uint8 RGB size x size x 3 (None where it is left to be warped beside the restorer, on a GPU
+    node: film_restore.finish.steps.WarpCrops); landmarks: 68 x 2 float32 in crop pixels;
     boxes: int64 4 x 4 component boxes (rows left eye, right eye, nose, mouth; columns
     x1, y1, x2, y2) as dmdnet.boxes.component_boxes gives them; transform: frame <-> crop
     (a film_restore.faces.align.AlignmentTransform).

@@ -130,8 +130,9 @@ def warp_to_crop(frame: np.ndarray, transform: AlignmentTransform, interpolation
     """
     check_rgb_image(frame, "frame")
     source, matrix = frame, transform.matrix
-    if transform.scale < SHRINK_BEFORE_WARP_BELOW:
-        source, matrix = _shrunk_source(frame, transform)
+    plan = CropWarp.of(transform, frame.shape)
+    if plan.shrunk is not None:
+        source, matrix = cv2.resize(frame[plan.source], plan.shrunk[::-1], interpolation=cv2.INTER_AREA), plan.matrix
     return cv2.warpAffine(
         source,
         matrix,
@@ -152,35 +153,53 @@ def crop_source(transform: AlignmentTransform, frame_shape: tuple) -> tuple[slic
     return np.s_[int(y0):int(y1), int(x0):int(x1)]
 
 
-def _shrunk_source(frame: np.ndarray, transform: AlignmentTransform) -> tuple[np.ndarray, np.ndarray]:
-    """The frame rectangle the crop covers, shrunk to about crop scale, and the matrix from it to the crop."""
-    rows, columns = crop_source(transform, frame.shape)
-    y0, y1, x0, x1 = rows.start, rows.stop, columns.start, columns.stop
-    region = frame[y0:y1, x0:x1]
-    new_width = max(round(region.shape[1] * transform.scale), 1)
-    new_height = max(round(region.shape[0] * transform.scale), 1)
-    shrunk = cv2.resize(region, (new_width, new_height), interpolation=cv2.INTER_AREA)
-    # cv2.resize puts shrunk pixel x at region pixel (x + 0.5) / factor - 0.5.
-    factor_x, factor_y = new_width / region.shape[1], new_height / region.shape[0]
-    shrunk_to_frame = np.array([
-        [1 / factor_x, 0, 0.5 / factor_x - 0.5 + x0],
-        [0, 1 / factor_y, 0.5 / factor_y - 0.5 + y0],
-        [0, 0, 1],
-    ])
-    return shrunk, transform.matrix @ shrunk_to_frame
+@dataclass(frozen=True)
+class CropWarp:
+    """How warp_to_crop makes a face's crop from a frame: the frame rectangle it reads (source), the
+    size (height, width) that rectangle is first shrunk to by area averaging (None: a face no larger
+    than the crop is warped from the frame as it is), and the matrix from the source's pixels (shrunk,
+    where it is) to the crop's."""
+
+    source: tuple[slice, slice]
+    shrunk: tuple[int, int] | None
+    matrix: np.ndarray
+
+    @classmethod
+    def of(cls, transform: AlignmentTransform, frame_shape: tuple) -> "CropWarp":
+        rows, columns = crop_source(transform, frame_shape)
+        y0, x0 = rows.start, columns.start
+        to_frame = np.array([[1, 0, x0], [0, 1, y0], [0, 0, 1]], np.float64)
+        if transform.scale >= SHRINK_BEFORE_WARP_BELOW:
+            return cls((rows, columns), None, transform.matrix @ to_frame)
+        height, width = rows.stop - y0, columns.stop - x0
+        shrunk = (max(round(height * transform.scale), 1), max(round(width * transform.scale), 1))
+        # cv2.resize puts shrunk pixel x at source pixel (x + 0.5) / factor - 0.5.
+        factor_y, factor_x = shrunk[0] / height, shrunk[1] / width
+        shrunk_to_frame = np.array([
+            [1 / factor_x, 0, 0.5 / factor_x - 0.5 + x0],
+            [0, 1 / factor_y, 0.5 / factor_y - 0.5 + y0],
+            [0, 0, 1],
+        ])
+        return cls((rows, columns), shrunk, transform.matrix @ shrunk_to_frame)
 
 
 def align_face(frame: np.ndarray, face: Face, size: int = TEMPLATE_SIZE, transform: AlignmentTransform | None = None) -> AlignedFace:
     """The face warped to the FFHQ template at size x size, with its landmarks, DMDNet boxes and transform
-    (transform: alignment_transform(face.keypoints, size) where the caller has it already).
+    (transform: alignment_transform(face.keypoints, size) where the caller has it already)."""
+    check_rgb_image(frame, "frame")
+    placed = place_face(face, size, transform)
+    return placed._replace(crop=warp_to_crop(frame, placed.transform))
+
+
+def place_face(face: Face, size: int = TEMPLATE_SIZE, transform: AlignmentTransform | None = None) -> AlignedFace:
+    """What align_face gives but the crop (None: warped elsewhere, as a GPU node warps it on its device).
 
     DMDNet's boxes are defined on the 512 template; for other sizes they are computed
     there and scaled to the crop.
     """
-    check_rgb_image(frame, "frame")
     if not isinstance(face, Face):
         raise ValueError(f"align needs a Face from FaceAnalyzer.analyze, got {type(face).__name__}")
     transform = alignment_transform(face.keypoints, size) if transform is None else transform
     crop_landmarks = transform.to_crop(face.landmarks)
     boxes = component_boxes(crop_landmarks, size)
-    return AlignedFace(warp_to_crop(frame, transform), crop_landmarks.astype(np.float32), boxes, transform)
+    return AlignedFace(None, crop_landmarks.astype(np.float32), boxes, transform)

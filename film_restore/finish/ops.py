@@ -14,6 +14,7 @@ single image is N = 1. Flows are N x H x W x 2: (dx, dy) in pixels, the image sa
 from __future__ import annotations
 
 import functools
+import math
 
 import array_api_compat
 import cv2
@@ -188,8 +189,8 @@ def _homogeneous_grid(height: int, width: int, device):
 
 
 def resize(images, size: tuple[int, int], interpolation: str = LINEAR):
-    """Each image resized to height x width (cv2.resize; AREA only by whole factors on torch; NEAREST as
-    OpenCV's: the source pixel below dst x scale)."""
+    """Each image resized to height x width (cv2.resize; AREA shrinks only, on torch; NEAREST as OpenCV's:
+    the source pixel below dst x scale)."""
     height, width = size
     if is_numpy(images):
         return _each(images, size, lambda image, _, out: cv2.resize(
@@ -198,10 +199,13 @@ def resize(images, size: tuple[int, int], interpolation: str = LINEAR):
 
     planes = images.permute(0, 3, 1, 2)
     if interpolation == AREA:
+        if planes.shape[2] < height or planes.shape[3] < width:
+            raise ValueError(f"area resize on torch shrinks only, got {tuple(planes.shape[2:])} -> {size}")
         factor = planes.shape[2] // height
-        if planes.shape[2] != factor * height or planes.shape[3] != factor * width:
-            raise ValueError(f"area resize on torch by whole factors only, got {tuple(planes.shape[2:])} -> {size}")
-        planes = F.avg_pool2d(planes, factor)
+        if planes.shape[2:] == (factor * height, factor * width):
+            planes = F.avg_pool2d(planes, factor)
+        else:
+            planes = _area_shrink(planes, size)
     elif interpolation == NEAREST:  # OpenCV's source rows and columns (torch's own are rounded otherwise)
         rows, columns = (_nearest_index(source, target, images.device) for source, target in zip(planes.shape[2:], size))
         planes = planes.index_select(2, rows).index_select(3, columns)
@@ -231,6 +235,43 @@ def _pad(planes, reach: int, border: str):
         return planes.index_select(-2, rows).index_select(-1, columns)
     mode = {REFLECT101: "reflect", REPLICATE: "replicate", CONSTANT: "constant"}[border]
     return F.pad(planes, (reach, reach, reach, reach), mode=mode)
+
+
+def _area_shrink(planes, size: tuple[int, int]):
+    """Planes (N x C x H x W) shrunk as cv2.resize's INTER_AREA shrinks them, to the last bit: each row's
+    columns first, then the rows, each sum taken in OpenCV's order."""
+    rows, columns = (_area_taps(source, target, planes.device) for source, target in zip(planes.shape[2:], size))
+    (column_index, column_weight), (row_index, row_weight) = columns, rows
+    across = planes.index_select(3, column_index[0]) * column_weight[0]
+    for index, weight in zip(column_index[1:], column_weight[1:]):
+        across = across + planes.index_select(3, index) * weight
+    shrunk = across.index_select(2, row_index[0]) * row_weight[0][:, None]
+    for index, weight in zip(row_index[1:], row_weight[1:]):
+        shrunk = shrunk + across.index_select(2, index) * weight[:, None]
+    return shrunk
+
+
+@functools.lru_cache(maxsize=64)
+def _area_taps(source: int, target: int, device):
+    """The source pixels and weights (each K x target, K the most a target pixel reads) with which cv2.resize's
+    INTER_AREA shrinks `source` pixels to `target`: each target pixel the mean of those it covers, those it
+    covers in part by the part (OpenCV's computeResizeAreaTab, float weights); made on a device and kept there
+    (never written to). A target pixel with fewer than K reads the first pixel again with weight 0."""
+    import torch
+
+    scale = 1 / (target / source)
+    start = np.arange(target) * scale
+    end = start + scale
+    cell = np.minimum(scale, source - start)
+    last = np.minimum(np.floor(end), source - 1).astype(np.int64)
+    first = np.minimum(np.ceil(start).astype(np.int64), last)
+    left, right = first - start > 1e-3, end - last > 1e-3  # pixels covered in part on either side
+    whole = last - first
+    reads = np.arange((left + whole + right).max())[:, None] - left  # each read's place after the left part
+    index = np.where(reads < 0, first - 1, np.where(reads < whole, first + reads, np.where(right & (reads == whole), last, 0)))
+    weight = np.where(reads < 0, (first - start) / cell, np.where(reads < whole, 1 / cell, np.where(
+        right & (reads == whole), np.minimum(np.minimum(end - last, 1.0), cell) / cell, 0.0))).astype(np.float32)
+    return torch.as_tensor(index, device=device), torch.as_tensor(weight, device=device)
 
 
 @functools.lru_cache(maxsize=64)

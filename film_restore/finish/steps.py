@@ -4,6 +4,7 @@ step is given a window, adds its part to its faces and gives on the windows it i
 for has come, and give them on in order, the rest at once; `flush` gives what is held at the end.
 
 Align        the faces aligned at the model's size, with the frame around them
+WarpCrops    on a GPU node, their crops warped there, beside the restorer
 Restore      each window's faces sent to the restorers, one request per actor; the next window is
              sent before the previous one is waited for, so the restorer works meanwhile
 Follow       one optical flow per neighbouring pair of a track's faces (finish.flow)
@@ -28,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from film_restore.faces.align import align_face, alignment_transform, crop_source
+from film_restore.faces.align import CropWarp, align_face, alignment_transform, place_face
 from film_restore.finish import ops
 from film_restore.finish.flow import PairFlow, flow_picture, flow_side
 from film_restore.finish.grain import GrainTile, add_missing_grain, grain_allowed
@@ -120,8 +121,10 @@ class Chain:
 
 
 class Align(Step):
-    def __init__(self, plan: FacePlan, face_size: int):
-        self.plan, self.face_size = plan, face_size
+    """warp: whether the crops are warped here (a GPU node warps them beside the restorer: WarpCrops)."""
+
+    def __init__(self, plan: FacePlan, face_size: int, warp: bool = True):
+        self.plan, self.face_size, self.warp = plan, face_size, warp
 
     def work(self, window: Window) -> None:
         for frame in window.frames:
@@ -131,14 +134,28 @@ class Align(Step):
             picture = frame.picture
             shape = (picture.height, picture.width)
             transforms = [alignment_transform(face.keypoints, self.face_size) for _, face, _ in faces]
-            # Only what the faces' crops and surroundings read of the frame is converted to RGB.
-            rgb = picture.rgb_in([_union([crop_source(transform, shape), Surround.rectangle(shape, transform, face.landmarks)])
-                                  for transform, (_, face, _) in zip(transforms, faces)])
+            # Only what the faces' surroundings hold (their crops' sources among it) is converted to RGB.
+            rgb = picture.rgb_in([Surround.rectangle(shape, transform, face.landmarks) for transform, (_, face, _) in zip(transforms, faces)])
             for (number, face, actor), transform in zip(faces, transforms):
-                aligned = align_face(rgb, face, self.face_size, transform)
+                aligned = align_face(rgb, face, self.face_size, transform) if self.warp else place_face(face, self.face_size, transform)
                 key = (frame.index, number)
                 window.faces[key] = WindowFace(key, self.plan.positions[key], aligned, actor, face.landmarks,
                                                Surround.around(rgb, aligned, face.landmarks))
+
+
+class WarpCrops(Step):
+    """Beside the restorer (a GPU node), the crops Align left to it: each warped on the device from its
+    surround as Align warps it from the frame (faces.align.CropWarp, rounded as OpenCV rounds uint8), and
+    brought back for what reads it on the CPU (the restorer's request, the flows, the identity embeddings)."""
+
+    def __init__(self, on):
+        self.on = on
+
+    def work(self, window: Window) -> None:
+        for face in window.faces.values():
+            if face.aligned.crop is None:
+                crop = _warped(self.on, face.surround, face.aligned.transform, window.shape)
+                face.aligned = face.aligned._replace(crop=ops.to_numpy(crop).astype(np.uint8))
 
 
 class Restore:
@@ -403,9 +420,25 @@ def finishing(restore: Callable, plan: FacePlan, settings, result: ChunkResult, 
     guard = Guard(plan, embed, settings.references, settings.fusion == "on")
     hold = HoldStill(plan, grain, result)
     chain = [Restore(restore, result, on), Follow(on), guard, grain, Paste(grain), hold]
+    if on is not None:
+        chain.insert(0, WarpCrops(on))
     if settings.grain == AUTO:
         chain.append(AddGrain(grain, hold))
     return chain, guard
+
+
+def _warped(on, surround: Surround, transform, frame_shape: tuple):
+    """A face's crop (float32 size x size x 3 of whole code values) warped from its surround, on `on`'s kind and device."""
+    warp = CropWarp.of(transform, frame_shape)
+    source = ops.like(on, surround.read(warp.source))[None]
+    xp = ops.namespace(source)
+    if warp.shrunk is not None:
+        halved = source.shape[1:3] == tuple(2 * side for side in warp.shrunk)
+        source = ops.resize(source, warp.shrunk, ops.AREA)
+        # OpenCV rounds a uint8 shrink to half its sides half up, any other to the nearest even.
+        source = xp.floor(source + 0.5) if halved else xp.round(source)
+    crop = ops.affine(source, warp.matrix, (transform.size, transform.size), ops.CUBIC, ops.CONSTANT)
+    return xp.clip(xp.round(crop[0]), 0, 255)
 
 
 def _union(regions: list[tuple[slice, slice]]) -> tuple[slice, slice]:

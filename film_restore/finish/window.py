@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from film_restore.faces.align import AlignmentTransform
+from film_restore.faces.align import AlignmentTransform, crop_source
 from film_restore.finish.flow import PairFlow
 from film_restore.finish.grain_model import grain_window
 from film_restore.records import AlignedFace, Frame
@@ -18,7 +18,7 @@ FaceKey = tuple[int, int]
 @dataclass(eq=False)
 class Surround:
     """The frame's RGB around one face (uint8 h x w x 3) and where it lies in the frame (its top-left
-    pixel): the crop's footprint and the grain's window, all the finishing steps read of the frame."""
+    pixel): what the crop is warped from and the grain's window, all the finishing steps read of the frame."""
 
     origin: tuple[int, int]
     rgb: np.ndarray
@@ -30,15 +30,12 @@ class Surround:
 
     @staticmethod
     def rectangle(frame_shape: tuple, transform: AlignmentTransform, landmarks: np.ndarray) -> tuple[slice, slice]:
-        """The frame rectangle a face's surround holds: its crop's footprint and its grain window."""
-        height, width = frame_shape[:2]
-        corners = transform.corners_in_frame()
+        """The frame rectangle a face's surround holds: what its crop is warped from (faces.align.crop_source)
+        and its grain window."""
+        source_rows, source_columns = crop_source(transform, frame_shape)
         rows, columns = grain_window(frame_shape, landmarks)
-        x0 = max(min(int(np.floor(corners[:, 0].min())) - 1, columns.start), 0)
-        y0 = max(min(int(np.floor(corners[:, 1].min())) - 1, rows.start), 0)
-        x1 = min(max(int(np.ceil(corners[:, 0].max())) + 2, columns.stop), width)
-        y1 = min(max(int(np.ceil(corners[:, 1].max())) + 2, rows.stop), height)
-        return np.s_[y0:y1, x0:x1]
+        return np.s_[min(source_rows.start, rows.start):max(source_rows.stop, rows.stop),
+                     min(source_columns.start, columns.start):max(source_columns.stop, columns.stop)]
 
     def aligned(self, transform: AlignmentTransform) -> AlignmentTransform:
         """The face's alignment (frame to crop) for this surround's pixels instead of the frame's."""

@@ -18,10 +18,11 @@ FRAMES = 12
 
 
 def sharpened_with_noise(crops, boxes, actor):
-    """A restorer that changes the faces (sharpens and adds a little fresh noise), so every step has work."""
+    """A restorer that changes the faces (sharpens and adds a little fresh noise, seeded by the faces' boxes:
+    the same on both paths), so every step has work."""
     faces = crops.astype(np.float32)
     sharp = np.stack([face + 0.8 * (face - cv2.GaussianBlur(face, (0, 0), 1.5)) for face in faces])
-    return sharp + np.random.default_rng(int(faces.sum()) % 2**32).normal(0, 1.5, faces.shape).astype(np.float32)
+    return sharp + np.random.default_rng(int(boxes.sum()) % 2**32).normal(0, 1.5, faces.shape).astype(np.float32)
 
 
 def test_torch_finishing_beside_the_restorer_gives_the_numpy_frames(talking_head, monkeypatch):
@@ -46,6 +47,14 @@ def test_torch_finishing_beside_the_restorer_gives_the_numpy_frames(talking_head
         return model
 
     monkeypatch.setattr(steps, "estimate_track_grain", estimated)
+    warp = steps.WarpCrops.work
+    warped = []
+
+    def warped_there(self, window):  # the crops the torch path's session warps itself
+        warped.extend(face.aligned.crop is None for face in window.faces.values())
+        warp(self, window)
+
+    monkeypatch.setattr(steps.WarpCrops, "work", warped_there)
     for name, restore in (("numpy", sharpened_with_noise), ("torch", LocalDevice(sharpened_with_noise, "cpu"))):
         result = ChunkResult(0, 0, 0)
         pictures = {}
@@ -61,6 +70,7 @@ def test_torch_finishing_beside_the_restorer_gives_the_numpy_frames(talking_head
     assert difference.max() <= 1, (difference.max(), (difference > 1).sum())
     assert kinds == {"Tensor"}  # the torch path ran in torch
     assert estimated_from == [("ndarray", True), ("Tensor", True)]  # the grain too
+    assert warped == [True] * FRAMES  # and the crops
     [numpy_track], [torch_track] = results["numpy"].tracks, results["torch"].tracks
     assert torch_track["series"] == numpy_track["series"]
     assert torch_track["flicker_ratio"] == pytest.approx(numpy_track["flicker_ratio"], abs=1e-3)
@@ -86,6 +96,8 @@ def test_each_image_primitive_gives_on_torch_what_it_gives_on_numpy(talking_head
         assert close(ops.affine(crops, matrices, (97, 61), interpolation), ops.affine(on_torch, matrices, (97, 61), interpolation)) < 1e-2
     assert close(ops.resize(crops, (200, 170), ops.LINEAR), ops.resize(on_torch, (200, 170), ops.LINEAR)) < 1e-3
     assert close(ops.resize(crops, (200, 170), ops.NEAREST), ops.resize(on_torch, (200, 170), ops.NEAREST)) == 0
+    for size in ((64, 62), (45, 77), (128, 41)):  # area shrinks by whole factors, by any, one side alone: OpenCV's sums to the bit
+        assert close(ops.resize(crops, size, ops.AREA), ops.resize(on_torch, size, ops.AREA)) == 0, size
     points = np.random.default_rng(1).uniform(-3, 130, (1, 40, 30, 2)).astype(np.float32)
     assert close(ops.sample(crops, points), ops.sample(on_torch, torch.as_tensor(points))) < 1e-3
     assert close(ops.warp(crops, points - ops.grid(points)), ops.warp(on_torch, torch.as_tensor(points) - ops.grid(torch.as_tensor(points)))) < 1e-3
@@ -97,7 +109,9 @@ def test_each_image_primitive_gives_on_torch_what_it_gives_on_numpy(talking_head
 def test_align_converts_only_what_the_faces_read_and_gives_the_whole_frames_crops(talking_head):
     # A film's frames are converted to RGB only around their faces (the crop's source, the surround):
     # the crops and surroundings are those the whole frame's RGB gives, whether the crop shrinks the frame or enlarges it.
+    # A GPU node warps the crops beside the restorer, from the surroundings: OpenCV's crops but for rounding.
     import av
+    import torch
 
     from film_restore.faces.align import align_face
     from film_restore.finish.window import Surround, Window
@@ -120,3 +134,9 @@ def test_align_converts_only_what_the_faces_read_and_gives_the_whole_frames_crop
         assert np.array_equal(aligned.aligned.crop, expected.crop) and np.array_equal(aligned.aligned.transform.matrix, expected.transform.matrix)
         surround = Surround.around(whole, expected, face.landmarks)
         assert aligned.surround.origin == surround.origin and np.array_equal(aligned.surround.rgb, surround.rgb)
+        left = Window([Frame(0, 0, picture)], window.shape)
+        steps.Align(plan, size, warp=False).work(left)
+        assert left.faces[0, 0].aligned.crop is None
+        steps.WarpCrops(torch.zeros(1)).work(left)
+        difference = np.abs(left.faces[0, 0].aligned.crop.astype(int) - expected.crop)
+        assert difference.max() <= 1 and (difference > 0).mean() < 1e-3, (size, difference.max(), (difference > 0).mean())
