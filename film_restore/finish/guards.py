@@ -137,23 +137,22 @@ class GuardedFaces:
 
 
 def aligned_embedder(recogniser) -> Callable[[np.ndarray], np.ndarray]:
-    """crops (N x S x S x 3 FFHQ-aligned, uint8, or float on the 0..255 scale) -> N x d unit embeddings, with a
-    film_restore Recogniser: each crop is brought to the recogniser's template (bilinear, in float, then rounded
-    to 8 bits: a float crop equal to a uint8 one gets its embedding)."""
+    """crops (N x S x S x 3 FFHQ-aligned, uint8, or float on the 0..255 scale; numpy, or tensors on a device)
+    -> N x d unit embeddings, with a film_restore Recogniser: each crop is brought to the recogniser's template
+    (bilinear, in float, then rounded to 8 bits: a float crop equal to a uint8 one gets its embedding), where it
+    is (a device sends back only the small crops)."""
 
     matrices = {}  # crop side -> the alignment to the recogniser's template
 
-    def embed(crops: np.ndarray) -> np.ndarray:
+    def embed(crops) -> np.ndarray:
         size = recogniser.crop_size
         side = crops.shape[1]
         if side not in matrices:
             matrices[side] = recogniser.alignment(ffhq_template(side))
-        matrix = matrices[side]
-        embeddings = []
-        for crop in crops:
-            small = cv2.warpAffine(np.asarray(crop, np.float32), matrix, (size, size), borderValue=0.0)
-            embeddings.append(recogniser.aligned_embedding(np.clip(np.rint(small), 0, 255).astype(np.uint8)))
-        return np.stack(embeddings)
+        small = ops.affine(crops, np.broadcast_to(matrices[side], (len(crops), 2, 3)), (size, size), ops.LINEAR, ops.CONSTANT)
+        xp = ops.namespace(small)
+        small = ops.to_numpy(xp.clip(xp.round(small), 0, 255)).astype(np.uint8)
+        return np.stack([recogniser.aligned_embedding(face) for face in small])
 
     return embed
 
@@ -421,7 +420,7 @@ class TrackGuard:
         """Whether a face in this position's place is as like the actor as its input (the identity guard's test)."""
         if position not in self.input_embeddings:
             self.input_embeddings[position] = self.embed(self.inputs[position][None])[0]
-        return float(identity(self._embed(face[None])[0][None], self._reference_for(position))[0]) >= self._floor(position)
+        return float(identity(self.embed(face[None])[0][None], self._reference_for(position))[0]) >= self._floor(position)
 
     def _stabilise(self, positions: list[int]) -> None:
         """These faces' residuals filtered along their neighbours (see the module notes); each group's
@@ -490,9 +489,6 @@ class TrackGuard:
             self.guides[position] = ops.blur(picture, MATCH_BLUR * half)[0]
         return self.guides[position]
 
-    def _embed(self, crops) -> np.ndarray:
-        return self.embed(ops.to_numpy(crops))
-
     def _identity(self, positions: list[int]) -> None:
         """Input embeddings of these faces and, under AUTO, each one's highest strength step that keeps its identity."""
         missing = [p for p in positions if p not in self.input_embeddings]
@@ -511,7 +507,7 @@ class TrackGuard:
                 break
             passed = []
             for position in undecided:
-                embedding = self._embed((self._base(position) + strength * self.stabilised[position])[None])[0]
+                embedding = self.embed((self._base(position) + strength * self.stabilised[position])[None])[0]
                 self.candidates[position, strength] = embedding
                 if float(identity(embedding[None], self._reference_for(position))[0]) >= floors[position]:
                     self.limits[position] = strength
@@ -562,7 +558,7 @@ class TrackGuard:
         known = {i: self.candidates.get((p, float(s))) for i, (p, s) in enumerate(zip(positions, strengths))}
         missing = [i for i, embedding in known.items() if embedding is None]
         for i in missing:
-            known[i] = self._embed(faces[i][None])[0]
+            known[i] = self.embed(faces[i][None])[0]
         return [known[i] for i in range(len(positions))]
 
     def _changes(self, positions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
