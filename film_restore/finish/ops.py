@@ -58,6 +58,15 @@ def like(array, values) -> object:
     return torch.as_tensor(values, device=array.device).to(torch.float32)
 
 
+def send(array, values: np.ndarray) -> object:
+    """values (numpy) as they are (their dtype kept) on `array`'s kind and device: numpy stays where it is."""
+    if is_numpy(array):
+        return values
+    import torch
+
+    return torch.as_tensor(np.ascontiguousarray(values), device=array.device)
+
+
 def constant(array, values) -> object:
     """Values that never change (weights, a kernel, a number) as float32 of `array`'s kind and device:
     sent to a device once and kept there, so they must never be written to."""

@@ -183,8 +183,8 @@ def face_regions(frame_shape: tuple, restored_faces: Sequence[tuple[AlignedFace,
 
     restored crops are RGB of the aligned crop's size, float32 on the 0..255 scale (numpy, or
     tensors on one device). Each is colour-matched to its aligned crop. originals: the frame's
-    RGB (numpy), or per face an object whose read(region) gives the frame's RGB over a rectangle
-    around it (finish.window.Surround); with it, a face larger in the frame than in the crop keeps
+    RGB (numpy), or per face an object whose read(region, like) gives the frame's RGB over a rectangle
+    around it as like's float32 (finish.window.Surround); with it, a face larger in the frame than in the crop keeps
     the frame's detail above the crop's resolution but for the film's grain, whose std above a
     split each entry of grain_std gives ((luma, sigma) -> std, e.g. GrainModel.std_above, or None
     for none).
@@ -229,7 +229,7 @@ def face_regions(frame_shape: tuple, restored_faces: Sequence[tuple[AlignedFace,
         face = ops.affine(matched[index:index + 1], to_region, size, _WARP)[0]
         scale = aligned.transform.scale
         if originals is not None and frame_detail_weight(scale) > 0:
-            original = ops.like(first, originals[number].read(region))
+            original = originals[number].read(region, like=first)
             round_trip = ops.affine(device_crops[index:index + 1], to_region, size, _WARP)[0]
             std = grain_std[number]
             coring = None if std is None else (lambda sigma, std=std, y=luma(original): std(y, sigma))
@@ -244,8 +244,8 @@ class _WholeFrame:
     def __init__(self, rgb: np.ndarray):
         self.rgb = rgb
 
-    def read(self, region: tuple[slice, slice]) -> np.ndarray:
-        return self.rgb[region]
+    def read(self, region: tuple[slice, slice], like) -> object:
+        return ops.like(like, self.rgb[region])
 
 
 def composite(regions: Sequence[FaceRegion]) -> list[tuple[tuple[slice, slice], object, object]]:

@@ -301,7 +301,7 @@ class GrainModels(Step):
             on = run[0].restored
             flows = [face.flow.in_frame(region, face.aligned.transform, before.aligned.transform, like=on)
                      for before, face in zip(run, run[1:])]
-            pictures = [face.surround.read(region) if on is None else ops.like(on, face.surround.read(region)) for face in run]
+            pictures = [face.surround.read(region, like=on) for face in run]
             model = estimate_track_grain(pictures, flows)
             self.tiles[number] = None if model is None else GrainTile(model, number)
 
@@ -355,7 +355,7 @@ class HoldStill(Step):
                 if share < 1:
                     self.result.faces_held_still += 1
                     if face.region is not None:
-                        original = ops.like(face.region.face, face.surround.read(face.region.region))
+                        original = face.surround.read(face.region.region, like=face.region.face)
                         face.region = face.region.partial(original, share)
 
     def _measure(self, number: int, faces: list[WindowFace], held: bool, model) -> None:
@@ -363,7 +363,7 @@ class HoldStill(Step):
         if len(run) < 2:
             return
         area = _common(_union([face.region.region for face in run]), run)
-        inputs = [ops.like(face.region.face, face.surround.read(area)) for face in run]
+        inputs = [face.surround.read(area, like=face.region.face) for face in run]
         outputs, masks = [], []
         for face, picture in zip(run, inputs):
             alpha = _placed(face.region.alpha, face.region.region, area)
@@ -389,10 +389,9 @@ class AddGrain(Step):
             tile = self.grain.tiles.get(face.track)
             if tile is None or face.region is None:
                 continue
-            original = face.surround.read(face.region.region)
+            original = face.surround.read(face.region.region, like=face.region.face)
             allowed = self.hold.allowed.get(face.track, 0.0)  # none before the track's change is measured
-            grained = add_missing_grain(face.region.face, ops.like(face.region.face, original), face.region.alpha,
-                                        tile, face.key, allowed)
+            grained = add_missing_grain(face.region.face, original, face.region.alpha, tile, face.key, allowed)
             face.region = replace(face.region, face=grained)
 
 
@@ -430,7 +429,7 @@ def finishing(restore: Callable, plan: FacePlan, settings, result: ChunkResult, 
 def _warped(on, surround: Surround, transform, frame_shape: tuple):
     """A face's crop (float32 size x size x 3 of whole code values) warped from its surround, on `on`'s kind and device."""
     warp = CropWarp.of(transform, frame_shape)
-    source = ops.like(on, surround.read(warp.source))[None]
+    source = surround.read(warp.source, like=on)[None]
     xp = ops.namespace(source)
     if warp.shrunk is not None:
         halved = source.shape[1:3] == tuple(2 * side for side in warp.shrunk)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from film_restore.faces.align import AlignmentTransform, crop_source
+from film_restore.finish import ops
 from film_restore.finish.flow import PairFlow
 from film_restore.finish.grain_model import grain_window
 from film_restore.records import AlignedFace, Frame
@@ -22,6 +23,7 @@ class Surround:
 
     origin: tuple[int, int]
     rgb: np.ndarray
+    sent: object = None  # the RGB on the device that read it last (uint8), once it is sent
 
     @classmethod
     def around(cls, frame_rgb: np.ndarray, aligned: AlignedFace, landmarks: np.ndarray) -> "Surround":
@@ -43,11 +45,20 @@ class Surround:
         matrix[:, 2] += matrix[:, :2] @ np.array(self.origin[::-1], np.float64)
         return AlignmentTransform(matrix, transform.size)
 
-    def read(self, region: tuple[slice, slice]) -> np.ndarray:
-        """The frame's RGB over a rectangle inside this surround (frame coordinates)."""
+    def read(self, region: tuple[slice, slice], like=None):
+        """The frame's RGB over a rectangle inside this surround (frame coordinates): uint8 as the frame holds
+        it, or float32 of like's kind and device (like: an array; on a device the surround is sent there once
+        and each rectangle read there)."""
         rows, columns = region
         y0, x0 = self.origin
-        return self.rgb[rows.start - y0:rows.stop - y0, columns.start - x0:columns.stop - x0]
+        inside = np.s_[rows.start - y0:rows.stop - y0, columns.start - x0:columns.stop - x0]
+        if like is None:
+            return self.rgb[inside]
+        if ops.is_numpy(like):
+            return ops.like(like, self.rgb[inside])
+        if self.sent is None or self.sent.device != like.device:
+            self.sent = ops.send(like, self.rgb)
+        return ops.like(like, self.sent[inside])
 
     def covers(self, region: tuple[slice, slice]) -> bool:
         rows, columns = region
