@@ -130,9 +130,9 @@ def warp_to_crop(frame: np.ndarray, transform: AlignmentTransform, interpolation
     """
     check_rgb_image(frame, "frame")
     source, matrix = frame, transform.matrix
-    plan = CropWarp.of(transform, frame.shape)
-    if plan.shrunk is not None:
-        source, matrix = cv2.resize(frame[plan.source], plan.shrunk[::-1], interpolation=cv2.INTER_AREA), plan.matrix
+    warp = CropWarp.of(transform, frame.shape)
+    if warp.shrunk is not None:
+        source, matrix = cv2.resize(frame[warp.source], warp.shrunk[::-1], interpolation=cv2.INTER_AREA), warp.matrix
     return cv2.warpAffine(
         source,
         matrix,
@@ -156,9 +156,9 @@ def crop_source(transform: AlignmentTransform, frame_shape: tuple) -> tuple[slic
 @dataclass(frozen=True)
 class CropWarp:
     """How warp_to_crop makes a face's crop from a frame: the frame rectangle it reads (source), the
-    size (height, width) that rectangle is first shrunk to by area averaging (None: a face no larger
-    than the crop is warped from the frame as it is), and the matrix from the source's pixels (shrunk,
-    where it is) to the crop's."""
+    size (height, width) that rectangle is first shrunk to by area averaging (None: a face the crop holds
+    at SHRINK_BEFORE_WARP_BELOW or more of its pixels per frame pixel is warped as the frame has it), and
+    the matrix from the source's pixels (shrunk, where it is) to the crop's."""
 
     source: tuple[slice, slice]
     shrunk: tuple[int, int] | None
@@ -168,9 +168,9 @@ class CropWarp:
     def of(cls, transform: AlignmentTransform, frame_shape: tuple) -> "CropWarp":
         rows, columns = crop_source(transform, frame_shape)
         y0, x0 = rows.start, columns.start
-        to_frame = np.array([[1, 0, x0], [0, 1, y0], [0, 0, 1]], np.float64)
+        source_to_frame = np.array([[1, 0, x0], [0, 1, y0], [0, 0, 1]], np.float64)
         if transform.scale >= SHRINK_BEFORE_WARP_BELOW:
-            return cls((rows, columns), None, transform.matrix @ to_frame)
+            return cls((rows, columns), None, transform.matrix @ source_to_frame)
         height, width = rows.stop - y0, columns.stop - x0
         shrunk = (max(round(height * transform.scale), 1), max(round(width * transform.scale), 1))
         # cv2.resize puts shrunk pixel x at source pixel (x + 0.5) / factor - 0.5.
