@@ -113,13 +113,23 @@ def blur(images, sigma: float, border: str = REFLECT101, size: int = 0):
             image, (size, size), sigma, dst=out, borderType=_CV_BORDERS[border]), border)
     import torch.nn.functional as F
 
-    kernel = gaussian_kernel(sigma, size)
-    reach = len(kernel) // 2
     channels = images.shape[-1]
-    planes = _pad(images.permute(0, 3, 1, 2), reach, border)
-    planes = F.conv2d(planes, constant(images, np.tile(kernel, (channels, 1, 1, 1))), groups=channels)
-    planes = F.conv2d(planes, constant(images, np.tile(kernel[:, None], (channels, 1, 1, 1))), groups=channels)
+    across, down = _blur_weights(float(sigma), size, channels, images.device)
+    planes = _pad(images.permute(0, 3, 1, 2), across.shape[-1] // 2, border)
+    planes = F.conv2d(planes, across, groups=channels)
+    planes = F.conv2d(planes, down, groups=channels)
     return planes.permute(0, 2, 3, 1)
+
+
+@functools.lru_cache(maxsize=256)
+def _blur_weights(sigma: float, size: int, channels: int, device):
+    """blur's Gaussian as conv2d weights for each channel, across then down, made on a device and kept
+    there (never written to): a window's faces share their few sigmas."""
+    import torch
+
+    kernel = gaussian_kernel(sigma, size)
+    return (torch.as_tensor(np.tile(kernel, (channels, 1, 1, 1)), device=device),
+            torch.as_tensor(np.tile(kernel[:, None], (channels, 1, 1, 1)), device=device))
 
 
 def warp(images, flows, border: str = REPLICATE):
