@@ -13,6 +13,7 @@ faces' alignments (`PairFlow.in_frame`), so the frame-space measures need no flo
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import array_api_compat
@@ -49,14 +50,22 @@ def gray(image: np.ndarray) -> np.ndarray:
     return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
 
 
+_THREAD_DIS = threading.local()  # each thread's DIS instances, by setting
+
+
 def _dis(tuned: bool):
-    """DIS flow: tuned for a track's crops, or the medium preset (what the flicker measure of pictures uses)."""
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    if tuned:
-        dis.setPatchStride(DIS_PATCH_STRIDE)
-        dis.setGradientDescentIterations(DIS_DESCENT_ITERATIONS)
-        dis.setVariationalRefinementIterations(DIS_REFINEMENT_ITERATIONS)
-    return dis
+    """DIS flow: tuned for a track's crops, or the medium preset (what the flicker measure of pictures uses).
+    One instance per thread and setting, kept: it keeps its buffers (the same flows, cheaper), and
+    computes one flow at a time."""
+    kept = vars(_THREAD_DIS)
+    if tuned not in kept:
+        dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        if tuned:
+            dis.setPatchStride(DIS_PATCH_STRIDE)
+            dis.setGradientDescentIterations(DIS_DESCENT_ITERATIONS)
+            dis.setVariationalRefinementIterations(DIS_REFINEMENT_ITERATIONS)
+        kept[tuned] = dis
+    return kept[tuned]
 
 
 def _round_trip_valid(there, back):

@@ -68,6 +68,25 @@ def test_a_flow_is_sampled_exactly_on_numpy_as_on_torch(talking_head):
     assert np.abs(on_numpy - on_torch).max() < 1e-4
 
 
+def test_the_kept_dis_instance_gives_a_fresh_ones_flows_whatever_came_before(talking_head):
+    # Each thread keeps its DIS instances (their buffers) from flow to flow: no flow may depend on the ones before it.
+    import cv2
+
+    from film_restore.finish import flow
+
+    grays = [cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY) for crop in talking_head["crops"][:3]]
+    for side in (128, 64, 128, 97):
+        first, second = (cv2.resize(picture, (side, side), interpolation=cv2.INTER_AREA) for picture in grays[side % 2:side % 2 + 2])
+        for tuned in (True, False):
+            fresh = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+            if tuned:
+                fresh.setPatchStride(flow.DIS_PATCH_STRIDE)
+                fresh.setGradientDescentIterations(flow.DIS_DESCENT_ITERATIONS)
+                fresh.setVariationalRefinementIterations(flow.DIS_REFINEMENT_ITERATIONS)
+            assert np.array_equal(flow._dis(tuned).calc(first, second, None), fresh.calc(first, second, None)), (side, tuned)
+    assert flow._dis(True) is flow._dis(True) and flow._dis(True) is not flow._dis(False)
+
+
 def test_flicker_is_one_for_the_input_and_rises_with_added_flicker(talking_head):
     crops = talking_head["crops"][:8]
     assert quality.flicker(crops, crops).ratio == pytest.approx(1.0)
