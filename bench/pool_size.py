@@ -10,9 +10,9 @@ seconds (process time) and wall seconds:
                 auto (ProRes again)
   compose       a compose task (compose.Composer) with a stand-in restorer that changes the faces
                 (sharpens, adds fresh noise; its own CPU is counted apart), timed step by step:
-                on a CPU node every step runs in the task; on a GPU node the steps from Follow to
+                on a CPU node every step runs in the task; on a GPU node the steps from WarpCrops to
                 AddGrain run beside the restorer on its GPU (finish.device), so the node's CPUs do
-                Align and Blend (and decode and encode) in the task, and beside the restorer all but
+                Align (without the crops' warp) and Blend (and decode and encode) in the task, and beside the restorer all but
                 the torch ops' own work: measured on a torch run of the same chunk (on the CPU here),
                 its CPU less the time inside the ops (a GPU's work there; OpCounter's hook stands
                 in for their dispatch and launch). Not in it: the GPU node's waits for its GPU
@@ -135,7 +135,8 @@ class OnnxRunTimer:
 class OpCounter(TorchDispatchMode):
     """While installed (`with`): the torch ops run (those that run a kernel, and views) and the CPU seconds
     inside them (their work on a CPU device: a GPU's on a GPU node). The hook's own Python per op, outside
-    that time (~15 us here), stands in for what an op's dispatch and launch cost a process on CUDA."""
+    that time (~6 us here once warm; more after an op that sweeps tens of MB, whose caches it refills:
+    BENCHMARKS.md), stands in for what an op's dispatch and launch cost a process on CUDA."""
 
     def __init__(self):
         super().__init__()

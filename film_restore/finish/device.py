@@ -1,11 +1,11 @@
 """A chunk's finishing steps beside its restorer, on the restorer's device (a GPU node).
 
-The compose task aligns each window's faces and sends them (the crops, and the frame around
-each face: never whole frames) to a FinishSession; the session restores them and runs the steps
-from Follow to AddGrain there, in torch on the device, and gives back only each face's region
-in its frame (RGB layer and matte). The compose task blends those into its frames and encodes
-them (`Finish` is its step). CPU nodes keep every step in the compose task, in numpy and OpenCV;
-the two give the same frames (tests/film_restore/test_device_finish.py).
+The compose task places each window's faces (their alignments) and sends them with the frame
+around each face (never whole frames) to a FinishSession; the session warps their crops, restores
+them and runs the steps to AddGrain there, in torch on the device, and gives back only each face's
+region in its frame (RGB layer and matte). The compose task blends those into its frames and
+encodes them (`Finish` is its step). CPU nodes keep every step in the compose task, in numpy and
+OpenCV; the two give the same frames within a code value (tests/film_restore/test_device_finish.py).
 """
 from __future__ import annotations
 

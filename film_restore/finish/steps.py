@@ -18,7 +18,8 @@ Blend        each frame's faces blended into its picture
 
 A step's state (a track's guards, its grain, its share) lives in the step, for one chunk. The
 steps from Follow to AddGrain work on numpy arrays or on torch tensors alike (finish.ops): on a
-GPU node they run beside the restorer (finish.device), and only the face regions come back.
+GPU node they run beside the restorer (finish.device), after WarpCrops, and only the face regions
+come back.
 """
 from __future__ import annotations
 
