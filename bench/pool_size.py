@@ -231,6 +231,7 @@ def main() -> None:
             raise SystemExit(f"the test film's first frame shows {len(first)} faces, expected {FACES_PER_FRAME}")
         identifier = Identifier({"Left": first[0].embedding[None], "Right": first[1].embedding[None]}, 0.45)
         tracker = FaceTracker(models, identifier)
+        tracker(film, chunk, scan.frame_pts)  # its sessions' first runs, unmeasured (as warm_up for the compose)
         analyse_cpu, _, tracks, analyse_onnx = onnx.measured(lambda: tracker(film, chunk, scan.frame_pts))
         faces = sum(len(track.faces) for track in tracks)
 
