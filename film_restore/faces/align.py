@@ -153,12 +153,13 @@ def crop_source(transform: AlignmentTransform, frame_shape: tuple) -> tuple[slic
     return np.s_[int(y0):int(y1), int(x0):int(x1)]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CropWarp:
     """How warp_to_crop makes a face's crop from a frame: the frame rectangle it reads (source), the
     size (height, width) that rectangle is first shrunk to by area averaging (None: a face the crop holds
-    at SHRINK_BEFORE_WARP_BELOW or more of its pixels per frame pixel is warped as the frame has it), and
-    the matrix from the source's pixels (shrunk, where it is) to the crop's."""
+    at SHRINK_BEFORE_WARP_BELOW or more of its pixels per frame pixel is warped as the frame has it;
+    warp_to_crop then warps the whole frame, which reads no pixel outside source), and the matrix from
+    the source's pixels (shrunk, where it is) to the crop's."""
 
     source: tuple[slice, slice]
     shrunk: tuple[int, int] | None

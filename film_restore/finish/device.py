@@ -67,6 +67,7 @@ class FinishSession:
             for key, face in window.faces.items():
                 if face.region is not None:
                     regions.regions[key] = (face.region.region, ops.to_numpy(face.region.face), ops.to_numpy(face.region.alpha))
+                face.surround.sent = None  # its device copy: no step reads this face's frame again (a track's last face is kept)
             finished.append(regions)
         return finished
 

@@ -136,7 +136,7 @@ class GuardedFaces:
     resolution: float
 
 
-def aligned_embedder(recogniser) -> Callable[[np.ndarray], np.ndarray]:
+def aligned_embedder(recogniser) -> Callable[[object], np.ndarray]:
     """crops (N x S x S x 3 FFHQ-aligned, uint8, or float on the 0..255 scale; numpy, or tensors on a device)
     -> N x d unit embeddings, with a film_restore Recogniser: each crop is brought to the recogniser's template
     (bilinear, in float, then rounded to 8 bits: a float crop equal to a uint8 one gets its embedding), where it
@@ -158,14 +158,14 @@ def aligned_embedder(recogniser) -> Callable[[np.ndarray], np.ndarray]:
 
 
 @functools.lru_cache(maxsize=2)
-def pack_embedder(recogniser_path: str) -> Callable[[np.ndarray], np.ndarray]:
+def pack_embedder(recogniser_path: str) -> Callable[[object], np.ndarray]:
     """One recogniser per worker process: each chunk's Composer builds guards, and Ray reuses workers."""
     from film_restore.faces.recogniser import Recogniser
 
     return aligned_embedder(Recogniser(recogniser_path))
 
 
-def embedder_of(models_dir: str) -> Callable[[np.ndarray], np.ndarray]:
+def embedder_of(models_dir: str) -> Callable[[object], np.ndarray]:
     """The identity guard's embedder: the recogniser of the face models in models_dir (one per process)."""
     from film_restore.models import find_pack
 
@@ -257,13 +257,14 @@ class TrackGuard:
     match, stabilisation, identity limit and embeddings are computed once and kept until `forget`; on a
     device the faces a window needs are worked on DEVICE_GROUP at a time, numpy one at a time (the same values).
 
-    embed: uint8 crops -> unit embeddings (aligned_embedder); reference: the actor's unit
-    centroid, None for a face of nobody; strength: AUTO or 0..1; resolution: the input's
-    effective resolution (default: estimated from the track's first RESOLUTION_FACES faces);
-    fusion: whether each face's base is fused along the track (else its input crop).
+    embed: crops (uint8 or float; numpy, or tensors where the faces are) -> unit embeddings
+    (aligned_embedder); reference: the actor's unit centroid, None for a face of nobody; strength:
+    AUTO or 0..1; resolution: the input's effective resolution (default: estimated from the track's
+    first RESOLUTION_FACES faces); fusion: whether each face's base is fused along the track (else its
+    input crop).
     """
 
-    def __init__(self, length: int, embed: Callable[[np.ndarray], np.ndarray], reference: np.ndarray | None,
+    def __init__(self, length: int, embed: Callable[[object], np.ndarray], reference: np.ndarray | None,
                  strength: float | str = AUTO, resolution: float | None = None, fusion: bool = True):
         self.length = length
         self.embed = embed
@@ -619,7 +620,7 @@ def stabilise(inputs: np.ndarray, residuals, scale: float = 1.0):
     return xp.stack([guard.stabilised[position] for position in range(len(inputs))])
 
 
-def guard_track(inputs: np.ndarray, restored, embed: Callable[[np.ndarray], np.ndarray], reference: np.ndarray | None,
+def guard_track(inputs: np.ndarray, restored, embed: Callable[[object], np.ndarray], reference: np.ndarray | None,
                 strength: float | str = AUTO, resolution: float | None = None, scale: float = 1.0,
                 fusion: bool = True) -> GuardedFaces:
     """The guarded faces of one whole track (consecutive frames of one shot) and its measures.

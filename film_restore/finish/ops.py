@@ -31,6 +31,11 @@ LINEAR, CUBIC, AREA, NEAREST = "linear", "cubic", "area", "nearest"
 _CV_INTERPOLATIONS = {LINEAR: cv2.INTER_LINEAR, CUBIC: cv2.INTER_CUBIC, AREA: cv2.INTER_AREA, NEAREST: cv2.INTER_NEAREST}
 
 
+def interpolation_named(flag: int) -> str:
+    """The name here of an OpenCV interpolation flag (cv2.INTER_CUBIC -> CUBIC)."""
+    return next(name for name, cv_flag in _CV_INTERPOLATIONS.items() if cv_flag == flag)
+
+
 def namespace(*arrays):
     """The array API namespace of these arrays (numpy's or torch's)."""
     return array_api_compat.array_namespace(*arrays)
@@ -221,7 +226,7 @@ def resize(images, size: tuple[int, int], interpolation: str = LINEAR):
         if planes.shape[2] < height or planes.shape[3] < width:
             raise ValueError(f"area resize on torch shrinks only, got {tuple(planes.shape[2:])} -> {size}")
         factor = planes.shape[2] // height
-        if planes.shape[2:] == (factor * height, factor * width):
+        if planes.shape[2:] == (factor * height, factor * width):  # a whole factor, the same both ways
             planes = F.avg_pool2d(planes, factor)
         else:
             planes = _area_shrink(planes, size)
@@ -257,8 +262,9 @@ def _pad(planes, reach: int, border: str):
 
 
 def _area_shrink(planes, size: tuple[int, int]):
-    """Planes (N x C x H x W) shrunk as cv2.resize's INTER_AREA shrinks them, to the last bit: each row's
-    columns first, then the rows, each sum taken in OpenCV's order."""
+    """Planes (N x C x H x W) shrunk as cv2.resize's INTER_AREA shrinks them by other than whole factors, to
+    the last bit: each row's columns first, then the rows, each sum taken in OpenCV's order (by whole
+    factors OpenCV sums a block and scales it: within float rounding of this)."""
     rows, columns = (_area_taps(source, target, planes.device) for source, target in zip(planes.shape[2:], size))
     (column_index, column_weight), (row_index, row_weight) = columns, rows
     across = planes.index_select(3, column_index[0]) * column_weight[0]
@@ -275,7 +281,7 @@ def _area_taps(source: int, target: int, device):
     """The source pixels and weights (each K x target, K the most a target pixel reads) with which cv2.resize's
     INTER_AREA shrinks `source` pixels to `target`: each target pixel the mean of those it covers, those it
     covers in part by the part (OpenCV's computeResizeAreaTab, float weights); made on a device and kept there
-    (never written to). A target pixel with fewer than K reads the first pixel again with weight 0."""
+    (never written to). A target pixel with fewer than K reads source pixel 0 with weight 0 for the rest."""
     import torch
 
     scale = 1 / (target / source)

@@ -30,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-from film_restore.faces.align import CropWarp, align_face, alignment_transform, place_face
+from film_restore.faces.align import WARP_INTERPOLATION, CropWarp, align_face, alignment_transform, place_face
 from film_restore.finish import ops
 from film_restore.finish.flow import PairFlow, flow_picture, flow_side
 from film_restore.finish.grain import GrainTile, add_missing_grain, grain_allowed
@@ -136,9 +136,13 @@ class Align(Step):
             shape = (picture.height, picture.width)
             transforms = [alignment_transform(face.keypoints, self.face_size) for _, face, _ in faces]
             # Only what the faces' surroundings hold (their crops' sources among it) is converted to RGB.
-            rgb = picture.rgb_in([Surround.rectangle(shape, transform, face.landmarks) for transform, (_, face, _) in zip(transforms, faces)])
+            rgb = picture.rgb_in([Surround.rectangle(shape, transform, face.landmarks)
+                                  for transform, (_, face, _) in zip(transforms, faces)])
             for (number, face, actor), transform in zip(faces, transforms):
-                aligned = align_face(rgb, face, self.face_size, transform) if self.warp else place_face(face, self.face_size, transform)
+                if self.warp:
+                    aligned = align_face(rgb, face, self.face_size, transform)
+                else:
+                    aligned = place_face(face, self.face_size, transform)
                 key = (frame.index, number)
                 window.faces[key] = WindowFace(key, self.plan.positions[key], aligned, actor, face.landmarks,
                                                Surround.around(rgb, aligned, face.landmarks))
@@ -153,10 +157,12 @@ class WarpCrops(Step):
         self.on = on
 
     def work(self, window: Window) -> None:
-        for face in window.faces.values():
-            if face.aligned.crop is None:
-                crop = _warped(self.on, face.surround, face.aligned.transform, window.shape)
-                face.aligned = face.aligned._replace(crop=ops.to_numpy(crop).astype(np.uint8))
+        faces = [face for face in window.faces.values() if face.aligned.crop is None]
+        if not faces:
+            return
+        crops = [_warped(self.on, face.surround, face.aligned.transform, window.shape) for face in faces]
+        for face, crop in zip(faces, ops.to_numpy(ops.namespace(crops[0]).stack(crops)).astype(np.uint8)):  # brought back at once
+            face.aligned = face.aligned._replace(crop=crop)
 
 
 class Restore:
@@ -437,7 +443,8 @@ def _warped(on, surround: Surround, transform, frame_shape: tuple):
         source = ops.resize(source, warp.shrunk, ops.AREA)
         # OpenCV rounds a uint8 shrink to half its sides half up, any other to the nearest even.
         source = xp.floor(source + 0.5) if halved else xp.round(source)
-    crop = ops.affine(source, warp.matrix, (transform.size, transform.size), ops.CUBIC, ops.CONSTANT)
+    interpolation = ops.interpolation_named(WARP_INTERPOLATION)
+    crop = ops.affine(source, warp.matrix, (transform.size, transform.size), interpolation, ops.CONSTANT)
     return xp.clip(xp.round(crop[0]), 0, 255)
 
 
