@@ -33,7 +33,7 @@ MATTE_EDGE = 0.05
 COLOUR_SCALE = 0.125
 # The colour correction's low-pass works at this fraction of the crop's side.
 COLOUR_REDUCTION = 8
-_WARP = {cv2.INTER_CUBIC: ops.CUBIC, cv2.INTER_LINEAR: ops.LINEAR}[WARP_INTERPOLATION]
+WARP = ops.interpolation_named(WARP_INTERPOLATION)  # the crop <-> frame warps' interpolation, as ops names it
 
 
 def face_matte(landmarks, size: int, like=None):
@@ -226,11 +226,11 @@ def face_regions(frame_shape: tuple, restored_faces: Sequence[tuple[AlignedFace,
         aligned = restored_faces[number][0]
         size = (region[0].stop - region[0].start, region[1].stop - region[1].start)
         alpha = ops.affine(ops.like(first, matte)[None, ..., None], to_region, size, ops.LINEAR, ops.CONSTANT)[0, ..., 0]
-        face = ops.affine(matched[index:index + 1], to_region, size, _WARP)[0]
+        face = ops.affine(matched[index:index + 1], to_region, size, WARP)[0]
         scale = aligned.transform.scale
         if originals is not None and frame_detail_weight(scale) > 0:
             original = originals[number].read(region, like=first)
-            round_trip = ops.affine(device_crops[index:index + 1], to_region, size, _WARP)[0]
+            round_trip = ops.affine(device_crops[index:index + 1], to_region, size, WARP)[0]
             std = grain_std[number]
             coring = None if std is None else (lambda sigma, std=std, y=luma(original): std(y, sigma))
             face = keep_frame_detail(face, original, scale, round_trip, coring)

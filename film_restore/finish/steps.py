@@ -30,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-from film_restore.faces.align import WARP_INTERPOLATION, CropWarp, align_face, alignment_transform, place_face
+from film_restore.faces.align import CropWarp, align_face, alignment_transform, place_face
 from film_restore.finish import ops
 from film_restore.finish.flow import PairFlow, flow_picture, flow_side
 from film_restore.finish.grain import GrainTile, add_missing_grain, grain_allowed
@@ -38,7 +38,7 @@ from film_restore.finish.grain_model import GRAIN_FACES, estimate_track_grain, g
 from film_restore.finish.guards import GUARD_HORIZON, GuardedFaces, TrackGuard, embedder_of
 from film_restore.finish.hold import steady_share, toward
 from film_restore.finish.measures import change_samples
-from film_restore.finish.paste import composite, face_regions
+from film_restore.finish.paste import WARP, composite, face_regions
 from film_restore.finish.window import FaceKey, Surround, Window, WindowFace, longest_run
 from film_restore.records import ChunkResult, Track
 from film_restore.settings import AUTO
@@ -443,8 +443,7 @@ def _warped(on, surround: Surround, transform, frame_shape: tuple):
         source = ops.resize(source, warp.shrunk, ops.AREA)
         # OpenCV rounds a uint8 shrink to half its sides half up, any other to the nearest even.
         source = xp.floor(source + 0.5) if halved else xp.round(source)
-    interpolation = ops.interpolation_named(WARP_INTERPOLATION)
-    crop = ops.affine(source, warp.matrix, (transform.size, transform.size), interpolation, ops.CONSTANT)
+    crop = ops.affine(source, warp.matrix, (transform.size, transform.size), WARP, ops.CONSTANT)
     return xp.clip(xp.round(crop[0]), 0, 255)
 
 
