@@ -15,7 +15,8 @@ seconds (process time) and wall seconds:
                 Align (without the crops' warp) and Blend (and decode and encode) in the task, and beside the restorer all but
                 the torch ops' own work: measured on a torch run of the same chunk (on the CPU here),
                 its CPU less the time inside the ops (a GPU's work there; OpCounter's hook stands
-                in for their dispatch and launch). Not in it: the GPU node's waits for its GPU
+                in for their dispatch and launch), its freed memory kept for reuse as a GPU's caching
+                allocator keeps it (RetainedMemory). Not in it: the GPU node's waits for its GPU
   restore       one 512 px face through the full-size network (width 64, 128 items) per CPU engine
 and prints them per frame and per face, then the sizing at 250 faces/s (the issue's goal for
 an H100/H200), 2 faces per frame:
@@ -30,6 +31,8 @@ The rows of the first table have stable names (a script may read them; --json pr
         [--engines torch,onnxruntime] [--cache DIR] [--json]   (from the repository root)
 """
 import argparse
+import ctypes
+import ctypes.util
 import json
 import os
 import statistics
@@ -155,6 +158,34 @@ class OpCounter(TorchDispatchMode):
                 self.kernels += 1
 
 
+class RetainedMemory:
+    """While installed (`with`): memory this process frees is kept and reused, as a GPU's caching allocator
+    keeps the device's (glibc's malloc told to take no block from the OS by mmap and to give none back).
+    Without it the torch run standing in for a GPU node returns its large tensors to the OS as they are
+    freed (munmap, in the Python that drops them: outside the ops, so counted as the node's CPU) and
+    takes fresh pages for the next ones, which a GPU node's finishing does not (BENCHMARKS.md). applied:
+    whether this C library took the settings (glibc; elsewhere the run is measured as it comes)."""
+
+    # mallopt's parameters and glibc's defaults for them (malloc.h).
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
+    # The free memory at the heap's top it keeps: the most mallopt's int takes.
+    KEPT_TRIM_THRESHOLD = 2 ** 31 - 1
+
+    def __enter__(self):
+        try:
+            self.libc = ctypes.CDLL(ctypes.util.find_library("c"))
+            self.applied = bool(self.libc.mallopt(self.M_MMAP_MAX, 0) and self.libc.mallopt(self.M_TRIM_THRESHOLD, self.KEPT_TRIM_THRESHOLD))
+        except (OSError, AttributeError, TypeError):
+            self.applied = False
+        return self
+
+    def __exit__(self, *exc):
+        if self.applied:
+            self.libc.mallopt(self.M_MMAP_MAX, self.DEFAULT_MMAP_MAX)
+            self.libc.mallopt(self.M_TRIM_THRESHOLD, self.DEFAULT_TRIM_THRESHOLD)
+
+
 class StandInRestorer:
     """Changes faces as a restorer does (sharper, with fresh noise of its own), cheaply; its CPU time is kept apart."""
 
@@ -170,11 +201,14 @@ class StandInRestorer:
         return restored
 
 
-def warm_up(info, settings, chunk, tracks, frame_pts, folder: Path) -> None:
-    """The chunk composed once each way, unmeasured: what a process pays once (imports; the op
-    counter's first use imports torch._dynamo, ~1.3 s) is no face's cost where a worker composes a
-    whole film, and would be charged to the bench's few faces."""
-    Composer(info, settings, StandInRestorer())(chunk, tracks, frame_pts, folder / "warm.mp4")
+def warm_up(info, settings, chunk, tracks, frame_pts, folder: Path, device: bool) -> None:
+    """The chunk composed once (device: finished in torch, as on a GPU node), unmeasured: what a process
+    pays once (imports; the op counter's first use imports torch._dynamo, ~1.3 s; the memory its work
+    takes) is no face's cost where a worker composes a whole film, and would be charged to the bench's
+    few faces."""
+    if not device:
+        Composer(info, settings, StandInRestorer())(chunk, tracks, frame_pts, folder / "warm.mp4")
+        return
     with OpCounter():
         Composer(info, settings, LocalDevice(StandInRestorer(), "cpu"))(chunk, tracks, frame_pts, folder / "warm_torch.mp4")
 
@@ -239,7 +273,7 @@ def main() -> None:
                                    models_dir=str(models))
         embedding = Timed(steps.embedder_of(str(models)))
         steps.embedder_of = lambda models_dir: embedding  # the identity guard's embeddings timed apart
-        warm_up(info, settings, chunk, tracks, scan.frame_pts, Path(folder))
+        warm_up(info, settings, chunk, tracks, scan.frame_pts, Path(folder), device=False)
         embedding.cpu_seconds = 0.0
         restorer = StandInRestorer()
         composer = Composer(info, settings, restorer)
@@ -248,15 +282,6 @@ def main() -> None:
         steps_cpu = dict(composer.cpu_seconds)
         steps_cpu["Restore"] -= restorer.cpu_seconds
         embedding_cpu = embedding.cpu_seconds
-        # The same chunk finished as on a GPU node, in torch (on the CPU here), its ops counted: what its
-        # finishing costs the node's CPU is its time less the ops' own work (a GPU's there).
-        device_restorer = StandInRestorer()
-        device_composer = Composer(info, settings, LocalDevice(device_restorer, "cpu"))
-        with OpCounter() as device_ops:
-            device_onnx = onnx.measured(lambda: device_composer(chunk, tracks, scan.frame_pts, Path(folder) / "torch.mp4"))[3]
-        device_cpu = dict(device_composer.cpu_seconds)
-        beside_restorer = device_cpu["Finish"] - device_restorer.cpu_seconds - device_ops.cpu_seconds
-
         encode_cpu = {codec: measured(lambda: encode(Path(folder) / f"{codec}.mkv", info, codec, pictures))[0]
                       for codec in ("auto", "ffv1")}
         master = Path(folder) / "master.mov"
@@ -264,6 +289,18 @@ def main() -> None:
         master_decode_cpu, _, master_pictures = measured(lambda: decoded(master))
         master_info = probe(master)
         master_encode_cpu = measured(lambda: encode(Path(folder) / "master.mkv", master_info, "auto", master_pictures))[0]
+
+        # The same chunk finished as on a GPU node, in torch (on the CPU here), its ops counted: what its
+        # finishing costs the node's CPU is its time less the ops' own work (a GPU's there). Measured last:
+        # its memory is kept for reuse, as a GPU's caching allocator keeps it (RetainedMemory).
+        device_restorer = StandInRestorer()
+        device_composer = Composer(info, settings, LocalDevice(device_restorer, "cpu"))
+        with RetainedMemory() as retained:
+            warm_up(info, settings, chunk, tracks, scan.frame_pts, Path(folder), device=True)
+            with OpCounter() as device_ops:
+                device_onnx = onnx.measured(lambda: device_composer(chunk, tracks, scan.frame_pts, Path(folder) / "torch.mp4"))[3]
+        device_cpu = dict(device_composer.cpu_seconds)
+        beside_restorer = device_cpu["Finish"] - device_restorer.cpu_seconds - device_ops.cpu_seconds
 
     cpu_node = sum(steps_cpu.values()) / faces
     # On a GPU node the finishing steps run beside the restorer, on its GPU, but for their CPU parts: the
@@ -299,9 +336,10 @@ def main() -> None:
     if args.json:
         print(json.dumps({name: round(value, 1) for name, value in rows.items()}))
         return
+    memory = "with its memory kept (RetainedMemory)" if retained.applied else "with the C library's own memory policy"
     print(f"{count} frames {SIZE[0]}x{SIZE[1]} H.264 at {RATE} fps, {faces} faces ({faces / count:.1f} per frame), compact "
           f"face pack, {os.cpu_count()} CPU cores ({cpu_name()}), torch {torch.__version__}, load average "
-          f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after\n")
+          f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after; the GPU node's torch run {memory}\n")
     print("| row | value |\n|---|---:|")
     for name, value in rows.items():
         print(f"| {name} | {value:.1f} |")
