@@ -411,17 +411,28 @@ class TrackGuard:
         missing = [p for p in positions if p not in self.bases and p not in self.links]
         for group in self._groups(missing):
             self._link(group)
-        for position in positions:
-            if position not in self.bases:
-                self._links(position)
-                fused = self.fused.pop(position)
-                self.bases[position] = fused if self._as_like_as_input(position, fused) else self._float_input(position)
+        unset = [p for p in positions if p not in self.bases]
+        for position in unset:
+            self._links(position)
+        fused = {position: self.fused.pop(position) for position in unset}
+        for group in self._groups(unset):
+            for position, kept in zip(group, self._as_like_as_input(group, [fused[p] for p in group])):
+                self.bases[position] = fused[position] if kept else self._float_input(position)
 
-    def _as_like_as_input(self, position: int, face) -> bool:
-        """Whether a face in this position's place is as like the actor as its input (the identity guard's test)."""
-        if position not in self.input_embeddings:
-            self.input_embeddings[position] = self.embed(self.inputs[position][None])[0]
-        return float(identity(self.embed(face[None])[0][None], self._reference_for(position))[0]) >= self._floor(position)
+    def _as_like_as_input(self, positions: list[int], faces: list) -> list[bool]:
+        """Whether faces in these positions' places are each as like the actor as its input (the identity
+        guard's test): their embeddings taken at once."""
+        self._input_embeddings(positions)
+        embeddings = self.embed(ops.namespace(faces[0]).stack(faces))
+        return [float(identity(embedding[None], self._reference_for(position))[0]) >= self._floor(position)
+                for position, embedding in zip(positions, embeddings)]
+
+    def _input_embeddings(self, positions: list[int]) -> None:
+        """The embeddings of these faces' input crops (kept), those missing taken at once."""
+        missing = [p for p in positions if p not in self.input_embeddings]
+        if missing:
+            for position, embedding in zip(missing, self.embed(np.stack([self.inputs[p] for p in missing]))):
+                self.input_embeddings[position] = embedding
 
     def _stabilise(self, positions: list[int]) -> None:
         """These faces' residuals filtered along their neighbours (see the module notes); each group's
@@ -491,11 +502,9 @@ class TrackGuard:
         return self.guides[position]
 
     def _identity(self, positions: list[int]) -> None:
-        """Input embeddings of these faces and, under AUTO, each one's highest strength step that keeps its identity."""
-        missing = [p for p in positions if p not in self.input_embeddings]
-        if missing:
-            for position, embedding in zip(missing, self.embed(np.stack([self.inputs[p] for p in missing]))):
-                self.input_embeddings[position] = embedding
+        """Input embeddings of these faces and, under AUTO, each one's highest strength step that keeps its
+        identity (each step's candidates embedded a group at a time)."""
+        self._input_embeddings(positions)
         if self.strength != AUTO:
             return
         undecided = [p for p in positions if p not in self.limits]
@@ -507,12 +516,13 @@ class TrackGuard:
                 self.limits.update((p, 0.0) for p in undecided)
                 break
             passed = []
-            for position in undecided:
-                embedding = self.embed((self._base(position) + strength * self.stabilised[position])[None])[0]
-                self.candidates[position, strength] = embedding
-                if float(identity(embedding[None], self._reference_for(position))[0]) >= floors[position]:
-                    self.limits[position] = strength
-                    passed.append(position)
+            for group in self._groups(undecided):
+                candidates = [self._base(position) + strength * self.stabilised[position] for position in group]
+                for position, embedding in zip(group, self.embed(ops.namespace(candidates[0]).stack(candidates))):
+                    self.candidates[position, strength] = embedding
+                    if float(identity(embedding[None], self._reference_for(position))[0]) >= floors[position]:
+                        self.limits[position] = strength
+                        passed.append(position)
             undecided = [p for p in undecided if p not in passed]
 
     def _reference_for(self, position: int) -> np.ndarray:
@@ -557,9 +567,10 @@ class TrackGuard:
     def _output_embeddings(self, positions, strengths, faces) -> list[np.ndarray]:
         """The final faces' embeddings; a face at a strength step already tried has it (the same pixels)."""
         known = {i: self.candidates.get((p, float(s))) for i, (p, s) in enumerate(zip(positions, strengths))}
-        missing = [i for i, embedding in known.items() if embedding is None]
-        for i in missing:
-            known[i] = self.embed(faces[i][None])[0]
+        index_of = {position: i for i, position in enumerate(positions)}
+        for group in self._groups([positions[i] for i, embedding in known.items() if embedding is None]):
+            for position, embedding in zip(group, self.embed(ops.namespace(faces[0]).stack([faces[index_of[p]] for p in group]))):
+                known[index_of[position]] = embedding
         return [known[i] for i in range(len(positions))]
 
     def _changes(self, positions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
