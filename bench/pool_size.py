@@ -93,6 +93,15 @@ def measured(work) -> tuple[float, float, object]:
     return time.process_time() - cpu, time.perf_counter() - wall, result
 
 
+def restore_table(names: list[str], repeats: int, cache) -> dict[str, tuple[float, float]]:
+    """Engine name -> restore_seconds of the full-size network (none built where no engine is named)."""
+    if not names:
+        return {}
+    torch.manual_seed(0)
+    model = DMDNet().eval()  # speed does not depend on the weights' values
+    return {name: restore_seconds(name, model, repeats, cache) for name in names}
+
+
 def restore_seconds(name: str, model: DMDNet, repeats: int, cache) -> tuple[float, float]:
     """(median CPU s, median wall s) of one face through `name`, after a warm-up call."""
     engine = engines.load(model, name, "float32", device="cpu", cache=cache)
@@ -163,8 +172,10 @@ class RetainedMemory:
     keeps the device's (glibc's malloc told to take no block from the OS by mmap and to give none back).
     Without it the torch run standing in for a GPU node returns its large tensors to the OS as they are
     freed (munmap, in the Python that drops them: outside the ops, so counted as the node's CPU) and
-    takes fresh pages for the next ones, which a GPU node's finishing does not (BENCHMARKS.md). applied:
-    whether this C library took the settings (glibc; elsewhere the run is measured as it comes)."""
+    takes fresh pages for the next ones, which a GPU node's finishing does not (BENCHMARKS.md). It holds for
+    all the run's work, the node's own numpy and OpenCV parts too. applied: whether this C library took the
+    settings (glibc; elsewhere the run is measured as it comes). Leaving restores glibc's defaults, but its
+    threshold for mmap, adjusted to the blocks freed until then, stays fixed for the rest of the process."""
 
     # mallopt's parameters and glibc's defaults for them (malloc.h).
     M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
@@ -173,17 +184,21 @@ class RetainedMemory:
     KEPT_TRIM_THRESHOLD = 2 ** 31 - 1
 
     def __enter__(self):
+        self.set = []  # (parameter, its default) of each setting taken
         try:
             self.libc = ctypes.CDLL(ctypes.util.find_library("c"))
-            self.applied = bool(self.libc.mallopt(self.M_MMAP_MAX, 0) and self.libc.mallopt(self.M_TRIM_THRESHOLD, self.KEPT_TRIM_THRESHOLD))
+            for parameter, value, default in ((self.M_MMAP_MAX, 0, self.DEFAULT_MMAP_MAX),
+                                              (self.M_TRIM_THRESHOLD, self.KEPT_TRIM_THRESHOLD, self.DEFAULT_TRIM_THRESHOLD)):
+                if self.libc.mallopt(parameter, value):
+                    self.set.append((parameter, default))
         except (OSError, AttributeError, TypeError):
-            self.applied = False
+            pass
+        self.applied = len(self.set) == 2
         return self
 
     def __exit__(self, *exc):
-        if self.applied:
-            self.libc.mallopt(self.M_MMAP_MAX, self.DEFAULT_MMAP_MAX)
-            self.libc.mallopt(self.M_TRIM_THRESHOLD, self.DEFAULT_TRIM_THRESHOLD)
+        for parameter, default in self.set:
+            self.libc.mallopt(parameter, default)
 
 
 class StandInRestorer:
@@ -250,6 +265,9 @@ def main() -> None:
     torch.set_num_threads(1)
     models = ASSETS / "models"
     load_before = os.getloadavg()[0]
+    # The full network's restores are timed first: the GPU node's run, last, leaves glibc's malloc policy changed (RetainedMemory).
+    names = [] if args.json else [name for name in args.engines.split(",") if name]
+    restores = restore_table(names, args.repeats, args.cache)
     with tempfile.TemporaryDirectory() as folder, OnnxRunTimer() as onnx:
         film = Path(folder) / "film1080.mp4"
         make_two_face_film(film, args.frames)
@@ -349,13 +367,9 @@ def main() -> None:
     for name, seconds in steps_cpu.items():
         print(f"| {name} | {seconds / faces * 1e3:.1f} |")
     print(f"| (of Guard: the identity embeddings) | {embedding_cpu / faces * 1e3:.1f} |")
-    names = [name for name in args.engines.split(",") if name]
-    if names:
-        torch.manual_seed(0)
-        model = DMDNet().eval()  # speed does not depend on the weights' values
+    if restores:
         print("\n| restore, full-size network, 1 face, CPU | CPU s / face | wall s / face |\n|---|---:|---:|")
-        for name in names:
-            cpu, wall = restore_seconds(name, model, args.repeats, args.cache)
+        for name, (cpu, wall) in restores.items():
             print(f"| {name} float32 | {cpu:.2f} | {wall:.2f} |")
 
 

@@ -414,10 +414,10 @@ class TrackGuard:
         unset = [p for p in positions if p not in self.bases]
         for position in unset:
             self._links(position)
-        fused = {position: self.fused.pop(position) for position in unset}
         for group in self._groups(unset):
-            for position, kept in zip(group, self._as_like_as_input(group, [fused[p] for p in group])):
-                self.bases[position] = fused[position] if kept else self._float_input(position)
+            for position, kept in zip(group, self._as_like_as_input(group, [self.fused[p] for p in group])):
+                fused = self.fused.pop(position)
+                self.bases[position] = fused if kept else self._float_input(position)
 
     def _as_like_as_input(self, positions: list[int], faces: list) -> list[bool]:
         """Whether faces in these positions' places are each as like the actor as its input (the identity
