@@ -184,20 +184,20 @@ class RetainedMemory:
     KEPT_TRIM_THRESHOLD = 2 ** 31 - 1
 
     def __enter__(self):
-        self.set = []  # (parameter, its default) of each setting taken
+        self.taken = []  # (parameter, its default) of each setting taken
         try:
             self.libc = ctypes.CDLL(ctypes.util.find_library("c"))
             for parameter, value, default in ((self.M_MMAP_MAX, 0, self.DEFAULT_MMAP_MAX),
                                               (self.M_TRIM_THRESHOLD, self.KEPT_TRIM_THRESHOLD, self.DEFAULT_TRIM_THRESHOLD)):
                 if self.libc.mallopt(parameter, value):
-                    self.set.append((parameter, default))
+                    self.taken.append((parameter, default))
         except (OSError, AttributeError, TypeError):
             pass
-        self.applied = len(self.set) == 2
+        self.applied = len(self.taken) == 2
         return self
 
     def __exit__(self, *exc):
-        for parameter, default in self.set:
+        for parameter, default in self.taken:
             self.libc.mallopt(parameter, default)
 
 
@@ -216,16 +216,12 @@ class StandInRestorer:
         return restored
 
 
-def warm_up(info, settings, chunk, tracks, frame_pts, folder: Path, device: bool) -> None:
-    """The chunk composed once (device: finished in torch, as on a GPU node), unmeasured: what a process
-    pays once (imports; the op counter's first use imports torch._dynamo, ~1.3 s; the memory its work
-    takes) is no face's cost where a worker composes a whole film, and would be charged to the bench's
-    few faces."""
-    if not device:
-        Composer(info, settings, StandInRestorer())(chunk, tracks, frame_pts, folder / "warm.mp4")
-        return
+def warm_up(composer: Composer, chunk, tracks, frame_pts, path: Path) -> None:
+    """The chunk composed once, unmeasured, its torch ops counted: what a process pays once (imports; the op
+    counter's first use imports torch._dynamo, ~1.3 s; the memory its work takes) is no face's cost where a
+    worker composes a whole film, and would be charged to the bench's few faces."""
     with OpCounter():
-        Composer(info, settings, LocalDevice(StandInRestorer(), "cpu"))(chunk, tracks, frame_pts, folder / "warm_torch.mp4")
+        composer(chunk, tracks, frame_pts, path)
 
 
 def decoded(film: Path) -> list:
@@ -291,7 +287,7 @@ def main() -> None:
                                    models_dir=str(models))
         embedding = Timed(steps.embedder_of(str(models)))
         steps.embedder_of = lambda models_dir: embedding  # the identity guard's embeddings timed apart
-        warm_up(info, settings, chunk, tracks, scan.frame_pts, Path(folder), device=False)
+        warm_up(Composer(info, settings, StandInRestorer()), chunk, tracks, scan.frame_pts, Path(folder) / "warm.mp4")
         embedding.cpu_seconds = 0.0
         restorer = StandInRestorer()
         composer = Composer(info, settings, restorer)
@@ -314,7 +310,8 @@ def main() -> None:
         device_restorer = StandInRestorer()
         device_composer = Composer(info, settings, LocalDevice(device_restorer, "cpu"))
         with RetainedMemory() as retained:
-            warm_up(info, settings, chunk, tracks, scan.frame_pts, Path(folder), device=True)
+            warm_up(Composer(info, settings, LocalDevice(StandInRestorer(), "cpu")), chunk, tracks, scan.frame_pts,
+                    Path(folder) / "warm_torch.mp4")
             with OpCounter() as device_ops:
                 device_onnx = onnx.measured(lambda: device_composer(chunk, tracks, scan.frame_pts, Path(folder) / "torch.mp4"))[3]
         device_cpu = dict(device_composer.cpu_seconds)

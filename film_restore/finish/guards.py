@@ -411,21 +411,22 @@ class TrackGuard:
         missing = [p for p in positions if p not in self.bases and p not in self.links]
         for group in self._groups(missing):
             self._link(group)
+        # A fused input less like the actor than the input itself (the identity guard's test) is not used.
         unset = [p for p in positions if p not in self.bases]
+        embeddings = self._embedded(unset, self.fused.__getitem__)
+        self._input_embeddings(unset)
         for position in unset:
-            self._links(position)
-        for group in self._groups(unset):
-            for position, kept in zip(group, self._as_like_as_input(group, [self.fused[p] for p in group])):
-                fused = self.fused.pop(position)
-                self.bases[position] = fused if kept else self._float_input(position)
+            fused = self.fused.pop(position)
+            as_like = self._similarity(position, embeddings[position]) >= self._floor(position)
+            self.bases[position] = fused if as_like else self._float_input(position)
 
-    def _as_like_as_input(self, positions: list[int], faces: list) -> list[bool]:
-        """Whether faces in these positions' places are each as like the actor as its input (the identity
-        guard's test): their embeddings taken at once."""
-        self._input_embeddings(positions)
-        embeddings = self.embed(ops.namespace(faces[0]).stack(faces))
-        return [float(identity(embedding[None], self._reference_for(position))[0]) >= self._floor(position)
-                for position, embedding in zip(positions, embeddings)]
+    def _embedded(self, positions: list[int], face: Callable[[int], object]) -> dict[int, np.ndarray]:
+        """position -> the embedding of face(position), the faces embedded a group at a time (_groups)."""
+        embeddings = {}
+        for group in self._groups(positions):
+            faces = [face(position) for position in group]
+            embeddings.update(zip(group, self.embed(ops.namespace(faces[0]).stack(faces))))
+        return embeddings
 
     def _input_embeddings(self, positions: list[int]) -> None:
         """The embeddings of these faces' input crops (kept), those missing taken at once."""
@@ -515,15 +516,16 @@ class TrackGuard:
             if strength == 0:
                 self.limits.update((p, 0.0) for p in undecided)
                 break
-            passed = []
-            for group in self._groups(undecided):
-                candidates = [self._base(position) + strength * self.stabilised[position] for position in group]
-                for position, embedding in zip(group, self.embed(ops.namespace(candidates[0]).stack(candidates))):
-                    self.candidates[position, strength] = embedding
-                    if float(identity(embedding[None], self._reference_for(position))[0]) >= floors[position]:
-                        self.limits[position] = strength
-                        passed.append(position)
-            undecided = [p for p in undecided if p not in passed]
+            candidates = self._embedded(undecided, lambda p: self._base(p) + strength * self.stabilised[p])
+            for position, embedding in candidates.items():
+                self.candidates[position, strength] = embedding
+                if self._similarity(position, embedding) >= floors[position]:
+                    self.limits[position] = strength
+            undecided = [p for p in undecided if p not in self.limits]
+
+    def _similarity(self, position: int, embedding: np.ndarray) -> float:
+        """How like the actor (for a face of nobody: its input) a face in this position's place with this embedding is."""
+        return float(identity(embedding[None], self._reference_for(position))[0])
 
     def _reference_for(self, position: int) -> np.ndarray:
         return self.reference if self.reference is not None else self.input_embeddings[position]
@@ -559,19 +561,16 @@ class TrackGuard:
         faces = [self.finals[p] for p in positions]
         output_embeddings = self._output_embeddings(positions, strengths, faces)
         identity_in = np.array([self._baseline(p) for p in positions], np.float32)
-        identity_out = np.array([identity(e[None], self._reference_for(p))[0] for p, e in zip(positions, output_embeddings)],
-                                np.float32)
+        identity_out = np.array([self._similarity(p, e) for p, e in zip(positions, output_embeddings)], np.float32)
         reasons = np.array([self._reason(p, s) for p, s in zip(positions, strengths)], dtype=object)
         return GuardedFaces(faces, strengths, reasons, identity_in, identity_out, *self._changes(positions), self.resolution)
 
     def _output_embeddings(self, positions, strengths, faces) -> list[np.ndarray]:
         """The final faces' embeddings; a face at a strength step already tried has it (the same pixels)."""
-        known = {i: self.candidates.get((p, float(s))) for i, (p, s) in enumerate(zip(positions, strengths))}
-        index_of = {position: i for i, position in enumerate(positions)}
-        for group in self._groups([positions[i] for i, embedding in known.items() if embedding is None]):
-            for position, embedding in zip(group, self.embed(ops.namespace(faces[0]).stack([faces[index_of[p]] for p in group]))):
-                known[index_of[position]] = embedding
-        return [known[i] for i in range(len(positions))]
+        known = {p: self.candidates.get((p, float(s))) for p, s in zip(positions, strengths)}
+        final = dict(zip(positions, faces))
+        known.update(self._embedded([p for p, embedding in known.items() if embedding is None], final.__getitem__))
+        return [known[p] for p in positions]
 
     def _changes(self, positions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per face, the frame-to-frame change from the face before it, input and output (temporal_changes), inside face_mask."""
