@@ -63,11 +63,13 @@ def keep_frame_detail(face, original, scale: float, round_trip=None, grain_std=N
     sigma = band_split_sigma(scale)
     original = ops.as_float(original)
     difference = original - face
-    detail = difference - ops.blur(difference[None], sigma, ops.REFLECT)[0]
+    # The round trip's change below the split is blurred with the difference, in one pass.
+    blurred = ops.blur(difference[None] if round_trip is None else xp.stack([difference, original - round_trip]), sigma, ops.REFLECT)
+    detail = difference - blurred[0]
     if grain_std is not None:
         energy = ops.blur((luma(detail) ** 2)[None, ..., None], CORING_REACH * sigma, ops.REFLECT)[0, ..., 0]
         kept = 1 - CORING_MARGIN * grain_std(sigma) ** 2 / xp.maximum(energy, ops.constant(energy, 1e-6))
         detail = detail * xp.sqrt(xp.clip(kept, 0.0, 1.0))[..., None]
     if round_trip is not None:
-        detail = detail + ops.blur((original - round_trip)[None], sigma, ops.REFLECT)[0]
+        detail = detail + blurred[1]
     return face + weight * detail

@@ -69,8 +69,9 @@ def _dis(tuned: bool):
 
 
 def _round_trip_valid(there, back):
-    """Where the flow `there` and the flow `back` from where it lands agree (forward-backward check; numpy or tensors)."""
-    back_there = ops.warp(back[None], there[None])[0]
+    """Where the flows `there` (N x H x W x 2) and the flows `back` from where they land agree (forward-backward
+    check; numpy or tensors)."""
+    back_there = ops.warp(back, there)
     squared = lambda flow: flow[..., 0] ** 2 + flow[..., 1] ** 2  # noqa: E731 (not .sum(-1): slow over two values)
     return squared(there + back_there) <= FB_RELATIVE * (squared(there) + squared(back_there)) + FB_ABSOLUTE
 
@@ -103,10 +104,11 @@ def dense_flow(earlier: np.ndarray, later: np.ndarray, size: tuple[int, int], tu
     computed on their luma shrunk to size (height, width), in that grid's pixels (method: one of
     FLOW_METHODS; tuned: DIS with the track flow's settings, else DIS's medium preset). like: an
     array whose kind and device the flows are sent to, and checked there (None: numpy)."""
-    back, ahead = _flows(earlier, later, size, tuned, method)
+    flows = np.stack(_flows(earlier, later, size, tuned, method))  # back, ahead
     if like is not None:
-        back, ahead = ops.like(like, back), ops.like(like, ahead)
-    return back, _round_trip_valid(back, ahead), ahead, _round_trip_valid(ahead, back)
+        flows = ops.like(like, flows)
+    valid = _round_trip_valid(flows, flows[::-1] if ops.is_numpy(flows) else flows.flip(0))  # both ways checked at once
+    return flows[0], valid[0], flows[1], valid[1]
 
 
 def _flows(earlier: np.ndarray, later: np.ndarray, size: tuple[int, int], tuned: bool, method: str

@@ -99,10 +99,10 @@ def synthesise_grain(tile: GrainTile, luma_values, seed):
     return (unit @ mix) * scale
 
 
-def detail_energy(rgb, inside) -> float:
-    """Mean square of the fine detail (the texture measure's high-pass luma) over the pixels inside."""
-    xp = ops.namespace(rgb)
-    return float(xp.mean(fine_detail(rgb)[inside] ** 2))
+def detail_energies(pictures, inside) -> list[float]:
+    """Each picture's (N x H x W x 3) mean square of the fine detail (the texture measure's high-pass luma) over the pixels inside."""
+    xp = ops.namespace(pictures)
+    return [float(energy) for energy in ops.to_numpy(xp.mean(fine_detail(pictures)[:, inside] ** 2, axis=1))]
 
 
 def add_missing_grain(face, original, alpha, tile: GrainTile, seed, allowed: float):
@@ -115,8 +115,9 @@ def add_missing_grain(face, original, alpha, tile: GrainTile, seed, allowed: flo
     if not bool(xp.any(inside)):
         return face
     grain = synthesise_grain(tile, luma(face), seed)
-    missing = GRAIN_TEXTURE_SHARE ** 2 * detail_energy(original, inside) - detail_energy(face, inside)
-    gain_squared = min(missing / max(detail_energy(grain, inside), 1e-9),
+    original_energy, face_energy, grain_energy = detail_energies(xp.stack([ops.as_float(original), face, grain]), inside)
+    missing = GRAIN_TEXTURE_SHARE ** 2 * original_energy - face_energy
+    gain_squared = min(missing / max(grain_energy, 1e-9),
                        allowed ** 2 / max(float(xp.mean(luma(grain)[inside] ** 2)), 1e-9), GRAIN_MAX_GAIN ** 2)
     return face + float(np.sqrt(gain_squared)) * grain if gain_squared > 0 else face
 

@@ -244,10 +244,15 @@ class Links:
     likeness: object = None
 
 
-@functools.lru_cache(maxsize=16)
-def _step_weight(step: int, sigma: float) -> np.float32:
-    """A neighbour's weight by how many faces away along the track it is (Gaussian)."""
-    return np.float32(np.exp(-0.5 * (step / sigma) ** 2))
+def _step_weights(like, steps: list[int], sigma: float):
+    """Neighbours' weights by how many faces away along the track they are (Gaussian), K x 1 x 1 x 1 of like's kind and device."""
+    return ops.constant(like, np.exp(-0.5 * (np.array(steps) / sigma) ** 2)[:, None, None, None])
+
+
+def _added(first, terms):
+    """first + terms[0] + terms[1] + ..., added in that order (either kind of array: the same sums)."""
+    xp = ops.namespace(first)
+    return xp.sum(xp.concat([first[None], terms]), axis=0)
 
 
 class TrackGuard:
@@ -379,9 +384,8 @@ class TrackGuard:
                 links.points, links.agreement = points[kept], agreement[kept][..., None]
                 if self.fusion:
                     links.likeness = likeness[kept]
-                    for k, step in zip(ours, steps):
-                        weight = agreement[k][..., None] * likeness[k] * _step_weight(step, FUSION_SIGMA)
-                        fused_sum, fused_total = fused_sum + weight * there[k], fused_total + weight
+                    weights = links.agreement * links.likeness * _step_weights(picture, steps, FUSION_SIGMA)
+                    fused_sum, fused_total = _added(fused_sum, weights * there[kept]), _added(xp.ones_like(weights[0]), weights)
             self.links[position] = links
             if self.fusion:
                 self.fused[position] = fused_sum / fused_total
@@ -392,8 +396,7 @@ class TrackGuard:
         xp = ops.namespace(there)
         difference = abs(pictures - there) @ ops.constant(there, CHANNEL_MEAN)
         difference = ops.blur(difference[..., None], FUSION_BLUR)
-        typical = xp.stack([(difference[k, ..., 0] * agreement[k]).sum() / (agreement[k].sum() + 1e-6) + 1e-3
-                            for k in range(len(there))])
+        typical = xp.sum(difference[..., 0] * agreement, axis=(1, 2)) / (xp.sum(agreement, axis=(1, 2)) + 1e-6) + 1e-3
         return xp.exp(-0.5 * (difference / (FUSION_TOLERANCE * typical[:, None, None, None])) ** 2)
 
     def _base(self, position: int):
@@ -456,20 +459,12 @@ class TrackGuard:
                 self.stabilised[position] = residual
                 continue
             first = next(index for index, pair in enumerate(pairs) if pair[0] == position)
-            total = None
-            for k, step in enumerate(links.steps):
-                # Fused, the residual holds the noise the base lost: a neighbour's pixel unlike this one's must not bring its noise.
-                trusted = links.agreement[k] if links.likeness is None else links.agreement[k] * links.likeness[k]
-                weight = trusted * _step_weight(step, TEMPORAL_SIGMA)
-                residual_there = residuals_there[first + k] * weight
-                input_there = inputs_there[first + k] * weight
-                if total is None:
-                    sum_residual, sum_input, total = residual + residual_there, picture + input_there, 1.0 + weight
-                else:
-                    sum_residual += residual_there
-                    sum_input += input_there
-                    total += weight
-            filtered.append((position, residual, picture, sum_residual, sum_input, total))
+            neighbours = np.s_[first:first + len(links.steps)]
+            # Fused, the residual holds the noise the base lost: a neighbour's pixel unlike this one's must not bring its noise.
+            trusted = links.agreement if links.likeness is None else links.agreement * links.likeness
+            weights = trusted * _step_weights(residual, links.steps, TEMPORAL_SIGMA)
+            filtered.append((position, residual, picture, _added(residual, residuals_there[neighbours] * weights),
+                             _added(picture, inputs_there[neighbours] * weights), _added(xp.ones_like(weights[0]), weights)))
         if not filtered:
             return
         residual, picture, sum_residual, sum_input, total = (xp.stack(parts) for parts in list(zip(*filtered))[1:])
@@ -576,24 +571,24 @@ class TrackGuard:
         """Per face, the frame-to-frame change from the face before it, input and output (temporal_changes), inside face_mask."""
         size = self.inputs[positions[0]].shape[0]
         every = np.s_[::MEASURE_STRIDE, ::MEASURE_STRIDE]
-        sums = [[], [], []]
-        measured = []
-        for index, position in enumerate(positions):
-            if position - 1 not in self.finals or position not in self.flows:
-                continue
-            flow, valid = self.flows[position].backward(size)
-            final = self.finals[position]
-            points = ops.like(final, (flow + ops.grid(flow[None])[0])[every])[None]
-            weight = ops.like(final, valid[every]) * ops.constant(final, face_mask(size)[every])
-            for row, pictures in enumerate((self._float_input, self.finals.__getitem__)):
-                change = channel_mean_change(pictures(position)[every], ops.sample(pictures(position - 1)[None], points)[0])
-                sums[row].append((change * weight).sum())
-            sums[2].append(weight.sum())
-            measured.append(index)
+        measured = [(index, position) for index, position in enumerate(positions)
+                    if position - 1 in self.finals and position in self.flows]
         out = np.zeros((3, len(positions)))
-        if measured:  # one transfer for the window's sums
-            xp = ops.namespace(self.finals[positions[0]])
-            out[:, measured] = ops.to_numpy(xp.stack([xp.stack(row) for row in sums]))
+        if not measured:
+            return out[0], out[1], out[2]
+        # The faces measured at once, each one's sums as alone.
+        flows = [self.flows[position].backward(size) for _, position in measured]
+        final = self.finals[measured[0][1]]
+        xp = ops.namespace(final)
+        points = xp.stack([ops.like(final, (flow + ops.grid(flow[None])[0])[every]) for flow, _ in flows])
+        weights = xp.stack([ops.like(final, valid[every]) for _, valid in flows]) * ops.constant(final, face_mask(size)[every])
+        sums = []
+        for pictures in (self._float_input, self.finals.__getitem__):
+            now = xp.stack([pictures(position)[every] for _, position in measured])
+            then = ops.sample(xp.stack([pictures(position - 1) for _, position in measured]), points)
+            sums.append(xp.sum(channel_mean_change(now, then) * weights, axis=(1, 2)))
+        sums.append(xp.sum(weights, axis=(1, 2)))
+        out[:, [index for index, _ in measured]] = ops.to_numpy(xp.stack(sums))  # one transfer for the window's sums
         return out[0], out[1], out[2]
 
     def _reason(self, position: int, strength: float) -> str:

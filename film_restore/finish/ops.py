@@ -176,19 +176,23 @@ def _grid(height: int, width: int) -> np.ndarray:
 
 
 def affine(images, matrices: np.ndarray, size: tuple[int, int], interpolation: str = LINEAR, border: str = REPLICATE):
-    """Each image warped by its 2 x 3 matrix (source to destination pixels, as cv2.warpAffine) into height x width."""
+    """Each image warped by its 2 x 3 matrix (source to destination pixels, as cv2.warpAffine) into height x width
+    (or every image by one)."""
     height, width = size
     matrices = np.asarray(matrices, np.float64).reshape(-1, 2, 3)
     if is_numpy(images):
+        matrices = np.broadcast_to(matrices, (len(images), 2, 3))
         matrix = iter(matrices)
         return _each(images, size, lambda image, border, out: cv2.warpAffine(
             image, next(matrix), (width, height), dst=out, flags=_CV_INTERPOLATIONS[interpolation],
             borderMode=_CV_BORDERS[border]), border)
     import torch
 
-    inverse = np.stack([cv2.invertAffineTransform(matrix) for matrix in matrices])
+    grid = _homogeneous_grid(height, width, images.device)
     # Each destination pixel (x, y, 1) times the inverse: its source, in float64 as OpenCV computes it.
-    points = _homogeneous_grid(height, width, images.device) @ torch.as_tensor(inverse, device=images.device).transpose(1, 2)[:, None]
+    points = torch.stack([grid @ torch.as_tensor(cv2.invertAffineTransform(matrix).T, device=images.device) for matrix in matrices])
+    if len(points) != len(images):
+        points = points.expand(len(images), *points.shape[1:])
     return _sample(images, points, interpolation, border)
 
 
@@ -308,13 +312,14 @@ def _nearest_index(source: int, target: int, device):
     return torch.as_tensor(np.minimum(np.floor(np.arange(target) * scale).astype(np.int64), source - 1), device=device)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=256)
 def _border_index(size: int, reach: int, device):
-    """The rows (or columns) of a side of `size` padded by reach either side, as OpenCV's BORDER_REFLECT reads them."""
+    """The rows (or columns) of a side of `size` padded by reach either side, as OpenCV's BORDER_REFLECT reads
+    them; made here and sent once (a face region's sides change from frame to frame), kept there (never written to)."""
     import torch
 
-    period = torch.arange(-reach, size + reach, device=device) % (2 * size)
-    return torch.where(period < size, period, 2 * size - 1 - period)
+    period = np.arange(-reach, size + reach) % (2 * size)
+    return torch.as_tensor(np.where(period < size, period, 2 * size - 1 - period), device=device)
 
 
 def _sample(images, points, interpolation: str, border: str):

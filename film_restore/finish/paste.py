@@ -124,11 +124,10 @@ def match_colour(restored, original, matte, monochrome: bool, face_widths: Seque
     for index, face in enumerate(face_widths):
         sigma = max(COLOUR_SCALE * face * reduced / size, 0.5)
         weight = xp.maximum(ops.blur(small_weights[index:index + 1], sigma), ops.constant(restored, 1e-6))
-
-        def low_pass(image):
-            return ops.blur(ops.resize(image[index:index + 1] * weights[index:index + 1], (reduced, reduced), ops.AREA), sigma) / weight
-
-        correction = ops.resize(low_pass(original) - low_pass(restored), (size, size), ops.LINEAR)
+        # The original's low-pass and the restored crop's, taken together.
+        pair = xp.concat([original[index:index + 1], restored[index:index + 1]]) * weights[index:index + 1]
+        low_passes = ops.blur(ops.resize(pair, (reduced, reduced), ops.AREA), sigma) / weight
+        correction = ops.resize(low_passes[:1] - low_passes[1:], (size, size), ops.LINEAR)
         results.append(restored[index:index + 1] + correction)
     return xp.concat(results, axis=0)
 
@@ -226,11 +225,15 @@ def face_regions(frame_shape: tuple, restored_faces: Sequence[tuple[AlignedFace,
         aligned = restored_faces[number][0]
         size = (region[0].stop - region[0].start, region[1].stop - region[1].start)
         alpha = ops.affine(ops.like(first, matte)[None, ..., None], to_region, size, ops.LINEAR, ops.CONSTANT)[0, ..., 0]
-        face = ops.affine(matched[index:index + 1], to_region, size, WARP)[0]
         scale = aligned.transform.scale
-        if originals is not None and frame_detail_weight(scale) > 0:
+        keeps_detail = originals is not None and frame_detail_weight(scale) > 0
+        # With the frame's detail kept, the unrestored crop goes back the same way (keep_frame_detail's round trip), in the same warp.
+        warped = ops.affine(xp.concat([matched[index:index + 1], device_crops[index:index + 1]]) if keeps_detail
+                            else matched[index:index + 1], to_region, size, WARP)
+        face = warped[0]
+        if keeps_detail:
             original = originals[number].read(region, like=first)
-            round_trip = ops.affine(device_crops[index:index + 1], to_region, size, WARP)[0]
+            round_trip = warped[1]
             std = grain_std[number]
             coring = None if std is None else (lambda sigma, std=std, y=luma(original): std(y, sigma))
             face = keep_frame_detail(face, original, scale, round_trip, coring)
