@@ -9,7 +9,7 @@ hold the face still, so what is left to follow is the face's own motion (a mouth
 
 Users read a pair's flow on the crop grid they work on (`PairFlow.backward(size)`), two frames
 apart by chaining two pairs (`chained`), or in frame pixels over a frame rectangle through the two
-faces' alignments (`PairFlow.in_frame`), so the frame-space measures need no flow of their own.
+faces' alignments (`flows_in_frame`), so the frame-space measures need no flow of their own.
 """
 from __future__ import annotations
 
@@ -168,32 +168,48 @@ class PairFlow:
             self._grids[direction, size] = on_grid((getattr(self, direction), getattr(self, f"{direction}_valid")), size)
         return self._grids[direction, size]
 
-    def in_frame(self, region: tuple[slice, slice], later: AlignmentTransform, earlier: AlignmentTransform,
-                 stride: int = 1, like=None) -> tuple:
-        """(flow, valid) over a rectangle of the later frame (every stride-th pixel each way), in
-        frame pixels: where each of its pixels was in the earlier frame, through the two faces'
-        alignments and the crops' flow (valid: the check passes and the pixel lies inside the later crop).
-        like: an array whose kind and device they are computed on (None: numpy)."""
-        on = np.zeros(0, np.float32) if like is None else like
-        xp = ops.namespace(on)
-        rows, columns = region
-        device = array_api_compat.device(on)
-        grid_y, grid_x = xp.meshgrid(xp.arange(rows.start, rows.stop, stride, dtype=xp.float64, device=device),
-                                     xp.arange(columns.start, columns.stop, stride, dtype=xp.float64, device=device),
-                                     indexing="ij")
-        to_crop, to_frame = later.matrix.tolist(), earlier.inverse.tolist()
-        later_x = to_crop[0][0] * grid_x + to_crop[0][1] * grid_y + to_crop[0][2]
-        later_y = to_crop[1][0] * grid_x + to_crop[1][1] * grid_y + to_crop[1][2]
-        shrink = self.side / self.crop_side
-        points = xp.stack([xp.astype((later_x + 0.5) * shrink - 0.5, xp.float32),
-                           xp.astype((later_y + 0.5) * shrink - 0.5, xp.float32)], axis=-1)[None]
-        step = ops.sample(ops.like(on, self.back)[None], points)[0] / shrink
-        valid = ops.sample(ops.like(on, self.back_valid)[None, ..., None], points, ops.CONSTANT, ops.NEAREST)[0, ..., 0] > 0.5
-        valid &= (later_x >= 0) & (later_y >= 0) & (later_x <= self.crop_side - 1) & (later_y <= self.crop_side - 1)
-        earlier_x, earlier_y = later_x + step[..., 0], later_y + step[..., 1]
-        frame_x = to_frame[0][0] * earlier_x + to_frame[0][1] * earlier_y + to_frame[0][2]
-        frame_y = to_frame[1][0] * earlier_x + to_frame[1][1] * earlier_y + to_frame[1][2]
-        return xp.astype(xp.stack([frame_x - grid_x, frame_y - grid_y], axis=-1), xp.float32), valid
+
+def flows_in_frame(pairs: list[tuple[PairFlow, AlignmentTransform, AlignmentTransform]], region: tuple[slice, slice],
+                   stride: int = 1, like=None) -> list[tuple]:
+    """Each pair's (flow, valid) over one rectangle of its later frame (every stride-th pixel each way), in
+    frame pixels: where each of its pixels was in the earlier frame, through the two faces' alignments
+    (pairs: each pair's flow, its later face's transform, its earlier face's) and the crops' flow (valid:
+    the check passes and the pixel lies inside the later crop). The pairs are worked on at once, each as
+    alone. like: an array whose kind and device they are computed on (None: numpy)."""
+    on = np.zeros(0, np.float32) if like is None else like
+    xp = ops.namespace(on)
+    rows, columns = region
+    device = array_api_compat.device(on)
+    grid_y, grid_x = xp.meshgrid(xp.arange(rows.start, rows.stop, stride, dtype=xp.float64, device=device),
+                                 xp.arange(columns.start, columns.stop, stride, dtype=xp.float64, device=device),
+                                 indexing="ij")
+    # Per pair (K x 1 x 1 each), sent at once: the later face's frame-to-crop matrix, the earlier one's
+    # crop-to-frame matrix, the flow's grid pixels per crop pixel and the crop's last pixel.
+    table = np.array([[*later.matrix.ravel(), *earlier.inverse.ravel(), pair.side / pair.crop_side, pair.crop_side - 1]
+                      for pair, later, earlier in pairs], np.float64)
+    table = ops.send(on, np.ascontiguousarray(table.T[:, :, None, None]))
+    a, b, c, d, e, f, g, h, i, j, k, l, shrink, last = (table[column] for column in range(len(table)))
+    later_x = a * grid_x + b * grid_y + c
+    later_y = d * grid_x + e * grid_y + f
+    points = xp.stack([xp.astype((later_x + 0.5) * shrink - 0.5, xp.float32),
+                       xp.astype((later_y + 0.5) * shrink - 0.5, xp.float32)], axis=-1)
+    step = _sampled([ops.like(on, pair.back) for pair, _, _ in pairs], points) / xp.astype(shrink, xp.float32)[..., None]
+    valid = _sampled([ops.like(on, pair.back_valid)[..., None] for pair, _, _ in pairs], points, ops.CONSTANT, ops.NEAREST)[..., 0] > 0.5
+    valid &= (later_x >= 0) & (later_y >= 0) & (later_x <= last) & (later_y <= last)
+    earlier_x, earlier_y = later_x + step[..., 0], later_y + step[..., 1]
+    frame_x = g * earlier_x + h * earlier_y + i
+    frame_y = j * earlier_x + k * earlier_y + l
+    flows = xp.astype(xp.stack([frame_x - grid_x, frame_y - grid_y], axis=-1), xp.float32)
+    return [(flows[index], valid[index]) for index in range(len(pairs))]
+
+
+def _sampled(images: list, points, border: str = ops.REPLICATE, interpolation: str = ops.LINEAR):
+    """Each image sampled at its points (K x h x w x 2, as ops.sample), those of one size at once."""
+    xp = ops.namespace(points)
+    sizes = [image.shape for image in images]
+    if len(set(sizes)) == 1:
+        return ops.sample(xp.stack(images), points, border, interpolation)
+    return xp.concat([ops.sample(image[None], points[index:index + 1], border, interpolation) for index, image in enumerate(images)])
 
 
 def image_flow(earlier: np.ndarray, later: np.ndarray, side: int = FLOW_SIDE, method: str = "dis") -> tuple[np.ndarray, np.ndarray]:

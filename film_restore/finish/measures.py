@@ -135,7 +135,7 @@ def change_samples(inputs, outputs, masks, flows, stride: int = 1) -> ChangeSamp
     """The ChangeSamples of consecutive same-size RGB pictures of one face (numpy, or tensors), before
     and after restoration, where masks (bool) are set, on every stride-th pixel each way; flows: each
     later picture's (flow to the one before, valid) on that grid, of the pictures' kind and device
-    (finish.flow.PairFlow.in_frame). None for fewer than two pictures or no sample the flow follows."""
+    (finish.flow.flows_in_frame). None for fewer than two pictures or no sample the flow follows."""
     changes = ([], [], [])
     for t in range(1, len(inputs)):
         flow, valid = flows[t - 1]

@@ -32,7 +32,7 @@ import numpy as np
 
 from film_restore.faces.align import CropWarp, align_face, alignment_transform, place_face
 from film_restore.finish import ops
-from film_restore.finish.flow import PairFlow, flow_picture, flow_side
+from film_restore.finish.flow import PairFlow, flow_picture, flow_side, flows_in_frame
 from film_restore.finish.grain import GrainTile, add_missing_grain, grain_allowed
 from film_restore.finish.grain_model import GRAIN_FACES, estimate_track_grain, grain_window
 from film_restore.finish.guards import GUARD_HORIZON, GuardedFaces, TrackGuard, embedder_of
@@ -306,8 +306,8 @@ class GrainModels(Step):
             region = _common(grain_window(window.shape, np.concatenate([face.landmarks for face in run])), run)
             # Where the restored crops are (a GPU node's device), the frame around the faces goes, and the work with it.
             on = run[0].restored
-            flows = [face.flow.in_frame(region, face.aligned.transform, before.aligned.transform, like=on)
-                     for before, face in zip(run, run[1:])]
+            flows = flows_in_frame([(face.flow, face.aligned.transform, before.aligned.transform)
+                                    for before, face in zip(run, run[1:])], region, like=on)
             pictures = [face.surround.read(region, like=on) for face in run]
             model = estimate_track_grain(pictures, flows)
             self.tiles[number] = None if model is None else GrainTile(model, number)
@@ -377,8 +377,8 @@ class HoldStill(Step):
             layer = _placed(face.region.face, face.region.region, area, picture)
             outputs.append(picture + alpha[..., None] * (layer - picture))
             masks.append(alpha >= 1)
-        flows = [face.flow.in_frame(area, face.aligned.transform, before.aligned.transform, CHANGE_STRIDE, like=inputs[0])
-                 for before, face in zip(run, run[1:])]
+        flows = flows_in_frame([(face.flow, face.aligned.transform, before.aligned.transform) for before, face in zip(run, run[1:])],
+                               area, CHANGE_STRIDE, like=inputs[0])
         change = change_samples(inputs, outputs, masks, flows, CHANGE_STRIDE)
         if change is None:
             return

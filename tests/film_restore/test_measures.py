@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from film_restore.finish import measures as quality, ops
-from film_restore.finish.flow import PairFlow, chained, image_flow
+from film_restore.finish.flow import PairFlow, chained, flows_in_frame, image_flow
 from film_restore.finish.hold import steady_share
 from film_restore.finish.measures import ChangeSamples
 
@@ -29,7 +29,7 @@ def test_the_track_flow_follows_a_real_face_on_crops_and_in_the_frame(talking_he
     pair = PairFlow.of_crops(aligned[0].crop, aligned[1].crop, aligned[1].transform.scale)
     box = talking_head["faces"][3].face.box
     region = np.s_[int(box[1]):int(box[3]), int(box[0]):int(box[2])]
-    in_frame, inside = pair.in_frame(region, aligned[1].transform, aligned[0].transform)
+    (in_frame, inside), = flows_in_frame([(pair, aligned[1].transform, aligned[0].transform)], region)
     earlier, now = frames[0].astype(np.float32), frames[3][region].astype(np.float32)
     grid_y, grid_x = np.mgrid[region]
     moved = ops.sample(earlier[None], (in_frame + np.stack([grid_x, grid_y], -1).astype(np.float32))[None])[0]
@@ -40,7 +40,7 @@ def test_the_track_flow_follows_a_real_face_on_crops_and_in_the_frame(talking_he
     # Where the faces are on a GPU node's device, the same in frame pixels there (torch; here on the CPU).
     import torch
 
-    on_torch, inside_on_torch = pair.in_frame(region, aligned[1].transform, aligned[0].transform, like=torch.zeros(1))
+    (on_torch, inside_on_torch), = flows_in_frame([(pair, aligned[1].transform, aligned[0].transform)], region, like=torch.zeros(1))
     assert np.abs(on_torch.numpy() - in_frame)[inside].max() < 1e-3
     assert (inside_on_torch.numpy() != inside).mean() < 1e-3
     # A pair sent to the device and checked there (forward-backward) is read on other grids and chained there as on numpy.
