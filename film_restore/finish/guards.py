@@ -249,11 +249,6 @@ def _step_weights(like, steps: list[int], sigma: float):
     return ops.constant(like, np.exp(-0.5 * (np.array(steps) / sigma) ** 2)[:, None, None, None])
 
 
-def _added(first, terms):
-    """first + terms[0] + terms[1] + ..., added in that order (either kind of array: the same sums)."""
-    xp = ops.namespace(first)
-    return xp.sum(xp.concat([first[None], terms]), axis=0)
-
 
 class TrackGuard:
     """The guards of one track (its faces that are restored, in order: positions 0..length-1),
@@ -385,7 +380,7 @@ class TrackGuard:
                 if self.fusion:
                     links.likeness = likeness[kept]
                     weights = links.agreement * links.likeness * _step_weights(picture, steps, FUSION_SIGMA)
-                    fused_sum, fused_total = _added(fused_sum, weights * there[kept]), _added(xp.ones_like(weights[0]), weights)
+                    fused_sum, fused_total = ops.added(fused_sum, weights * there[kept]), ops.added(xp.ones_like(weights[0]), weights)
             self.links[position] = links
             if self.fusion:
                 self.fused[position] = fused_sum / fused_total
@@ -463,8 +458,8 @@ class TrackGuard:
             # Fused, the residual holds the noise the base lost: a neighbour's pixel unlike this one's must not bring its noise.
             trusted = links.agreement if links.likeness is None else links.agreement * links.likeness
             weights = trusted * _step_weights(residual, links.steps, TEMPORAL_SIGMA)
-            filtered.append((position, residual, picture, _added(residual, residuals_there[neighbours] * weights),
-                             _added(picture, inputs_there[neighbours] * weights), _added(xp.ones_like(weights[0]), weights)))
+            filtered.append((position, residual, picture, ops.added(residual, residuals_there[neighbours] * weights),
+                             ops.added(picture, inputs_there[neighbours] * weights), ops.added(xp.ones_like(weights[0]), weights)))
         if not filtered:
             return
         residual, picture, sum_residual, sum_input, total = (xp.stack(parts) for parts in list(zip(*filtered))[1:])

@@ -102,6 +102,18 @@ def as_float(array):
     return array.to(torch.float32)
 
 
+def added(first, terms):
+    """first + terms[0] + terms[1] + ... (terms: K x first's shape), added in that order: numpy term by term (no copy
+    of them), torch in one op (its sum over a leading axis adds in order)."""
+    if is_numpy(first):
+        for term in terms:
+            first = first + term
+        return first
+    import torch
+
+    return torch.cat([first[None], terms]).sum(0)
+
+
 def gaussian_kernel(sigma: float, size: int = 0) -> np.ndarray:
     """OpenCV's Gaussian kernel for float images, this sigma and size (0: its size rule, 8 sigma + 1, odd)."""
     size = size or int(round(sigma * 8 + 1)) | 1
