@@ -64,7 +64,7 @@ def keep_frame_detail(face, original, scale: float, round_trip=None, grain_std=N
     original = ops.as_float(original)
     difference = original - face
     # The round trip's change below the split is blurred with the difference, in one pass.
-    blurred = ops.blur(difference[None] if round_trip is None else xp.stack([difference, original - round_trip]), sigma, ops.REFLECT)
+    blurred = ops.blur(difference[None] if round_trip is None else ops.stack([difference, original - round_trip]), sigma, ops.REFLECT)
     detail = difference - blurred[0]
     if grain_std is not None:
         energy = ops.blur((luma(detail) ** 2)[None, ..., None], CORING_REACH * sigma, ops.REFLECT)[0, ..., 0]

@@ -204,11 +204,10 @@ def flows_in_frame(pairs: list[tuple[PairFlow, AlignmentTransform, AlignmentTran
 
 
 def _sampled(images: list, points, border: str = ops.REPLICATE, interpolation: str = ops.LINEAR):
-    """Each image sampled at its points (K x h x w x 2, as ops.sample), those of one size at once."""
+    """Each image sampled at its points (K x h x w x 2, as ops.sample): at once, but for tensors of several sizes."""
     xp = ops.namespace(points)
-    sizes = [image.shape for image in images]
-    if len(set(sizes)) == 1:
-        return ops.sample(xp.stack(images), points, border, interpolation)
+    if ops.is_numpy(images[0]) or len({image.shape for image in images}) == 1:
+        return ops.sample(ops.stack(images), points, border, interpolation)
     return xp.concat([ops.sample(image[None], points[index:index + 1], border, interpolation) for index, image in enumerate(images)])
 
 

@@ -99,13 +99,14 @@ def synthesise_grain(tile: GrainTile, luma_values, seed):
     return (unit @ mix) * scale
 
 
-def detail_energies(pictures, inside) -> list[float]:
-    """Each picture's (N x H x W x 3) mean square of the fine detail (the texture measure's high-pass luma) over the pixels inside."""
-    xp = ops.namespace(pictures)
-    details = xp.reshape(fine_detail(pictures), (len(pictures), -1))
-    # Each row's pixels inside, contiguous (numpy's compress: as fast as one mask per picture, the same sums).
-    kept = np.compress(inside.ravel(), details, axis=1) if ops.is_numpy(details) else details[:, xp.reshape(inside, (-1,))]
-    return [float(energy) for energy in ops.to_numpy(xp.mean(kept ** 2, axis=1))]
+def detail_energies(pictures: list, inside) -> list[float]:
+    """Each picture's (H x W x 3) mean square of the fine detail (the texture measure's high-pass luma) over the
+    pixels inside: on a device all at once, brought back together."""
+    if ops.is_numpy(pictures[0]):
+        return [float(np.mean(fine_detail(picture)[inside] ** 2)) for picture in pictures]
+    xp = ops.namespace(*pictures)
+    details = xp.reshape(fine_detail(xp.stack(pictures)), (len(pictures), -1))
+    return [float(energy) for energy in ops.to_numpy(xp.mean(details[:, xp.reshape(inside, (-1,))] ** 2, axis=1))]
 
 
 def add_missing_grain(face, original, alpha, tile: GrainTile, seed, allowed: float):
@@ -118,7 +119,7 @@ def add_missing_grain(face, original, alpha, tile: GrainTile, seed, allowed: flo
     if not bool(xp.any(inside)):
         return face
     grain = synthesise_grain(tile, luma(face), seed)
-    original_energy, face_energy, grain_energy = detail_energies(xp.stack([ops.as_float(original), face, grain]), inside)
+    original_energy, face_energy, grain_energy = detail_energies([ops.as_float(original), face, grain], inside)
     missing = GRAIN_TEXTURE_SHARE ** 2 * original_energy - face_energy
     gain_squared = min(missing / max(grain_energy, 1e-9),
                        allowed ** 2 / max(float(xp.mean(luma(grain)[inside] ** 2)), 1e-9), GRAIN_MAX_GAIN ** 2)

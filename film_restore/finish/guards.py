@@ -580,7 +580,7 @@ class TrackGuard:
         sums = []
         for pictures in (self._float_input, self.finals.__getitem__):
             now = xp.stack([pictures(position)[every] for _, position in measured])
-            then = ops.sample(xp.stack([pictures(position - 1) for _, position in measured]), points)
+            then = ops.sample(ops.stack([pictures(position - 1) for _, position in measured]), points)
             sums.append(xp.sum(channel_mean_change(now, then) * weights, axis=(1, 2)))
         sums.append(xp.sum(weights, axis=(1, 2)))
         out[:, [index for index, _ in measured]] = ops.to_numpy(xp.stack(sums))  # one transfer for the window's sums

@@ -45,11 +45,10 @@ CHANNEL_MEAN = np.full(3, 1 / 3, np.float32)
 
 
 def fine_detail(rgb):
-    """The texture measure's high-pass luma (float32 ... x H x W, numpy or a torch tensor) of RGB pictures (... x H x W x 3): luma less its HIGH_PASS_SIGMA blur."""
+    """The texture measure's high-pass luma (float32 H x W; numpy, or a torch tensor ... x H x W): luma less its HIGH_PASS_SIGMA blur."""
     y = luma(rgb)
     if ops.is_numpy(y):
-        blurred = [cv2.GaussianBlur(plane, (0, 0), HIGH_PASS_SIGMA, borderType=cv2.BORDER_REFLECT) for plane in y.reshape(-1, *y.shape[-2:])]
-        return y - np.stack(blurred).reshape(y.shape)
+        return y - cv2.GaussianBlur(y, (0, 0), HIGH_PASS_SIGMA, borderType=cv2.BORDER_REFLECT)
     flat = y.reshape(-1, *y.shape[-2:])[..., None]
     return y - ops.blur(flat, HIGH_PASS_SIGMA, ops.REFLECT)[..., 0].reshape(y.shape)
 

@@ -9,7 +9,8 @@ bilinear and bicubic weights, as torch's grid_sample does (two channels, a flow,
 gives them a third), and its Gaussian kernels are reproduced here.
 
 Images are batches, N x H x W x C float32 (channel last, as numpy and OpenCV keep them); a
-single image is N = 1. Flows are N x H x W x 2: (dx, dy) in pixels, the image sampled at x + flow(x).
+single image is N = 1. A batch made by `stack` is, on numpy, a list of the images (OpenCV works image by
+image: a copy into one array would only cost), which the primitives take as they take an array. Flows are N x H x W x 2: (dx, dy) in pixels, the image sampled at x + flow(x).
 """
 from __future__ import annotations
 
@@ -102,6 +103,12 @@ def as_float(array):
     return array.to(torch.float32)
 
 
+def stack(images: list):
+    """Same-size images as one batch for the primitives below: a tensor on torch (one op serves them all),
+    the list itself on numpy."""
+    return images if is_numpy(images[0]) else namespace(*images).stack(images)
+
+
 def added(first, terms):
     """first + terms[0] + terms[1] + ... (terms: K x first's shape), added in that order: numpy term by term (no copy
     of them), torch in one op (its sum over a leading axis adds in order)."""
@@ -125,8 +132,8 @@ def blur(images, sigma: float, border: str = REFLECT101, size: int = 0):
     (size: odd, 0 for OpenCV's rule)."""
     if sigma <= 0:
         return images
-    if is_numpy(images):
-        return _each(images, images.shape[1:3], lambda image, border, out: cv2.GaussianBlur(
+    if is_numpy(images[0]):
+        return _each(images, images[0].shape[:2], lambda image, border, out: cv2.GaussianBlur(
             image, (size, size), sigma, dst=out, borderType=_CV_BORDERS[border]), border)
     import torch.nn.functional as F
 
@@ -157,11 +164,11 @@ def warp(images, flows, border: str = REPLICATE):
 def sample(images, points, border: str = REPLICATE, interpolation: str = LINEAR):
     """Each image sampled (bilinear, or nearest) at its points: N x h x w x 2 pixel coordinates (x, y) ->
     N x h x w x C (one set of points, 1 x h x w x 2, serves every image)."""
-    if is_numpy(images):
-        if images.shape[-1] == 2:
+    if is_numpy(images[0]):
+        if images[0].shape[-1] == 2:
             # OpenCV 5 interpolates two-channel float images in fixed point (1/32 pixel), one, three
             # and four channels exactly: a third channel keeps a flow's samples exact, as torch's are.
-            padded = np.concatenate([images, np.zeros_like(images[..., :1])], axis=-1)
+            padded = [np.concatenate([image, np.zeros_like(image[..., :1])], axis=-1) for image in images]
             return sample(padded, points, border, interpolation)[..., :2]
         points = np.broadcast_to(points, (len(images), *points.shape[1:]))
         where = iter(np.ascontiguousarray(points, np.float32))
@@ -192,7 +199,7 @@ def affine(images, matrices: np.ndarray, size: tuple[int, int], interpolation: s
     (or every image by one)."""
     height, width = size
     matrices = np.asarray(matrices, np.float64).reshape(-1, 2, 3)
-    if is_numpy(images):
+    if is_numpy(images[0]):
         matrices = np.broadcast_to(matrices, (len(images), 2, 3))
         matrix = iter(matrices)
         return _each(images, size, lambda image, border, out: cv2.warpAffine(
@@ -232,7 +239,7 @@ def resize(images, size: tuple[int, int], interpolation: str = LINEAR):
     """Each image resized to height x width (cv2.resize; AREA shrinks only, on torch; NEAREST as OpenCV's:
     the source pixel below dst x scale)."""
     height, width = size
-    if is_numpy(images):
+    if is_numpy(images[0]):
         return _each(images, size, lambda image, _, out: cv2.resize(
             image, (width, height), dst=out, interpolation=_CV_INTERPOLATIONS[interpolation]), None)
     import torch.nn.functional as F
@@ -254,11 +261,11 @@ def resize(images, size: tuple[int, int], interpolation: str = LINEAR):
     return planes.permute(0, 2, 3, 1)
 
 
-def _each(images: np.ndarray, size: tuple[int, int], work, border) -> np.ndarray:
+def _each(images, size: tuple[int, int], work, border) -> np.ndarray:
     """work(image, border, out) for each image of a batch, into one float32 N x height x width x C
     array: OpenCV writes float32 results into out itself (a single channel without its axis)."""
-    images = images.astype(np.float32, copy=False)
-    out = np.empty((len(images), *size, images.shape[-1]), np.float32)
+    images = [image.astype(np.float32, copy=False) for image in images]
+    out = np.empty((len(images), *size, images[0].shape[-1]), np.float32)
     for image, result in zip(images, out):
         target = result[..., 0] if result.shape[-1] == 1 else result
         done = work(image[..., 0] if image.shape[-1] == 1 else image, border, target)

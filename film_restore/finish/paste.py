@@ -125,7 +125,7 @@ def match_colour(restored, original, matte, monochrome: bool, face_widths: Seque
         sigma = max(COLOUR_SCALE * face * reduced / size, 0.5)
         weight = xp.maximum(ops.blur(small_weights[index:index + 1], sigma), ops.constant(restored, 1e-6))
         # The original's low-pass and the restored crop's, taken together.
-        pair = xp.concat([original[index:index + 1], restored[index:index + 1]]) * weights[index:index + 1]
+        pair = ops.stack([original[index] * weights[index], restored[index] * weights[index]])
         low_passes = ops.blur(ops.resize(pair, (reduced, reduced), ops.AREA), sigma) / weight
         correction = ops.resize(low_passes[:1] - low_passes[1:], (size, size), ops.LINEAR)
         results.append(restored[index:index + 1] + correction)
@@ -228,8 +228,8 @@ def face_regions(frame_shape: tuple, restored_faces: Sequence[tuple[AlignedFace,
         scale = aligned.transform.scale
         keeps_detail = originals is not None and frame_detail_weight(scale) > 0
         # With the frame's detail kept, the unrestored crop goes back the same way (keep_frame_detail's round trip), in the same warp.
-        warped = ops.affine(xp.concat([matched[index:index + 1], device_crops[index:index + 1]]) if keeps_detail
-                            else matched[index:index + 1], to_region, size, WARP)
+        warped = ops.affine(ops.stack([matched[index], device_crops[index]]) if keeps_detail else matched[index:index + 1],
+                            to_region, size, WARP)
         face = warped[0]
         if keeps_detail:
             original = originals[number].read(region, like=first)

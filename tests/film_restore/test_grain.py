@@ -197,7 +197,7 @@ def test_only_the_share_of_texture_new_each_frame_counts_as_grain(analyzer):
         allowed = grain.grain_allowed(change, tile.model)
         grained = [grain.add_missing_grain(picture, region, inside.astype(np.float32), tile, (t, 0), allowed)
                    for t, (picture, region) in enumerate(zip(smooth, regions))]
-        before, after, added = grain.detail_energies(np.stack([regions[1], smooth[1], grained[1] - smooth[1]]), inside)
+        before, after, added = grain.detail_energies([regions[1], smooth[1], grained[1] - smooth[1]], inside)
         assert least <= added / (before - after) <= most
         # The grain does not count as flicker: the face changes no more from frame to frame than before.
         assert measures.flicker(np.stack(regions), np.stack(grained)).ratio <= 1.0
@@ -281,7 +281,7 @@ def test_grain_fills_only_the_texture_the_face_lacks():
     smooth = cv2.GaussianBlur(region, (0, 0), 3)
     grainy = smooth + grain.synthesise_grain(grain.GrainTile(model, 1), luma(smooth), 1)
     filled = grain.add_missing_grain(smooth, grainy, alpha, tile, (0, 0), np.inf)
-    detail = lambda image: grain.detail_energies(image[None], alpha >= 1)[0]  # noqa: E731
+    detail = lambda image: grain.detail_energies([image], alpha >= 1)[0]  # noqa: E731
     assert detail(smooth) < 0.3 * detail(grainy)
     assert detail(filled) == pytest.approx(grain.GRAIN_TEXTURE_SHARE ** 2 * detail(grainy), rel=0.1)
     # A loss of structure beyond the film's grain is filled only up to GRAIN_MAX_GAIN times it.
