@@ -174,9 +174,15 @@ def flows_in_frame(pairs: list[tuple[PairFlow, AlignmentTransform, AlignmentTran
     """Each pair's (flow, valid) over one rectangle of its later frame (every stride-th pixel each way), in
     frame pixels: where each of its pixels was in the earlier frame, through the two faces' alignments
     (pairs: each pair's flow, its later face's transform, its earlier face's) and the crops' flow (valid:
-    the check passes and the pixel lies inside the later crop). The pairs are worked on at once, each as
-    alone. like: an array whose kind and device they are computed on (None: numpy)."""
+    the check passes and the pixel lies inside the later crop), each as alone. like: an array whose kind and
+    device they are computed on (None: numpy); on a device the pairs are worked on at once."""
     on = np.zeros(0, np.float32) if like is None else like
+    # On numpy a batch only makes its temporaries K times larger.
+    batches = [[pair] for pair in pairs] if ops.is_numpy(on) else [pairs]
+    return [flow for batch in batches for flow in _in_frame(batch, region, stride, on)]
+
+
+def _in_frame(pairs: list, region: tuple[slice, slice], stride: int, on) -> list[tuple]:
     xp = ops.namespace(on)
     rows, columns = region
     device = array_api_compat.device(on)
@@ -206,7 +212,7 @@ def flows_in_frame(pairs: list[tuple[PairFlow, AlignmentTransform, AlignmentTran
 def _sampled(images: list, points, border: str = ops.REPLICATE, interpolation: str = ops.LINEAR):
     """Each image sampled at its points (K x h x w x 2, as ops.sample): at once, but for tensors of several sizes."""
     xp = ops.namespace(points)
-    if ops.is_numpy(images[0]) or len({image.shape for image in images}) == 1:
+    if len({image.shape for image in images}) == 1:
         return ops.sample(ops.stack(images), points, border, interpolation)
     return xp.concat([ops.sample(image[None], points[index:index + 1], border, interpolation) for index, image in enumerate(images)])
 

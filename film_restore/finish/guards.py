@@ -380,7 +380,7 @@ class TrackGuard:
                 if self.fusion:
                     links.likeness = likeness[kept]
                     weights = links.agreement * links.likeness * _step_weights(picture, steps, FUSION_SIGMA)
-                    fused_sum, fused_total = ops.added(fused_sum, weights * there[kept]), ops.added(xp.ones_like(weights[0]), weights)
+                    fused_sum, fused_total = ops.added(fused_sum, there[kept], weights), ops.added(xp.ones_like(weights[0]), weights)
             self.links[position] = links
             if self.fusion:
                 self.fused[position] = fused_sum / fused_total
@@ -458,8 +458,8 @@ class TrackGuard:
             # Fused, the residual holds the noise the base lost: a neighbour's pixel unlike this one's must not bring its noise.
             trusted = links.agreement if links.likeness is None else links.agreement * links.likeness
             weights = trusted * _step_weights(residual, links.steps, TEMPORAL_SIGMA)
-            filtered.append((position, residual, picture, ops.added(residual, residuals_there[neighbours] * weights),
-                             ops.added(picture, inputs_there[neighbours] * weights), ops.added(xp.ones_like(weights[0]), weights)))
+            filtered.append((position, residual, picture, ops.added(residual, residuals_there[neighbours], weights),
+                             ops.added(picture, inputs_there[neighbours], weights), ops.added(xp.ones_like(weights[0]), weights)))
         if not filtered:
             return
         residual, picture, sum_residual, sum_input, total = (xp.stack(parts) for parts in list(zip(*filtered))[1:])

@@ -109,16 +109,17 @@ def stack(images: list):
     return images if is_numpy(images[0]) else namespace(*images).stack(images)
 
 
-def added(first, terms):
-    """first + terms[0] + terms[1] + ... (terms: K x first's shape), added in that order: numpy term by term (no copy
-    of them), torch in one op (its sum over a leading axis adds in order)."""
+def added(first, terms, weights=None):
+    """first + terms[0] weights[0] + terms[1] weights[1] + ... (terms: K x first's shape; weights: K x ..., broadcast
+    to them, or None for 1), added in that order: numpy a term at a time (no K-fold temporaries), torch at once
+    (its sum over a leading axis adds in order)."""
     if is_numpy(first):
-        for term in terms:
-            first = first + term
+        for index, term in enumerate(terms):
+            first = first + (term if weights is None else term * weights[index])
         return first
     import torch
 
-    return torch.cat([first[None], terms]).sum(0)
+    return torch.cat([first[None], terms if weights is None else terms * weights]).sum(0)
 
 
 def gaussian_kernel(sigma: float, size: int = 0) -> np.ndarray:
