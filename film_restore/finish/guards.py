@@ -245,9 +245,9 @@ class Links:
 
 
 def _step_weights(like, steps: list[int], sigma: float):
-    """Neighbours' weights by how many faces away along the track they are (Gaussian), K x 1 x 1 x 1 of like's kind and device."""
+    """Neighbours' weights by how many faces away along the track they are (Gaussian): K x 1 x 1 x 1, of
+    like's kind and device."""
     return ops.constant(like, np.exp(-0.5 * (np.array(steps) / sigma) ** 2)[:, None, None, None])
-
 
 
 class TrackGuard:

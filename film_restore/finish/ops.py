@@ -9,8 +9,9 @@ bilinear and bicubic weights, as torch's grid_sample does (two channels, a flow,
 gives them a third), and its Gaussian kernels are reproduced here.
 
 Images are batches, N x H x W x C float32 (channel last, as numpy and OpenCV keep them); a
-single image is N = 1. A batch made by `stack` is, on numpy, a list of the images (OpenCV works image by
-image: a copy into one array would only cost), which the primitives take as they take an array. Flows are N x H x W x 2: (dx, dy) in pixels, the image sampled at x + flow(x).
+single image is N = 1. A batch made by `stack` is, on numpy, the list of its images (OpenCV works
+image by image: a copy into one array would only cost), which the primitives take as an array.
+Flows are N x H x W x 2: (dx, dy) in pixels, the image sampled at x + flow(x).
 """
 from __future__ import annotations
 
@@ -111,8 +112,8 @@ def stack(images: list):
 
 def added(first, terms, weights=None):
     """first + terms[0] weights[0] + terms[1] weights[1] + ... (terms: K x first's shape; weights: K x ..., broadcast
-    to them, or None for 1), added in that order: numpy a term at a time (no K-fold temporaries), torch at once
-    (its sum over a leading axis adds in order)."""
+    to them, or None for 1), added in that order: numpy a term at a time (no K-fold temporaries), torch in one
+    sum over a leading axis (which on the CPU adds in the same order)."""
     if is_numpy(first):
         for index, term in enumerate(terms):
             first = first + (term if weights is None else term * weights[index])
