@@ -42,27 +42,29 @@ STD_STEPS = 64
 GRAIN_TILE = 512
 
 
-def unit_grain(ar: np.ndarray, shape: tuple[int, int], rng: np.random.Generator, fields: int = 1) -> np.ndarray:
-    """fields x H x W float32 independent periodic grain fields of unit std with the AR model's spectrum.
+def unit_grain(ar: np.ndarray, shape: tuple[int, int], rng: np.random.Generator, fields: int = 1, like=None):
+    """fields x H x W float32 independent periodic grain fields of unit std with the AR model's spectrum,
+    filtered where like is (an array of that kind and device; None: numpy).
 
     White noise filtered in the frequency domain by the AR transfer function: the AR
     process's stationary spectrum without the recursion's pixel-by-pixel loop.
     """
     height, width = shape
     transfer = ar_transfer(ar, height, width)
-    noise = rng.standard_normal((fields, height, width))
-    grain = np.fft.irfft2(np.fft.rfft2(noise) * transfer, s=(height, width))
-    return (grain / np.sqrt(ar_autocovariance(transfer, shape)[0, 0])).astype(np.float32)
+    noise = rng.standard_normal((fields, height, width))  # drawn here: the same noise on every kind of node
+    grain = ops.frequency_filtered(noise if like is None else ops.send(like, noise), transfer)
+    return ops.as_float(grain / np.sqrt(ar_autocovariance(transfer, shape)[0, 0]))
 
 
 class GrainTile:
     """One track's unit grain (GRAIN_TILE square, one field for monochrome grain, three for colour), made
     once from a seed, read at a fresh offset per frame (`field`)."""
 
-    def __init__(self, model: GrainModel, seed):
+    def __init__(self, model: GrainModel, seed, like=None):
+        """like: an array whose kind and device the tile is made on (None: numpy)."""
         self.model = model
         fields = 1 if model.monochrome else 3
-        self.fields = unit_grain(model.ar, (GRAIN_TILE, GRAIN_TILE), np.random.default_rng(seed), fields)
+        self.fields = unit_grain(model.ar, (GRAIN_TILE, GRAIN_TILE), np.random.default_rng(seed), fields, like)
         self._devices = {}
 
     def field(self, shape: tuple[int, int], seed, like=None):

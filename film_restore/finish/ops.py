@@ -123,6 +123,17 @@ def added(first, terms, weights=None):
     return torch.cat([first[None], terms if weights is None else terms * weights]).sum(0)
 
 
+def frequency_filtered(images, transfer: np.ndarray):
+    """Each real image (N x H x W, float64) filtered by a transfer function on its rfft2 grid (H x W // 2 + 1, complex),
+    in float64."""
+    height, width = images.shape[-2:]
+    if is_numpy(images):
+        return np.fft.irfft2(np.fft.rfft2(images) * transfer, s=(height, width))
+    import torch
+
+    return torch.fft.irfft2(torch.fft.rfft2(images) * send(images, transfer), s=(height, width))
+
+
 def gaussian_kernel(sigma: float, size: int = 0) -> np.ndarray:
     """OpenCV's Gaussian kernel for float images, this sigma and size (0: its size rule, 8 sigma + 1, odd)."""
     size = size or int(round(sigma * 8 + 1)) | 1

@@ -310,7 +310,7 @@ class GrainModels(Step):
                                     for before, face in zip(run, run[1:])], region, like=on)
             pictures = [face.surround.read(region, like=on) for face in run]
             model = estimate_track_grain(pictures, flows)
-            self.tiles[number] = None if model is None else GrainTile(model, number)
+            self.tiles[number] = None if model is None else GrainTile(model, number, like=on)
 
     def model(self, number: int):
         tile = self.tiles.get(number)
