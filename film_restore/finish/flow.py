@@ -107,7 +107,7 @@ def dense_flow(earlier: np.ndarray, later: np.ndarray, size: tuple[int, int], tu
     flows = np.stack(_flows(earlier, later, size, tuned, method))  # back, ahead
     if like is not None:
         flows = ops.like(like, flows)
-    valid = _round_trip_valid(flows, flows[::-1] if ops.is_numpy(flows) else flows.flip(0))  # both ways checked at once
+    valid = _round_trip_valid(flows, flows[[1, 0]])  # both ways checked at once
     return flows[0], valid[0], flows[1], valid[1]
 
 
